@@ -1,0 +1,47 @@
+"""nanoae: a from-scratch autoencoder learner with hand-written backprop.
+
+    import nanoae
+    model = nanoae.presets.tutorial(seed=0)          # the TF1 tutorial's autoencoder
+    losses = model.fit(x_train, steps=1000, batch_size=256)
+    x_hat = model.reconstruct(x_test)
+
+NumPy is the only hard dependency; CuPy (GPU), Numba, matplotlib and tqdm are optional.
+"""
+
+from nanoae import presets
+from nanoae.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from nanoae.backend import Backend, BackendUnavailable, get_backend
+from nanoae.gradcheck import GradcheckReport, gradcheck
+from nanoae.layers import Dense, Module
+from nanoae.losses import BCE, MSE, BCEWithLogits
+from nanoae.models import Autoencoder, Model, Sequential
+from nanoae.optim import SGD, Adam, AdamW, RMSProp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Autoencoder",
+    "BCE",
+    "BCEWithLogits",
+    "Backend",
+    "BackendUnavailable",
+    "Dense",
+    "GradcheckReport",
+    "Identity",
+    "LeakyReLU",
+    "MSE",
+    "Model",
+    "Module",
+    "RMSProp",
+    "ReLU",
+    "SGD",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "get_backend",
+    "gradcheck",
+    "presets",
+    "__version__",
+]

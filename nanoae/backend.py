@@ -1,0 +1,187 @@
+"""Which array library runs the math: NumPy on the CPU or CuPy on a GPU.
+
+A :class:`Backend` bundles four things the rest of nanoae needs and nothing else:
+
+* ``xp``     the array module (``numpy`` or ``cupy``);
+* ``ops``    the table of math functions (see :mod:`nanoae.ops`), reference or fast;
+* ``dtype``  the floating type of parameters and activations (float32 by default);
+* explicit host <-> device copies (:meth:`Backend.asarray`, :meth:`Backend.to_host`).
+
+Layers, models and the training loop only ever talk to a backend, so the same model
+code runs on either library. Random numbers are drawn on the host with one seeded
+NumPy generator per model (:func:`make_rng`), which makes runs reproducible across
+backends and makes the generator's state easy to checkpoint.
+
+The backend is chosen by argument or by ``$NANOAE_BACKEND``: ``"numpy"``, ``"cupy"`` or
+``"auto"`` (CuPy when a GPU is usable, else NumPy).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+BACKEND_NAMES = ("numpy", "cupy", "auto")
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+_CUPY_INSTALL_HINT = (
+    "install the CuPy build that matches your CUDA toolkit, e.g. "
+    "`pip install 'nanoae[gpu]'` (cupy-cuda12x) or `pip install cupy-cuda13x`"
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when the requested array library cannot run here."""
+
+
+def _probe_cupy() -> tuple[ModuleType | None, str]:
+    """Import CuPy and run one tiny kernel; return (module, "") or (None, why not)."""
+    try:
+        import cupy  # noqa: PLC0415 (optional dependency)
+    except ImportError as exc:
+        return None, f"CuPy is not installed ({exc}); {_CUPY_INSTALL_HINT}"
+    except Exception as exc:  # a broken CUDA install can raise anything on import
+        return None, f"CuPy failed to import: {exc!r}; {_CUPY_INSTALL_HINT}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"CuPy is installed but cannot talk to a GPU driver: {exc!r}"
+    if count < 1:
+        return None, "CuPy is installed but no CUDA GPU is visible"
+    try:
+        # A real kernel launch catches toolkit/driver mismatches that import does not.
+        float((cupy.arange(4, dtype=cupy.float32) * 2).sum())
+    except Exception as exc:
+        return None, f"CuPy is installed but a test kernel failed on the GPU: {exc!r}"
+    return cupy, ""
+
+
+def cupy_status() -> tuple[bool, str]:
+    """(True, "") when CuPy can run here, else (False, the reason)."""
+    module, why = _probe_cupy()
+    return module is not None, why
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array library, its math table and a floating dtype.
+
+    Build one with :func:`get_backend`; it is immutable and cheap to share.
+    """
+
+    name: str
+    xp: ModuleType
+    ops: ModuleType
+    dtype: Any
+    fast: bool = False
+    _ops_name: str = field(default="reference", repr=False)
+
+    # ---- host <-> device -------------------------------------------------------
+    def asarray(self, array, dtype=None):
+        """Copy host data to this backend's device (no copy when already there)."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def to_host(self, array) -> np.ndarray:
+        """Return a NumPy copy of a device array (a no-op view for NumPy arrays)."""
+        if self.name == "cupy":
+            return self.xp.asnumpy(array)
+        return np.asarray(array)
+
+    def is_device_array(self, array) -> bool:
+        return isinstance(array, self.xp.ndarray)
+
+    # ---- allocation ------------------------------------------------------------
+    def zeros(self, shape, dtype=None):
+        return self.xp.zeros(shape, dtype=dtype or self.dtype)
+
+    def empty(self, shape, dtype=None):
+        return self.xp.empty(shape, dtype=dtype or self.dtype)
+
+    def with_dtype(self, dtype) -> "Backend":
+        """The same library and ops with another floating dtype (e.g. float64 checks)."""
+        return Backend(self.name, self.xp, self.ops, _resolve_dtype(dtype), self.fast, self._ops_name)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on NumPy)."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend(name={self.name!r}, dtype={np.dtype(self.dtype).name}, ops={self._ops_name!r})"
+
+
+def _resolve_dtype(dtype) -> Any:
+    if dtype is None:
+        return np.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use 'float32' (default) or 'float64'")
+        return _DTYPES[dtype]
+    resolved = np.dtype(dtype).type
+    if resolved not in (np.float32, np.float64):
+        raise ValueError(
+            f"nanoae computes in float32 or float64, not {np.dtype(dtype).name}; "
+            "pass dtype='float32' (default) or dtype='float64'"
+        )
+    return resolved
+
+
+def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None = None) -> Backend:
+    """Return a :class:`Backend`.
+
+    name:  "numpy", "cupy" or "auto"; None reads ``$NANOAE_BACKEND`` (default "auto").
+           A Backend passes through (with ``dtype`` applied when given).
+    dtype: "float32" (default) or "float64".
+    fast:  use the fast ops for this library when they exist; False forces the
+           readable reference ops; None means "fast when available".
+    """
+    if isinstance(name, Backend):
+        return name if dtype is None else name.with_dtype(dtype)
+    requested = name if name is not None else os.environ.get("NANOAE_BACKEND", "auto")
+    requested = str(requested).strip().lower()
+    if requested not in BACKEND_NAMES:
+        raise ValueError(
+            f"unknown backend {requested!r}: choose one of {', '.join(BACKEND_NAMES)} "
+            "(by argument or the NANOAE_BACKEND environment variable)"
+        )
+    resolved_dtype = _resolve_dtype(dtype)
+
+    if requested in ("cupy", "auto"):
+        cupy, why = _probe_cupy()
+        if cupy is None:
+            if requested == "cupy":
+                raise BackendUnavailable(f"backend 'cupy' was requested but cannot run: {why}")
+        else:
+            from nanoae.ops import load_ops  # noqa: PLC0415 (avoid an import cycle)
+
+            ops, ops_name = load_ops("cupy", fast)
+            return Backend("cupy", cupy, ops, resolved_dtype, ops_name != "reference", ops_name)
+
+    from nanoae.ops import load_ops  # noqa: PLC0415
+
+    ops, ops_name = load_ops("numpy", fast)
+    return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference", ops_name)
+
+
+def make_rng(seed=None) -> np.random.Generator:
+    """One seeded host generator (PCG64). Same seed, same numbers, on every backend."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def array_module(array) -> ModuleType:
+    """numpy or cupy, whichever owns ``array`` (without importing CuPy needlessly)."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy  # noqa: PLC0415
+
+        return cupy
+    return np

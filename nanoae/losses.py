@@ -1,0 +1,133 @@
+"""Losses: a scalar from (prediction, target) and its gradient in one pass.
+
+Every loss is a mean over all elements (batch times features), so its gradient
+carries a 1/N. ``loss.forward(prediction, target)`` returns the value and keeps the
+gradient; ``loss.backward()`` returns it (the chain-rule start, dL/dprediction).
+
+* :class:`MSE`           L = mean((p - t)^2)
+* :class:`BCE`           L = -mean(t log p + (1 - t) log(1 - p)), p clipped to [eps, 1 - eps]
+* :class:`BCEWithLogits` the same on logits z with p = sigmoid(z), stable for any z
+"""
+
+from __future__ import annotations
+
+from nanoae.backend import get_backend
+from nanoae.validation import check_same_shape, fraction
+
+
+class Loss:
+    """Base class: subclasses implement ``_value`` and ``_value_and_grad`` via the ops table."""
+
+    name = "loss"
+
+    def __init__(self) -> None:
+        self.backend = None
+        self._grad = None
+        self._workspace: dict = {}
+
+    def bind(self, backend) -> "Loss":
+        self.backend = backend
+        self._workspace = {}
+        return self
+
+    def _ops_for(self, prediction):
+        if self.backend is None:  # a loss used on its own takes its backend from the data
+            library = "cupy" if type(prediction).__module__.startswith("cupy") else "numpy"
+            self.bind(get_backend(library, dtype=prediction.dtype))
+        return self.backend.ops
+
+    def _checked(self, prediction, target):
+        if not hasattr(target, "shape"):
+            raise TypeError(f"target must be an array, got {type(target).__name__}")
+        check_same_shape(target, prediction.shape)
+        return prediction, target
+
+    def __call__(self, prediction, target):
+        """The loss value only (no gradient kept): a 0-d array."""
+        prediction, target = self._checked(prediction, target)
+        return self._value(self._ops_for(prediction), prediction, target)
+
+    def forward(self, prediction, target):
+        """Value of the loss; keeps dL/dprediction for :meth:`backward`."""
+        value, self._grad = self.loss_and_grad(prediction, target)
+        return value
+
+    def backward(self, grad_output=1.0):
+        """dL/dprediction, scaled by the upstream gradient (1 for a final loss)."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._grad if grad_output == 1.0 else self._grad * grad_output
+
+    def loss_and_grad(self, prediction, target):
+        """(value: 0-d array, dL/dprediction: same shape as prediction)."""
+        ops = self._ops_for(prediction)
+        return self._value_and_grad(ops, prediction, target)
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MSE(Loss):
+    """Mean squared error, L = mean((p - t)^2); dL/dp = 2 (p - t) / N."""
+
+    name = "mse"
+
+    def _value(self, ops, prediction, target):
+        return ops.mse_loss(prediction, target)
+
+    def _value_and_grad(self, ops, prediction, target):
+        return ops.mse_loss_and_grad(prediction, target, self._workspace)
+
+
+class BCE(Loss):
+    """Binary cross-entropy on probabilities p in [0, 1].
+
+    p is clipped to [eps, 1 - eps] (eps = 1e-7 by default, as Keras) so that log stays
+    finite; where the clip is active the gradient is 0. Prefer :class:`BCEWithLogits`
+    after a linear output layer: it is exact and stable everywhere.
+    """
+
+    name = "bce"
+
+    def __init__(self, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.eps = fraction(eps, "eps", allow_zero=False)
+
+    def _value(self, ops, prediction, target):
+        return ops.bce_loss(prediction, target, self.eps)
+
+    def _value_and_grad(self, ops, prediction, target):
+        return ops.bce_loss_and_grad(prediction, target, self.eps, self._workspace)
+
+    def config(self) -> dict:
+        return {"name": self.name, "eps": self.eps}
+
+
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits z: L = mean(max(z, 0) - z t + log(1 + e^-|z|)).
+
+    dL/dz = (sigmoid(z) - t) / N.
+    """
+
+    name = "bce_logits"
+
+    def _value(self, ops, prediction, target):
+        return ops.bce_logits_loss(prediction, target)
+
+    def _value_and_grad(self, ops, prediction, target):
+        return ops.bce_logits_loss_and_grad(prediction, target, self._workspace)
+
+
+LOSSES = {"mse": MSE, "bce": BCE, "bce_logits": BCEWithLogits}
+
+
+def get_loss(spec) -> Loss:
+    """A Loss from a name ("mse", "bce", "bce_logits") or a Loss instance."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str) and spec.lower() in LOSSES:
+        return LOSSES[spec.lower()]()
+    raise ValueError(f"unknown loss {spec!r}; choose one of {', '.join(LOSSES)} or pass a Loss object")

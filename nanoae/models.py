@@ -1,0 +1,340 @@
+"""Models: trainable stacks of modules with one parameter arena.
+
+* :class:`Model`       the training machinery: loss, optimizer, ``train_step``, ``fit``
+* :class:`Sequential`  layers applied in order (a container, and a model when given a loss)
+* :class:`Autoencoder` ``encoder`` then ``decoder``, trained to reproduce its input
+
+A model owns one :class:`~nanoae.params.ParameterArena` (all parameters contiguous),
+one optimizer bound to it, and one seeded generator that draws the initial weights
+and the order of the training batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nanoae.layers import Dense, Module
+from nanoae.losses import get_loss
+from nanoae.optim import RMSProp, get_optimizer
+from nanoae.params import ParamSpec
+from nanoae.validation import as_batch, check_same_shape, positive_int
+
+_BUILD_OPTIONS = ("backend", "dtype", "seed", "fast")
+
+
+class Model(Module):
+    """A module that can train: forward, loss, backward, optimizer step.
+
+    loss:      "mse", "bce", "bce_logits" or a Loss object (None: cannot train)
+    optimizer: an Optimizer object or a name (None: cannot train)
+    backend, dtype, seed, fast: used when the model builds (see :meth:`Module.build`)
+    """
+
+    def __init__(self, loss=None, optimizer=None, backend=None, dtype=None, seed=None, fast=None) -> None:
+        super().__init__()
+        self.loss = get_loss(loss) if loss is not None else None
+        self.optimizer = get_optimizer(optimizer) if optimizer is not None else None
+        self._build_options = {"backend": backend, "dtype": dtype, "seed": seed, "fast": fast}
+        self.step = 0
+
+    # ---- building ------------------------------------------------------------------
+    def build(self, backend=None, dtype=None, seed=None, fast=None) -> "Model":
+        given = {"backend": backend, "dtype": dtype, "seed": seed, "fast": fast}
+        options = {key: given[key] if given[key] is not None else self._build_options[key] for key in _BUILD_OPTIONS}
+        super().build(**options)
+        if self.loss is not None:
+            self.loss.bind(self.backend)
+        if self.optimizer is not None:
+            self.optimizer.bind(self.arena)
+        self.step = 0
+        return self
+
+    def _ensure_built(self) -> None:
+        if self.arena is None and not self.built:
+            self.build()
+
+    # ---- inference -----------------------------------------------------------------
+    def predict(self, x):
+        """Validated forward pass. x: (batch, in_features) -> (batch, out_features)."""
+        return self(x)
+
+    def evaluate(self, x, target=None, batch_size: int = 1024) -> float:
+        """Mean loss over a dataset (a float), computed in batches."""
+        self._require_training_parts(need_optimizer=False)
+        x = as_batch(x, self.in_features, self.backend, "x")
+        target = self._target_for(x, target)
+        total, count = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            stop = min(start + batch_size, x.shape[0])
+            value = self.loss(self.forward(x[start:stop]), target[start:stop])
+            total += float(value) * (stop - start)
+            count += stop - start
+        return total / count
+
+    # ---- training ------------------------------------------------------------------
+    def _require_training_parts(self, need_optimizer: bool = True) -> None:
+        self._ensure_built()
+        if self.loss is None:
+            raise ValueError(f"{type(self).__name__} has no loss; pass loss='mse' (or another) when creating it")
+        if need_optimizer and self.optimizer is None:
+            raise ValueError(f"{type(self).__name__} has no optimizer; pass optimizer=RMSProp(...) when creating it")
+
+    def _target_for(self, x, target):
+        if target is None:
+            raise ValueError("target is required for this model")
+        target = as_batch(target, self.out_features, self.backend, "target")
+        check_same_shape(target, (x.shape[0], self.out_features))
+        return target
+
+    def train_step(self, x, target=None):
+        """One step on one batch: forward, loss, backward, optimizer update.
+
+        x: (batch, in_features); target: (batch, out_features).
+        Returns the batch loss before the update, as a 0-d array of the model's dtype
+        (``float(loss)`` reads it; on a GPU that waits for the device).
+        """
+        self._require_training_parts()
+        x = as_batch(x, self.in_features, self.backend, "x")
+        target = self._target_for(x, target)
+        return self._train_step(x, target)
+
+    def _train_step(self, x, target):
+        """train_step on arrays already checked and on the device."""
+        output = self.forward(x)
+        loss, grad_output = self.loss.loss_and_grad(output, target)
+        self.backward(grad_output, need_input_grad=False)  # nobody needs dL/dx
+        self.optimizer.step()
+        self.step += 1
+        return loss
+
+    def fit(self, x, target=None, *, steps: int | None = None, epochs: float | None = None, batch_size: int = 256):
+        """Train on shuffled mini-batches; return the loss of every step (floats).
+
+        x: (n, in_features); target: (n, out_features), or None where the model has
+        its own (an autoencoder's target is its input).
+        steps or epochs: how long (epochs may be fractional; steps = ceil(epochs n / batch)).
+        Batches are drawn like TF1's ``next_batch``: shuffled each epoch with the
+        model's generator, continuing across epoch boundaries.
+        """
+        from nanoae.data.batching import BatchSampler  # noqa: PLC0415 (keeps import light)
+
+        self._require_training_parts()
+        x = as_batch(x, self.in_features, self.backend, "x")
+        target = self._target_for(x, target)
+        batch_size = positive_int(batch_size, "batch_size")
+        if batch_size > x.shape[0]:
+            raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
+        if (steps is None) == (epochs is None):
+            raise ValueError("pass exactly one of steps= or epochs=")
+        if steps is None:
+            if not epochs > 0:
+                raise ValueError(f"epochs must be > 0, got {epochs!r}")
+            steps = math.ceil(epochs * x.shape[0] / batch_size)
+        steps = positive_int(steps, "steps")
+        sampler = BatchSampler(x.shape[0], batch_size, self.rng)
+        same = target is x
+        losses = []
+        for _ in range(steps):
+            indices = self.backend.asarray(sampler.next_indices())
+            batch = x[indices]
+            losses.append(self._train_step(batch, batch if same else target[indices]))
+        # One conversion at the end: on a GPU, no per-step wait for the device.
+        return [float(value) for value in losses]
+
+    def config(self) -> dict:
+        config = {"type": type(self).__name__}
+        if self.loss is not None:
+            config["loss"] = self.loss.config()
+        if self.optimizer is not None:
+            config["optimizer"] = self.optimizer.config()
+        return config
+
+
+class Sequential(Model):
+    """Layers applied in order: y = layer_n(... layer_1(x)).
+
+    Backward runs them in reverse; the first layer skips dL/dx unless asked for it.
+    A Sequential builds lazily (on first use) unless built explicitly or placed in a
+    bigger model, which then owns its parameters.
+    """
+
+    def __init__(self, layers, loss=None, optimizer=None, backend=None, dtype=None, seed=None, fast=None) -> None:
+        super().__init__(loss, optimizer, backend, dtype, seed, fast)
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {index} is {type(layer).__name__}, not a nanoae Module (e.g. Dense)")
+        widths = [(i, layer) for i, layer in enumerate(layers) if layer.in_features is not None]
+        for (i, left), (j, right) in zip(widths, widths[1:]):
+            if left.out_features != right.in_features:
+                raise ValueError(
+                    f"layer {i} outputs {left.out_features} features but layer {j} expects {right.in_features}"
+                )
+        self.layers = layers
+        self.in_features = widths[0][1].in_features if widths else None
+        self.out_features = widths[-1][1].out_features if widths else None
+
+    def children(self, prefix: str = "") -> list[tuple[str, Module]]:
+        return [(f"{prefix}{index}.", layer) for index, layer in enumerate(self.layers)]
+
+    def parameter_specs(self, prefix: str = "") -> list[ParamSpec]:
+        specs = []
+        for child_prefix, child in self.children(prefix):
+            specs.extend(child.parameter_specs(child_prefix))
+        return specs
+
+    def forward(self, x):
+        """x: (batch, in_features) -> (batch, out_features)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_output, need_input_grad: bool = True):
+        """Reverse pass; returns dL/dx, or None when need_input_grad is False."""
+        last = len(self.layers) - 1
+        for position, layer in enumerate(reversed(self.layers)):
+            grad_output = layer.backward(grad_output, need_input_grad or position < last)
+        return grad_output
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def config(self) -> dict:
+        return {**super().config(), "layers": [layer.config() for layer in self.layers]}
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n  {inner}\n])"
+
+
+class Autoencoder(Model):
+    """reconstruct(x) = decode(encode(x)), trained to reproduce x.
+
+    encoder: Sequential (or a list of layers) from in_features to the code size
+    decoder: Sequential (or a list of layers) from the code size back to in_features
+    loss:    default "mse"; optimizer: default RMSProp(0.001, flavor="tf1")
+    The autoencoder builds at once, in one arena spanning encoder and decoder
+    (names "encoder.<i>.weights", "decoder.<i>.bias", ...).
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        loss="mse",
+        optimizer=None,
+        backend=None,
+        dtype=None,
+        seed=None,
+        fast=None,
+    ) -> None:
+        super().__init__(loss, optimizer if optimizer is not None else RMSProp(), backend, dtype, seed, fast)
+        self.encoder = encoder if isinstance(encoder, Module) else Sequential(encoder)
+        self.decoder = decoder if isinstance(decoder, Module) else Sequential(decoder)
+        if self.encoder.out_features != self.decoder.in_features:
+            raise ValueError(
+                f"the encoder outputs {self.encoder.out_features} features but the decoder expects "
+                f"{self.decoder.in_features}"
+            )
+        if self.decoder.out_features != self.encoder.in_features:
+            raise ValueError(
+                f"the decoder outputs {self.decoder.out_features} features but an autoencoder must "
+                f"reproduce its {self.encoder.in_features} input features"
+            )
+        self.in_features = self.encoder.in_features
+        self.out_features = self.decoder.out_features
+        self.code_size = self.encoder.out_features
+        self.build()
+
+    def children(self, prefix: str = "") -> list[tuple[str, Module]]:
+        return [(prefix + "encoder.", self.encoder), (prefix + "decoder.", self.decoder)]
+
+    def parameter_specs(self, prefix: str = "") -> list[ParamSpec]:
+        return self.encoder.parameter_specs(prefix + "encoder.") + self.decoder.parameter_specs(prefix + "decoder.")
+
+    def forward(self, x):
+        """x: (batch, in_features) -> reconstruction: (batch, in_features)."""
+        return self.decoder.forward(self.encoder.forward(x))
+
+    def backward(self, grad_output, need_input_grad: bool = True):
+        grad_code = self.decoder.backward(grad_output, True)
+        return self.encoder.backward(grad_code, need_input_grad)
+
+    def encode(self, x):
+        """x: (batch, in_features) -> code: (batch, code_size)."""
+        return self.encoder.forward(as_batch(x, self.in_features, self.backend, "x"))
+
+    def decode(self, code):
+        """code: (batch, code_size) -> (batch, in_features)."""
+        return self.decoder.forward(as_batch(code, self.code_size, self.backend, "code"))
+
+    def reconstruct(self, x):
+        """decode(encode(x)). x: (batch, in_features) -> (batch, in_features)."""
+        return self(x)
+
+    def _target_for(self, x, target):
+        return x if target is None else super()._target_for(x, target)
+
+    def config(self) -> dict:
+        return {**super().config(), "encoder": self.encoder.config(), "decoder": self.decoder.config()}
+
+
+def module_from_config(config: dict) -> Module:
+    """Rebuild an (unbuilt) module from :meth:`Module.config` output."""
+    from nanoae.activations import ACTIVATIONS, LeakyReLU  # noqa: PLC0415
+    from nanoae.losses import LOSSES  # noqa: PLC0415
+    from nanoae.optim import OPTIMIZERS  # noqa: PLC0415
+
+    kind = config.get("type")
+    if kind == "Dense":
+        alpha = config.get("alpha") if config.get("activation") == "leaky_relu" else None
+        return Dense(
+            config["in_features"],
+            config["out_features"],
+            config.get("activation", "identity"),
+            init=config.get("init", "glorot_uniform"),
+            bias_init=config.get("bias_init", "zeros"),
+            alpha=alpha,
+        )
+    if kind in {cls.__name__ for cls in ACTIVATIONS.values()}:
+        cls = ACTIVATIONS[config["name"]]
+        return LeakyReLU(config["alpha"]) if cls is LeakyReLU else cls()
+
+    def loss_of(cfg):
+        if cfg is None:
+            return None
+        options = {k: v for k, v in cfg.items() if k != "name"}
+        return LOSSES[cfg["name"]](**options)
+
+    def optimizer_of(cfg):
+        if cfg is None:
+            return None
+        options = {k: v for k, v in cfg.items() if k != "name"}
+        return OPTIMIZERS[cfg["name"]](**options)
+
+    if kind == "Sequential":
+        layers = [module_from_config(layer) for layer in config["layers"]]
+        return Sequential(layers, loss=loss_of(config.get("loss")), optimizer=optimizer_of(config.get("optimizer")))
+    if kind == "Autoencoder":
+        return Autoencoder(
+            module_from_config(config["encoder"]),
+            module_from_config(config["decoder"]),
+            loss=loss_of(config.get("loss")) or "mse",
+            optimizer=optimizer_of(config.get("optimizer")),
+        )
+    raise ValueError(f"cannot rebuild a module of type {kind!r} from its config")
+
+
+def count_parameters(module: Module) -> int:
+    """Number of trainable numbers in a module."""
+    return int(sum(np.prod(spec.shape) for spec in module.parameter_specs()))

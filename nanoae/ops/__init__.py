@@ -1,0 +1,45 @@
+"""The math of nanoae, as interchangeable tables of functions.
+
+Every ops module offers the same functions with the same signatures:
+
+* ``reference`` -- plain array code that reads like a textbook; runs on NumPy or CuPy.
+* fast paths (added beside it) compute the same functions with fused kernels and
+  reused buffers, and are tested against the reference.
+
+A :class:`nanoae.backend.Backend` holds one table; layers call only that table, so no
+layer, model or training loop ever branches on the array library.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+#: Names every ops table must define (checked by the tests).
+OPS_API = (
+    "ACTIVATIONS",
+    "activation_forward",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "mse_loss",
+    "mse_loss_and_grad",
+    "bce_loss",
+    "bce_loss_and_grad",
+    "bce_logits_loss",
+    "bce_logits_loss_and_grad",
+    "rmsprop_update",
+    "sgd_update",
+    "adam_update",
+)
+
+
+def load_ops(library: str, fast: bool | None) -> tuple[ModuleType, str]:
+    """Return (ops module, its name) for ``library`` ("numpy" or "cupy").
+
+    ``fast=False`` always gives the reference table. No fast table is registered yet,
+    so every request currently resolves to the reference implementation.
+    """
+    from nanoae.ops import reference  # noqa: PLC0415
+
+    del library, fast  # the fast tables plug in here
+    return reference, "reference"

@@ -1,0 +1,321 @@
+"""The reference math: every forward and backward pass of nanoae, written plainly.
+
+This is the module to read when studying backprop. Each function is a few lines of
+array code that runs unchanged on NumPy or CuPy (the array module is taken from the
+inputs). Nothing is fused and fresh arrays are allocated freely; the fast paths sit
+beside this file and are tested to compute the same functions.
+
+Conventions
+-----------
+* Shapes: ``batch`` rows of ``features`` columns. A dense layer computes
+  ``y = act(x @ W + b)`` with ``x: (batch, in)``, ``W: (in, out)``, ``b: (out,)``.
+* Activations are differentiated from their *output* ``y`` (all five here can be),
+  so a layer keeps only ``x`` and ``y`` for its backward pass.
+* ReLU's derivative at 0 is 0, as in TensorFlow.
+* Gradients are *written* into the given buffers (``grad_weights[...] = ...``), not
+  added, so there is nothing to zero between steps.
+* ``workspace`` is scratch space a fast path may fill with reusable buffers; the
+  reference path ignores it.
+* Hyper-parameters arrive as Python floats, which NumPy treats as "weak" scalars:
+  ``lr * grad`` stays float32 for a float32 ``grad``. No float64 creeps in.
+"""
+
+from __future__ import annotations
+
+from nanoae.backend import array_module
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+# --------------------------------------------------------------------------------------
+# Activations: y = f(z), and dz = f'(z) * dy expressed through y.
+# --------------------------------------------------------------------------------------
+def sigmoid(z):
+    """Logistic function 1 / (1 + e^-z), stable for large |z|.
+
+    For z >= 0 use 1 / (1 + e^-z); for z < 0 use e^z / (1 + e^z). Both forms only
+    ever exponentiate -|z| <= 0, so nothing overflows.
+    """
+    xp = array_module(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def activation_forward(z, activation: str, alpha: float = 0.0, workspace=None):
+    """y = f(z) elementwise. z: (batch, features) -> y: same shape.
+
+    identity: y = z;  relu: y = max(z, 0);  leaky_relu: y = z if z > 0 else alpha * z;
+    sigmoid: y = 1 / (1 + e^-z);  tanh: y = tanh(z).
+    """
+    xp = array_module(z)
+    if activation == "identity":
+        return z
+    if activation == "relu":
+        return xp.maximum(z, 0)
+    if activation == "leaky_relu":
+        return xp.where(z > 0, z, alpha * z)
+    if activation == "sigmoid":
+        return sigmoid(z)
+    if activation == "tanh":
+        return xp.tanh(z)
+    raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def activation_backward(grad_output, y, activation: str, alpha: float = 0.0, workspace=None):
+    """dz = f'(z) * dy, with f' written in terms of the output y.
+
+    relu:       f' = 1 where y > 0, else 0 (so 0 at z = 0)
+    leaky_relu: f' = 1 where y > 0, else alpha (for alpha > 0, y > 0 exactly when z > 0)
+    sigmoid:    f' = y (1 - y)
+    tanh:       f' = 1 - y^2
+    identity:   f' = 1
+    grad_output, y: (batch, features) -> dz: same shape.
+    """
+    xp = array_module(y)
+    if activation == "identity":
+        return grad_output
+    if activation == "relu":
+        return grad_output * (y > 0)  # a boolean mask keeps the float dtype
+    if activation == "leaky_relu":
+        return xp.where(y > 0, grad_output, alpha * grad_output)
+    if activation == "sigmoid":
+        return grad_output * y * (1 - y)
+    if activation == "tanh":
+        return grad_output * (1 - y * y)
+    raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+# --------------------------------------------------------------------------------------
+# Dense layer.
+# --------------------------------------------------------------------------------------
+def dense_forward(x, weights, bias, activation: str, alpha: float = 0.0, workspace=None):
+    """y = act(x @ W + b).
+
+    x: (batch, in), weights: (in, out), bias: (out,) -> y: (batch, out).
+    """
+    z = x @ weights + bias
+    return activation_forward(z, activation, alpha)
+
+
+def dense_backward(
+    grad_output,
+    x,
+    y,
+    weights,
+    activation: str,
+    alpha: float,
+    grad_weights,
+    grad_bias,
+    need_input_grad: bool = True,
+    workspace=None,
+):
+    """Backward pass of y = act(x @ W + b).
+
+    With dz = act'(z) * dy (from the kept output y):
+        dW = x^T @ dz            (in, out)   written into grad_weights
+        db = sum over batch dz   (out,)      written into grad_bias
+        dx = dz @ W^T            (batch, in) returned, or None when not needed
+    grad_output, y: (batch, out); x: (batch, in).
+    """
+    grad_pre_activation = activation_backward(grad_output, y, activation, alpha)
+    grad_weights[...] = x.T @ grad_pre_activation
+    grad_bias[...] = grad_pre_activation.sum(axis=0)
+    if not need_input_grad:
+        return None
+    return grad_pre_activation @ weights.T
+
+
+# --------------------------------------------------------------------------------------
+# Losses. Each "mean" is over every element: batch times features.
+# --------------------------------------------------------------------------------------
+def mse_loss(prediction, target):
+    """L = mean((prediction - target)^2). Both (batch, features) -> 0-d array."""
+    difference = prediction - target
+    return (difference * difference).mean()
+
+
+def mse_loss_and_grad(prediction, target, workspace=None):
+    """L as in :func:`mse_loss` and dL/dprediction = 2 (prediction - target) / N."""
+    difference = prediction - target
+    loss = (difference * difference).mean()
+    grad = difference * (2.0 / difference.size)
+    return loss, grad
+
+
+def bce_loss(probability, target, eps: float = 1e-7):
+    """Binary cross-entropy on probabilities, clipped to [eps, 1 - eps].
+
+    p = clip(probability, eps, 1 - eps)
+    L = -mean(t log p + (1 - t) log(1 - p))
+    Clipping keeps log finite at p = 0 or 1 (the same rule and eps as Keras).
+    """
+    xp = array_module(probability)
+    p = xp.clip(probability, eps, 1 - eps)
+    return -(target * xp.log(p) + (1 - target) * xp.log(1 - p)).mean()
+
+
+def bce_loss_and_grad(probability, target, eps: float = 1e-7, workspace=None):
+    """L as in :func:`bce_loss` and its gradient.
+
+    dL/dp = (p - t) / (p (1 - p)) / N inside the clip range; where the probability was
+    clipped the loss does not depend on it, so the gradient there is 0.
+    """
+    xp = array_module(probability)
+    p = xp.clip(probability, eps, 1 - eps)
+    loss = -(target * xp.log(p) + (1 - target) * xp.log(1 - p)).mean()
+    inside = (probability >= eps) & (probability <= 1 - eps)
+    grad = (p - target) / (p * (1 - p)) * (1.0 / p.size) * inside
+    return loss, grad
+
+
+def bce_logits_loss(logits, target):
+    """Binary cross-entropy on logits z (probability sigmoid(z)), without overflow.
+
+    L = mean(max(z, 0) - z t + log(1 + e^-|z|)), which equals
+    -mean(t log s + (1 - t) log(1 - s)) with s = sigmoid(z) for every finite z.
+    """
+    xp = array_module(logits)
+    return (xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))).mean()
+
+
+def bce_logits_loss_and_grad(logits, target, workspace=None):
+    """L as in :func:`bce_logits_loss` and dL/dz = (sigmoid(z) - t) / N."""
+    loss = bce_logits_loss(logits, target)
+    grad = (sigmoid(logits) - target) * (1.0 / logits.size)
+    return loss, grad
+
+
+# --------------------------------------------------------------------------------------
+# Optimizer updates, in place over flat arrays (the parameter arena and its state).
+# --------------------------------------------------------------------------------------
+def rmsprop_update(
+    params,
+    grads,
+    mean_square,
+    momentum_buffer,
+    lr: float,
+    rho: float,
+    eps: float,
+    momentum: float,
+    flavor: str,
+):
+    """One RMSProp step, in place. All arrays are flat and the same shape.
+
+    flavor "tf1" (tf.compat.v1.train.RMSPropOptimizer; mean_square starts at ones):
+        ms  <- ms + (g^2 - ms)(1 - rho)
+        mom <- momentum * mom + lr * g / sqrt(ms + eps)
+        w   <- w - mom
+    flavor "keras" (tf.keras.optimizers.RMSprop; mean_square starts at zeros):
+        ms  <- rho * ms + (1 - rho) g^2
+        inc <- lr * g / sqrt(ms + eps)
+        w   <- w - inc, or with momentum: mom <- momentum * mom + inc; w <- w - mom
+    flavor "torch" (torch.optim.RMSprop; mean_square starts at zeros, eps outside the root):
+        ms  <- rho * ms + (1 - rho) g^2
+        d   <- g / (sqrt(ms) + eps)
+        w   <- w - lr * d, or with momentum: mom <- momentum * mom + d; w <- w - lr * mom
+    momentum_buffer may be None when momentum == 0.
+    """
+    xp = array_module(params)
+    if flavor == "tf1":
+        mean_square += (grads * grads - mean_square) * (1 - rho)
+        increment = lr * grads / xp.sqrt(mean_square + eps)
+    elif flavor == "keras":
+        mean_square *= rho
+        mean_square += (1 - rho) * (grads * grads)
+        increment = lr * grads / xp.sqrt(mean_square + eps)
+    elif flavor == "torch":
+        mean_square *= rho
+        mean_square += (1 - rho) * (grads * grads)
+        direction = grads / (xp.sqrt(mean_square) + eps)
+        if momentum:
+            momentum_buffer *= momentum
+            momentum_buffer += direction
+            params -= lr * momentum_buffer
+        else:
+            params -= lr * direction
+        return
+    else:
+        raise ValueError(f"unknown RMSProp flavor {flavor!r}; use 'tf1', 'keras' or 'torch'")
+    if momentum:
+        momentum_buffer *= momentum
+        momentum_buffer += increment
+        params -= momentum_buffer
+    else:
+        params -= increment
+
+
+def sgd_update(
+    params,
+    grads,
+    velocity,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+):
+    """One SGD step, in place (torch.optim.SGD's rule, dampening 0).
+
+        g <- g + weight_decay * w                    (when weight_decay > 0)
+        v <- momentum * v + g                        (when momentum > 0; v starts at 0)
+        d <- g + momentum * v if nesterov else v     (d = g without momentum)
+        w <- w - lr * d
+    velocity may be None when momentum == 0.
+    """
+    if weight_decay:
+        grads = grads + weight_decay * params
+    if momentum:
+        velocity *= momentum
+        velocity += grads
+        direction = grads + momentum * velocity if nesterov else velocity
+    else:
+        direction = grads
+    params -= lr * direction
+
+
+def adam_update(
+    params,
+    grads,
+    first_moment,
+    second_moment,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    weight_decay: float,
+    decoupled: bool,
+    flavor: str,
+):
+    """One Adam (or AdamW) step, in place; ``step`` counts from 1.
+
+    Weight decay: decoupled (AdamW) shrinks the weights first, w <- w - lr * wd * w;
+    otherwise (Adam with L2) it is added to the gradient, g <- g + wd * w.
+
+    flavor "torch" (torch.optim.Adam / AdamW):
+        m <- m + (1 - beta1)(g - m);  v <- beta2 v + (1 - beta2) g^2
+        w <- w - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    flavor "keras" (tf.keras.optimizers.Adam / AdamW):
+        m <- m + (g - m)(1 - beta1);  v <- v + (g^2 - v)(1 - beta2)
+        w <- w - [lr sqrt(1 - beta2^t) / (1 - beta1^t)] * m / (sqrt(v) + eps)
+    The two differ only in where eps sits relative to the bias correction.
+    """
+    xp = array_module(params)
+    if weight_decay and decoupled:
+        params *= 1 - lr * weight_decay
+    elif weight_decay:
+        grads = grads + weight_decay * params
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    if flavor == "torch":
+        first_moment += (1 - beta1) * (grads - first_moment)  # torch's lerp
+        second_moment *= beta2
+        second_moment += (1 - beta2) * (grads * grads)
+        denominator = xp.sqrt(second_moment) / bias_correction2**0.5 + eps
+        params -= (lr / bias_correction1) * first_moment / denominator
+    elif flavor == "keras":
+        first_moment += (grads - first_moment) * (1 - beta1)
+        second_moment += (grads * grads - second_moment) * (1 - beta2)
+        step_size = lr * bias_correction2**0.5 / bias_correction1
+        params -= step_size * first_moment / (xp.sqrt(second_moment) + eps)
+    else:
+        raise ValueError(f"unknown Adam flavor {flavor!r}; use 'torch' or 'keras'")
