@@ -1,0 +1,168 @@
+"""Shuffled mini-batch indices that run on across epoch boundaries.
+
+:class:`BatchSampler` behaves like TensorFlow 1's ``mnist.train.next_batch``
+with shuffling: every epoch is a fresh permutation of ``range(n)``, every
+batch has exactly ``batch_size`` indices, and a batch that reaches the end
+of an epoch is completed from the start of the next, freshly shuffled, one.
+So each index appears exactly once per epoch and no batch is short.
+
+Its state (position, epoch, the current permutation) round-trips through
+:meth:`BatchSampler.state_dict` as plain ints and one int64 array, which a
+``.npz`` checkpoint stores without pickle. The random generator's own state
+belongs to the caller, who saves it beside this.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["BatchSampler"]
+
+
+def _as_int(value: Any, what: str) -> int:
+    """A Python int from an int or a 0-d integer array (as ``np.load`` gives)."""
+    try:
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__}).") from None
+
+
+class BatchSampler:
+    """Endless shuffled batches of indices into a data set of ``n`` rows.
+
+    Args:
+        n: number of rows, >= 1.
+        batch_size: indices per batch, 1..n.
+        rng: the ``numpy.random.Generator`` that draws every permutation,
+            the first one included (drawn here, in the constructor).
+
+    Attributes:
+        epoch: completed epochs: the number of full passes over the data
+            handed out so far.
+        progress: epochs as a float (``epoch + position / n``).
+        position: how many indices of the current epoch were handed out.
+    """
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        n = _as_int(n, "n")
+        batch_size = _as_int(batch_size, "batch_size")
+        if n < 1:
+            raise ValueError(f"n must be at least 1 (the number of rows to sample from), got {n}.")
+        if not 1 <= batch_size <= n:
+            raise ValueError(
+                f"batch_size must lie in 1..{n} (the number of rows), got {batch_size}; "
+                "use a smaller batch or more data."
+            )
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), "
+                f"got {type(rng).__name__}."
+            )
+        self._n = n
+        self._batch_size = batch_size
+        self._rng = rng
+        self._epoch = 0
+        self._position = 0
+        self._perm = self._shuffle()
+
+    def _shuffle(self) -> np.ndarray:
+        """A fresh permutation of range(n), int64."""
+        return self._rng.permutation(self._n).astype(np.int64, copy=False)
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def progress(self) -> float:
+        return self._epoch + self._position / self._n
+
+    @property
+    def batches_per_epoch(self) -> float:
+        """n / batch_size: batches per pass over the data (not always whole)."""
+        return self._n / self._batch_size
+
+    def next_indices(self) -> np.ndarray:
+        """The next batch: int64 (batch_size,), a new array the caller owns.
+
+        When fewer than ``batch_size`` indices remain in this epoch, the batch
+        is the rest of it followed by the start of the next epoch's fresh
+        permutation.
+        """
+        out = np.empty(self._batch_size, dtype=np.int64)
+        filled = 0
+        while filled < self._batch_size:
+            take = min(self._batch_size - filled, self._n - self._position)
+            out[filled:filled + take] = self._perm[self._position:self._position + take]
+            filled += take
+            self._position += take
+            if self._position == self._n:
+                # Epoch done: reshuffle now, so the saved state never needs a
+                # "shuffle pending" flag and position always lies in 0..n-1.
+                self._epoch += 1
+                self._position = 0
+                self._perm = self._shuffle()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, except the generator's state.
+
+        Returns:
+            ``{"n", "batch_size", "epoch", "position"}`` as Python ints and
+            ``"permutation"``: int64 (n,), a copy of the current epoch's order.
+        """
+        return {
+            "n": self._n,
+            "batch_size": self._batch_size,
+            "epoch": self._epoch,
+            "position": self._position,
+            "permutation": self._perm.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` output (values may be 0-d arrays).
+
+        ``n`` and ``batch_size`` must match this sampler's. Restore the
+        generator's state separately for the following epochs to match.
+        """
+        keys = {"n", "batch_size", "epoch", "position", "permutation"}
+        missing = keys - set(state)
+        if missing:
+            raise ValueError(f"BatchSampler state lacks {', '.join(sorted(missing))}; expected keys {sorted(keys)}.")
+        n = _as_int(state["n"], "state['n']")
+        batch_size = _as_int(state["batch_size"], "state['batch_size']")
+        epoch = _as_int(state["epoch"], "state['epoch']")
+        position = _as_int(state["position"], "state['position']")
+        if n != self._n or batch_size != self._batch_size:
+            raise ValueError(
+                f"BatchSampler state is for n={n}, batch_size={batch_size}; this sampler has "
+                f"n={self._n}, batch_size={self._batch_size}. Build the sampler with the saved sizes."
+            )
+        if epoch < 0 or not 0 <= position < n:
+            raise ValueError(f"BatchSampler state has epoch={epoch}, position={position}; need epoch >= 0 and 0 <= position < {n}.")
+        perm = np.asarray(state["permutation"])
+        if perm.shape != (n,) or perm.dtype.kind not in "iu":
+            raise ValueError(f"BatchSampler state's permutation must be an integer array of shape ({n},), got {perm.dtype} {perm.shape}.")
+        if not np.array_equal(np.sort(perm), np.arange(n)):
+            raise ValueError(f"BatchSampler state's permutation is not a permutation of 0..{n - 1}.")
+        self._epoch, self._position = epoch, position
+        self._perm = perm.astype(np.int64, copy=True)

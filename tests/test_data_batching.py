@@ -1,0 +1,151 @@
+"""BatchSampler: shuffled batches that run on across epochs, resumable exactly."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanoae.data import BatchSampler
+
+
+def draw(sampler: BatchSampler, batches: int) -> np.ndarray:
+    return np.concatenate([sampler.next_indices() for _ in range(batches)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 60), data=st.data())
+def test_every_index_once_per_epoch(n, data):
+    batch_size = data.draw(st.integers(1, n))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    sampler = BatchSampler(n, batch_size, np.random.default_rng(seed))
+    epochs = 3
+    batches = -(-epochs * n // batch_size)  # enough to cover three epochs
+    flat = np.concatenate([sampler.next_indices() for _ in range(batches)])
+    assert flat.dtype == np.int64
+    # The stream of indices is a concatenation of permutations of range(n).
+    for e in range(epochs):
+        assert sorted(flat[e * n:(e + 1) * n].tolist()) == list(range(n))
+    assert sampler.epoch == len(flat) // n
+    assert sampler.progress == pytest.approx(len(flat) / n)
+
+
+def test_batches_cross_epoch_boundaries():
+    n, bs = 10, 4
+    rng = np.random.default_rng(7)
+    sampler = BatchSampler(n, bs, rng)
+    # Replay the generator's draws to know the permutations it makes.
+    replay = np.random.default_rng(7)
+    first, second = replay.permutation(n), replay.permutation(n)
+    b1, b2, b3 = sampler.next_indices(), sampler.next_indices(), sampler.next_indices()
+    np.testing.assert_array_equal(b1, first[:4])
+    np.testing.assert_array_equal(b2, first[4:8])
+    # The last 2 of epoch 0, then the first 2 of a fresh shuffle.
+    np.testing.assert_array_equal(b3, np.concatenate([first[8:], second[:2]]))
+    assert len(b3) == bs and sampler.epoch == 1 and sampler.position == 2
+    assert sampler.progress == pytest.approx(1.2)
+
+
+def test_whole_batches_fill_epochs_exactly():
+    sampler = BatchSampler(8, 4, np.random.default_rng(0))
+    sampler.next_indices()
+    assert sampler.epoch == 0
+    sampler.next_indices()
+    assert sampler.epoch == 1 and sampler.position == 0
+    assert sampler.batches_per_epoch == 2
+
+
+def test_batch_size_equal_to_n():
+    sampler = BatchSampler(5, 5, np.random.default_rng(3))
+    for epoch in range(4):
+        assert sorted(sampler.next_indices().tolist()) == [0, 1, 2, 3, 4]
+        assert sampler.epoch == epoch + 1
+
+
+def test_same_seed_same_sequence_other_seed_differs():
+    a = draw(BatchSampler(100, 32, np.random.default_rng(42)), 20)
+    b = draw(BatchSampler(100, 32, np.random.default_rng(42)), 20)
+    c = draw(BatchSampler(100, 32, np.random.default_rng(43)), 20)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 3, 4, 7])
+def test_state_dict_round_trip_resumes_exactly(tmp_path, stop_after):
+    n, bs = 50, 16
+    reference = BatchSampler(n, bs, np.random.default_rng(5))
+    expected = [reference.next_indices() for _ in range(stop_after + 12)]
+
+    rng = np.random.default_rng(5)
+    first = BatchSampler(n, bs, rng)
+    for _ in range(stop_after):
+        first.next_indices()
+    state = first.state_dict()
+    gen_state = rng.bit_generator.state  # saved by the caller, not by the sampler
+    assert {k for k, v in state.items() if type(v) is int} == {"n", "batch_size", "epoch", "position"}
+    assert state["permutation"].dtype == np.int64
+
+    # Through an .npz, as a checkpoint would store it (no pickle).
+    np.savez(tmp_path / "ckpt.npz", **state)
+    with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as f:
+        loaded = {k: f[k] for k in f.files}
+
+    rng2 = np.random.default_rng(999)
+    resumed = BatchSampler(n, bs, rng2)
+    rng2.bit_generator.state = gen_state
+    resumed.load_state_dict(loaded)
+    assert resumed.epoch == first.epoch and resumed.position == first.position
+    for want in expected[stop_after:]:
+        np.testing.assert_array_equal(resumed.next_indices(), want)
+
+
+def test_state_dict_is_a_copy():
+    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    state = sampler.state_dict()
+    state["permutation"][:] = 0
+    assert sorted(sampler.state_dict()["permutation"].tolist()) == list(range(10))
+
+
+def test_returned_batches_are_independent_arrays():
+    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    b = sampler.next_indices()
+    b[:] = -1
+    assert sorted(sampler.state_dict()["permutation"].tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 11])
+def test_bad_batch_sizes(batch_size):
+    with pytest.raises(ValueError, match=r"batch_size must lie in 1\.\.10"):
+        BatchSampler(10, batch_size, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("batch_size", [2.5, "4", None, True])
+def test_batch_size_must_be_an_int(batch_size):
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        BatchSampler(10, batch_size, np.random.default_rng(0))
+
+
+def test_bad_n_and_rng():
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        BatchSampler(0, 1, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        BatchSampler(10, 2, np.random.RandomState(0))
+    # NumPy integers are fine.
+    assert BatchSampler(np.int64(10), np.int32(2), np.random.default_rng(0)).batch_size == 2
+
+
+def test_bad_states_are_refused():
+    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    good = sampler.state_dict()
+    with pytest.raises(ValueError, match="lacks permutation"):
+        sampler.load_state_dict({k: v for k, v in good.items() if k != "permutation"})
+    with pytest.raises(ValueError, match="n=11, batch_size=3"):
+        sampler.load_state_dict({**good, "n": 11})
+    with pytest.raises(ValueError, match="not a permutation"):
+        sampler.load_state_dict({**good, "permutation": np.zeros(10, np.int64)})
+    with pytest.raises(ValueError, match="position=10"):
+        sampler.load_state_dict({**good, "position": 10})
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        sampler.load_state_dict({**good, "permutation": np.arange(10.0)})
+    # A refused state changes nothing.
+    assert sampler.state_dict()["position"] == good["position"]
+    np.testing.assert_array_equal(sampler.state_dict()["permutation"], good["permutation"])

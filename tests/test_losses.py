@@ -1,0 +1,99 @@
+"""Losses at chosen points, their gradients, and their argument checks."""
+
+import math
+
+import numpy as np
+import pytest
+
+from nanoae import BCE, MSE, BCEWithLogits, gradcheck
+from nanoae.losses import get_loss
+
+
+def _run(loss, prediction, target, backend_name, to_host):
+    from nanoae.backend import get_backend
+
+    backend = get_backend(backend_name, dtype="float64")
+    loss.bind(backend)
+    value, grad = loss.loss_and_grad(backend.asarray(prediction), backend.asarray(target))
+    return float(value), to_host(grad)
+
+
+def test_mse_by_hand(backend_name, to_host):
+    # differences 0, 2, 2, 3 -> squares 0, 4, 4, 9 -> mean 17/4
+    value, grad = _run(MSE(), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [1.0, 1.0]]), backend_name, to_host)
+    assert value == 4.25
+    np.testing.assert_array_equal(grad, [[0.0, 1.0], [1.0, 1.5]])  # 2 (p - t) / 4
+
+
+def test_bce_by_hand(backend_name, to_host):
+    # L = -(log 0.5 + log 0.2) / 2
+    value, grad = _run(BCE(), np.array([[0.5, 0.8]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+    assert value == pytest.approx((math.log(2) + math.log(5)) / 2, rel=1e-15)
+    # (p - t) / (p (1 - p)) / N: (-0.5 / 0.25) / 2 = -1, (0.8 / 0.16) / 2 = 2.5
+    np.testing.assert_allclose(grad, [[-1.0, 2.5]], rtol=1e-14)
+
+
+def test_bce_clips_probabilities_and_gives_no_gradient_there(backend_name, to_host):
+    value, grad = _run(BCE(), np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+    assert value == pytest.approx(-math.log(1e-7), rel=1e-9)  # both terms clipped to eps = 1e-7
+    np.testing.assert_array_equal(grad, [[0.0, 0.0]])
+
+
+def test_bce_with_logits_by_hand(backend_name, to_host):
+    # z = 0, t = 1: log 2; z = 2, t = 0: 2 + log(1 + e^-2)
+    value, grad = _run(BCEWithLogits(), np.array([[0.0, 2.0]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+    assert value == pytest.approx((math.log(2) + 2 + math.log1p(math.exp(-2))) / 2, rel=1e-15)
+    np.testing.assert_allclose(grad, [[-0.25, 0.8807970779778823 / 2]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bce_with_logits_is_stable_for_huge_logits(dtype, backend_name, to_host):
+    z = np.array([[1e4, -1e4, 1e4, -1e4]], dtype=dtype)
+    t = np.array([[1.0, 0.0, 0.0, 1.0]], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        value, grad = _run(BCEWithLogits(), z, t, backend_name, to_host)
+    assert value == pytest.approx(1e4 / 2, rel=1e-6)  # two perfect answers, two off by 1e4
+    np.testing.assert_allclose(grad, [[0.0, 0.0, 0.25, -0.25]], atol=1e-7)
+
+
+def test_bce_on_probabilities_matches_bce_on_logits():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (8, 5))
+    t = rng.uniform(0, 1, (8, 5))
+    p = 1 / (1 + np.exp(-z))
+    assert float(BCE()(p, t)) == pytest.approx(float(BCEWithLogits()(z, t)), rel=1e-9)
+
+
+@pytest.mark.parametrize("loss", [MSE(), BCE(), BCEWithLogits()], ids=["mse", "bce", "bce_logits"])
+def test_loss_gradients_match_finite_differences(loss):
+    rng = np.random.default_rng(1)
+    prediction = rng.uniform(0.05, 0.95, (9, 7))
+    target = rng.uniform(0, 1, (9, 7))
+    report = gradcheck(loss, prediction, target, max_entries=None)
+    assert report.worst <= 1e-7, str(report)
+
+
+def test_forward_backward_interface():
+    loss = MSE()
+    value = loss.forward(np.array([[1.0, 3.0]]), np.array([[0.0, 0.0]]))
+    assert float(value) == 5.0
+    np.testing.assert_array_equal(loss.backward(), [[1.0, 3.0]])
+    np.testing.assert_array_equal(loss.backward(2.0), [[2.0, 6.0]])
+
+
+def test_float32_loss_stays_float32():
+    p = np.random.default_rng(2).random((4, 3), dtype=np.float32)
+    for loss in (MSE(), BCE(), BCEWithLogits()):
+        value, grad = loss.loss_and_grad(p, p[::-1].copy())
+        assert value.dtype == np.float32 and grad.dtype == np.float32, loss
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match="target has shape"):
+        MSE()(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        get_loss("hinge")
+    with pytest.raises(ValueError, match="eps must lie in"):
+        BCE(eps=0.0)
+    with pytest.raises(RuntimeError, match="before forward"):
+        MSE().backward()
