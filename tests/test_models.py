@@ -1,0 +1,245 @@
+"""Models: composition, training, dtype hygiene, determinism and bad input."""
+
+import numpy as np
+import pytest
+
+import nanoae
+from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
+from nanoae.models import count_parameters, module_from_config
+
+FLOAT32_OPTIMIZERS = [
+    RMSProp(flavor="tf1"),
+    RMSProp(flavor="keras", momentum=0.9),
+    RMSProp(flavor="torch", momentum=0.5),
+    SGD(0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    Adam(flavor="torch", weight_decay=1e-4),
+    Adam(flavor="keras"),
+    nanoae.AdamW(),
+]
+
+
+def small_autoencoder(seed=0, optimizer=None, backend="numpy", output="sigmoid"):
+    return Autoencoder(
+        [Dense(20, 12, "relu"), Dense(12, 3, "tanh")],
+        [Dense(3, 12, "leaky_relu"), Dense(12, 20, output)],
+        optimizer=optimizer or RMSProp(0.01),
+        backend=backend,
+        seed=seed,
+    )
+
+
+def low_rank_data(n=512, seed=0):
+    """Points on a 3-D linear manifold inside [0, 1]^20: an autoencoder with a 3-wide code can fit them."""
+    rng = np.random.default_rng(seed)
+    codes = rng.uniform(-1, 1, (n, 3))
+    basis = rng.normal(0, 0.15, (3, 20))
+    return (0.5 + codes @ basis).clip(0, 1).astype(np.float32)
+
+
+def test_tutorial_preset_is_the_tutorial_model():
+    model = presets.tutorial(seed=0)
+    widths = [(layer.in_features, layer.out_features) for layer in [*model.encoder, *model.decoder]]
+    assert widths == [(784, 784), (784, 256), (256, 128), (128, 128), (128, 256), (256, 784)]
+    assert all(layer.activation.name == "relu" for layer in [*model.encoder, *model.decoder])
+    assert isinstance(model.loss, nanoae.MSE)
+    assert model.optimizer.config() == {"name": "rmsprop", "lr": 0.001, "rho": 0.9, "eps": 1e-10, "momentum": 0.0, "flavor": "tf1"}
+    assert count_parameters(model) == 784 * 784 + 784 + 784 * 256 + 256 + 256 * 128 + 128 + 128 * 128 + 128 + 128 * 256 + 256 + 256 * 784 + 784
+    assert model.arena.count == count_parameters(model)
+
+
+def test_one_arena_holds_every_parameter():
+    model = small_autoencoder()
+    arena = model.arena
+    for name, view in model.parameters().items():
+        assert view.base is arena.values or view.base is arena.values.base, name
+        assert np.shares_memory(view, arena.values)
+    for name, view in model.gradients().items():
+        assert np.shares_memory(view, arena.grads)
+    assert set(model.encoder.parameters()) == {"0.weights", "0.bias", "1.weights", "1.bias"}
+
+
+@pytest.mark.parametrize("optimizer", FLOAT32_OPTIMIZERS, ids=repr)
+def test_no_float64_creeps_into_a_float32_model(optimizer):
+    model = small_autoencoder(optimizer=optimizer)
+    x64 = low_rank_data(64).astype(np.float64)  # float64 input is narrowed, not propagated
+    loss = model.train_step(x64)
+    assert loss.dtype == np.float32
+    output = model.reconstruct(x64)
+    assert output.dtype == np.float32
+    assert model.encode(x64).dtype == np.float32
+    for layer in [*model.encoder, *model.decoder]:
+        assert layer._input.dtype == np.float32 and layer._output.dtype == np.float32
+    assert model.arena.values.dtype == np.float32 and model.arena.grads.dtype == np.float32
+    for name, buffer in model.optimizer.state.items():
+        assert buffer.dtype == np.float32, name
+    grad_input = model.backward(model.loss.loss_and_grad(model.forward(x64.astype(np.float32)), x64.astype(np.float32))[1])
+    assert grad_input.dtype == np.float32
+
+
+def test_same_seed_same_bits_after_10_steps():
+    data = low_rank_data()
+    first, second = small_autoencoder(seed=7), small_autoencoder(seed=7)
+    losses_first = first.fit(data, steps=10, batch_size=32)
+    losses_second = second.fit(data, steps=10, batch_size=32)
+    assert losses_first == losses_second
+    np.testing.assert_array_equal(first.arena.values, second.arena.values)
+    third = small_autoencoder(seed=8)
+    third.fit(data, steps=10, batch_size=32)
+    assert not np.array_equal(first.arena.values, third.arena.values)
+
+
+def test_tutorial_same_seed_same_bits():
+    data = np.random.default_rng(0).random((600, 784), dtype=np.float32)
+    runs = []
+    for _ in range(2):
+        model = presets.tutorial(seed=3)
+        model.fit(data, steps=10, batch_size=64)
+        runs.append(model.arena.values.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("optimizer", FLOAT32_OPTIMIZERS, ids=repr)
+def test_fit_learns_a_low_rank_dataset(optimizer):
+    data = low_rank_data()
+    model = small_autoencoder(seed=1, optimizer=optimizer, output="identity")
+    before = model.evaluate(data)
+    model.fit(data, steps=400, batch_size=64)
+    after = model.evaluate(data)
+    # The data's own variance is ~0.07; a broken backward or update cannot reach 1/4 of the start.
+    assert after < 0.25 * before, (before, after)
+
+
+def test_fit_epochs_and_history_length():
+    data = low_rank_data(100)
+    model = small_autoencoder()
+    losses = model.fit(data, epochs=2, batch_size=32)
+    assert len(losses) == 7  # ceil(2 * 100 / 32)
+    assert all(isinstance(value, float) for value in losses)
+
+
+def test_train_step_returns_loss_before_the_update():
+    data = low_rank_data(32)
+    model = small_autoencoder()
+    expected = model.evaluate(data)
+    assert float(model.train_step(data)) == pytest.approx(expected, rel=1e-6)
+    assert model.evaluate(data) != expected
+
+
+def test_first_layer_does_not_compute_its_input_gradient(monkeypatch):
+    model = small_autoencoder()
+    calls = []
+    original = model.backend.ops.dense_backward
+
+    def spy(*args, **kwargs):
+        calls.append(args[8] if len(args) > 8 else kwargs["need_input_grad"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.backend.ops, "dense_backward", spy)
+    model.train_step(low_rank_data(8))
+    assert calls == [True, True, True, False]  # decoder.1, decoder.0, encoder.1, encoder.0
+
+
+def test_supervised_sequential_trains():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = (x @ rng.normal(size=(4, 2))).astype(np.float32)
+    model = Sequential([Dense(4, 16, "tanh"), Dense(16, 2)], loss="mse", optimizer=Adam(0.01), seed=0)
+    before = model.evaluate(x, y)
+    model.fit(x, y, steps=300, batch_size=32)
+    assert model.evaluate(x, y) < 0.05 * before
+
+
+def test_prebuilt_parts_keep_their_values_in_a_bigger_model():
+    encoder = Sequential([Dense(6, 2, "tanh")]).build(seed=5)
+    before = encoder[0].weights.copy()
+    model = Autoencoder(encoder, [Dense(2, 6)], seed=0)
+    np.testing.assert_array_equal(encoder[0].weights, before)
+    assert np.shares_memory(encoder[0].weights, model.arena.values)
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    model = small_autoencoder()
+    rebuilt = module_from_config(model.config())
+    assert rebuilt.config() == model.config()
+    assert rebuilt.arena.size == model.arena.size
+
+
+# ---- bad input -------------------------------------------------------------------
+BAD_INPUTS = [
+    (np.ones((4, 19), np.float32), ValueError, "has 19 features per row but the model expects 20"),
+    (np.ones(20, np.float32), ValueError, r"must be 2-D .*reshape\(1, -1\)"),
+    (np.ones((2, 4, 5), np.float32), ValueError, "must be 2-D .* flatten"),
+    (np.ones((4, 20), np.int64), TypeError, "dtype int64.*astype"),
+    (np.ones((4, 20), np.uint8), TypeError, "uint8.*255"),
+    (np.array([[object()] * 20]), TypeError, "dtype object"),
+    (np.full((2, 20), np.nan, np.float32), ValueError, "NaN or infinite"),
+    (np.full((2, 20), np.inf), ValueError, "NaN or infinite"),
+    (np.ones((0, 20), np.float32), ValueError, "empty batch"),
+    ([[1.0, 2.0], [3.0]], TypeError, "could not be read as an array"),
+]
+
+
+@pytest.mark.parametrize("x, error, match", BAD_INPUTS, ids=[case[2][:30] for case in BAD_INPUTS])
+@pytest.mark.parametrize("method", ["train_step", "reconstruct", "encode", "fit", "evaluate"])
+def test_bad_input_gets_a_clear_error(method, x, error, match):
+    model = small_autoencoder()
+    before = model.arena.values.copy()
+    call = getattr(model, method)
+    with pytest.raises(error, match=match):
+        call(x, steps=1, batch_size=1) if method == "fit" else call(x)
+    np.testing.assert_array_equal(model.arena.values, before)  # nothing was half-applied
+
+
+def test_bad_target_gets_a_clear_error():
+    model = Sequential([Dense(3, 2)], loss="mse", optimizer=SGD(0.1))
+    with pytest.raises(ValueError, match="target has 3 features per row but the model expects 2"):
+        model.train_step(np.ones((4, 3)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"target has shape \(5, 2\)"):
+        model.train_step(np.ones((4, 3)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="target is required"):
+        model.train_step(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"target has shape \(5, 20\) but the model's output has shape \(4, 20\)"):
+        small_autoencoder().train_step(np.full((4, 20), 0.5), np.ones((5, 20)))
+
+
+def test_bad_model_construction():
+    with pytest.raises(ValueError, match="layer 0 outputs 4 features but layer 1 expects 5"):
+        Sequential([Dense(3, 4), Dense(5, 2)])
+    with pytest.raises(ValueError, match="encoder outputs 3 features but the decoder expects 4"):
+        Autoencoder([Dense(6, 3)], [Dense(4, 6)])
+    with pytest.raises(ValueError, match="reproduce its 6 input features"):
+        Autoencoder([Dense(6, 3)], [Dense(3, 5)])
+    with pytest.raises(TypeError, match="not a nanoae Module"):
+        Sequential([Dense(3, 4), "relu"])
+    with pytest.raises(ValueError, match="unknown loss"):
+        Autoencoder([Dense(6, 3)], [Dense(3, 6)], loss="l1")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        Sequential([Dense(3, 4)], optimizer="lbfgs")
+    with pytest.raises(ValueError, match="unknown RMSProp flavor 'tf2'"):
+        RMSProp(flavor="tf2")
+    with pytest.raises(ValueError, match="learning rate"):
+        RMSProp(lr=0.0)
+    with pytest.raises(ValueError, match="learning rate"):
+        presets.tutorial(lr=-1.0)
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        small_autoencoder(backend="tpu")
+
+
+def test_training_without_loss_or_optimizer_says_what_is_missing():
+    with pytest.raises(ValueError, match="has no loss"):
+        Sequential([Dense(3, 2)]).train_step(np.ones((1, 3)), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="has no optimizer"):
+        Sequential([Dense(3, 2)], loss="mse").train_step(np.ones((1, 3)), np.ones((1, 2)))
+
+
+def test_bad_fit_arguments():
+    model = small_autoencoder()
+    data = low_rank_data(10)
+    with pytest.raises(ValueError, match="exactly one of steps= or epochs="):
+        model.fit(data, batch_size=2)
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        model.fit(data, steps=1, batch_size=11)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        model.fit(data, steps=0, batch_size=2)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        model.fit(data, steps=1, batch_size=2.5)
