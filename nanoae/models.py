@@ -11,8 +11,6 @@ and the order of the training batches.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from nanoae.layers import Dense, Module
@@ -109,39 +107,41 @@ class Model(Module):
         self.step += 1
         return loss
 
-    def fit(self, x, target=None, *, steps: int | None = None, epochs: float | None = None, batch_size: int = 256):
-        """Train on shuffled mini-batches; return the loss of every step (floats).
+    def fit(
+        self,
+        x,
+        target=None,
+        *,
+        steps: int | None = None,
+        epochs: float | None = None,
+        batch_size: int = 256,
+        log_every: int = 1,
+        callbacks=(),
+        sampler=None,
+    ):
+        """Train on shuffled mini-batches; return the logged losses (a :class:`~nanoae.train.History`).
 
         x: (n, in_features); target: (n, out_features), or None where the model has
         its own (an autoencoder's target is its input).
-        steps or epochs: how long (epochs may be fractional; steps = ceil(epochs n / batch)).
+        steps or epochs: how many more steps (epochs may be fractional).
         Batches are drawn like TF1's ``next_batch``: shuffled each epoch with the
-        model's generator, continuing across epoch boundaries.
+        model's generator, continuing across epoch boundaries. With the default
+        log_every=1 the history holds every step's loss. See :func:`nanoae.train.train`
+        for callbacks (progress bar, CSV metrics, checkpoints, evaluation).
         """
-        from nanoae.data.batching import BatchSampler  # noqa: PLC0415 (keeps import light)
+        from nanoae.train import train  # noqa: PLC0415 (train imports models)
 
-        self._require_training_parts()
-        x = as_batch(x, self.in_features, self.backend, "x")
-        target = self._target_for(x, target)
-        batch_size = positive_int(batch_size, "batch_size")
-        if batch_size > x.shape[0]:
-            raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
-        if (steps is None) == (epochs is None):
-            raise ValueError("pass exactly one of steps= or epochs=")
-        if steps is None:
-            if not epochs > 0:
-                raise ValueError(f"epochs must be > 0, got {epochs!r}")
-            steps = math.ceil(epochs * x.shape[0] / batch_size)
-        steps = positive_int(steps, "steps")
-        sampler = BatchSampler(x.shape[0], batch_size, self.rng)
-        same = target is x
-        losses = []
-        for _ in range(steps):
-            indices = self.backend.asarray(sampler.next_indices())
-            batch = x[indices]
-            losses.append(self._train_step(batch, batch if same else target[indices]))
-        # One conversion at the end: on a GPU, no per-step wait for the device.
-        return [float(value) for value in losses]
+        return train(
+            self,
+            x,
+            target,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            log_every=log_every,
+            callbacks=callbacks,
+            sampler=sampler,
+        )
 
     def config(self) -> dict:
         config = {"type": type(self).__name__}

@@ -20,6 +20,8 @@ flavor    rho     eps       eps sits              mean square starts
 
 from __future__ import annotations
 
+import numpy as np
+
 from nanoae.validation import choice, fraction, non_negative_float, positive_float
 
 
@@ -67,6 +69,8 @@ class Optimizer:
         return {"steps": self.steps, **self.state}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.arena is None:
+            raise RuntimeError(f"{type(self).__name__} is not bound to a model; build the model before loading state")
         for name, buffer in self.state.items():
             if name not in state:
                 raise ValueError(f"optimizer state is missing {name!r}")
@@ -164,8 +168,9 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(lr)
         self.momentum = fraction(momentum, "momentum")
-        if not isinstance(nesterov, bool):
+        if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        nesterov = bool(nesterov)
         if nesterov and not self.momentum:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = nesterov

@@ -101,6 +101,11 @@ class ParameterArena:
                     )
             else:
                 host = np.asarray(get_initializer(spec.initializer)(tuple(spec.shape), rng))
+                if host.shape != tuple(spec.shape):
+                    raise ValueError(
+                        f"parameter {spec.name!r}: its initializer returned shape {host.shape}, "
+                        f"expected {tuple(spec.shape)}"
+                    )
             self.views[spec.name][...] = self.backend.asarray(host.astype(self.backend.dtype))
 
     @property

@@ -1,0 +1,376 @@
+"""The ``nanoae`` command: train, eval, plot, gradcheck.
+
+``nanoae train`` with no arguments runs the tutorial exactly: the ``tutorial`` preset,
+1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
+Errors in arguments, data or files print one clear line and exit non-zero:
+2 for bad input, 1 for a failed gradient check, 3 for a diverged run, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+OPTIMIZER_CHOICES = ("rmsprop", "rmsprop-keras", "rmsprop-torch", "adam", "adamw", "sgd", "momentum", "nesterov")
+OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "identity", "leaky_relu", "tanh")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+# ---- argument types ----------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def make_optimizer(name: str, lr: float):
+    """The optimizer a CLI name stands for, at learning rate lr."""
+    from nanoae.optim import SGD, Adam, AdamW, RMSProp  # noqa: PLC0415
+
+    table = {
+        "rmsprop": lambda: RMSProp(lr, flavor="tf1"),
+        "rmsprop-keras": lambda: RMSProp(lr, flavor="keras"),
+        "rmsprop-torch": lambda: RMSProp(lr, flavor="torch"),
+        "adam": lambda: Adam(lr),
+        "adamw": lambda: AdamW(lr),
+        "sgd": lambda: SGD(lr),
+        "momentum": lambda: SGD(lr, momentum=0.9),
+        "nesterov": lambda: SGD(lr, momentum=0.9, nesterov=True),
+    }
+    return table[name]()
+
+
+# ---- the parser ---------------------------------------------------------------------
+def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+    parser.add_argument("--dataset", choices=("mnist", "fashion"), default=dataset_default, help="mnist (default) or fashion (Fashion-MNIST)")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download)",
+    )
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if no local copy is found")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nanoae import __version__  # noqa: PLC0415
+    from nanoae.presets import PRESETS  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="nanoae", description="A from-scratch autoencoder learner (hand-written backprop).")
+    parser.add_argument("--version", action="version", version=f"nanoae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a preset (default: the tutorial) and draw its figures", description="Train an autoencoder. With no options: the TF1 tutorial exactly (1000 steps, batch 256, loss every step).")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="tutorial", help="named model + optimizer (default: tutorial)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help="total training steps of the run (default: the preset's, 1000 for tutorial)")
+    length.add_argument("--epochs", type=_positive_float, help="train for this many passes over the data instead of --steps")
+    train.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the preset's, 256)")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's, 0.001)")
+    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavour (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
+    train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the initial weights and the batch order (default: 0)")
+    _add_data_options(train)
+    train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
+    train.add_argument("--overwrite", action="store_true", help="allow --out to be a directory that already holds a run")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.npz (to --steps in total)")
+    train.add_argument("--log-every", type=_positive_int, default=1, help="log the loss every N steps (default: 1, as the tutorial)")
+    train.add_argument("--eval-every", type=_non_negative_int, default=100, help="test reconstruction MSE every N steps, 0 for only at the end (default: 100)")
+    train.add_argument("--checkpoint-every", type=_non_negative_int, default=100, help="checkpoint every N steps, 0 for only at the end (default: 100)")
+    train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
+
+    evaluate = commands.add_parser("eval", help="test reconstruction MSE and BCE of a checkpoint")
+    evaluate.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _add_data_options(evaluate, dataset_default=None)
+
+    plot = commands.add_parser("plot", help="redraw a run's figures from its checkpoint")
+    plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
+    plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
+    _add_data_options(plot, dataset_default=None)
+
+    check = commands.add_parser("gradcheck", help="check a preset's backward pass against finite differences")
+    check.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
+    check.add_argument("--batch-size", type=_positive_int, default=4)
+    check.add_argument("--max-entries", type=_positive_int, default=16, help="entries checked per tensor (default: 16)")
+    check.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS)
+    check.add_argument("--seed", type=_non_negative_int, default=0)
+    check.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
+    return parser
+
+
+# ---- helpers ------------------------------------------------------------------------
+def _say(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {path} exists and is not a directory")
+    if path.is_dir() and (path / "checkpoint.npz").exists() and not allow_existing_run:
+        raise CLIError(
+            f"{path} already holds a run; continue it with --resume {path / 'checkpoint.npz'}, "
+            "choose another --out, or pass --overwrite"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write to the output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _load_split(dataset: str, split: str, args) -> object:
+    from nanoae.data import load_dataset  # noqa: PLC0415
+
+    return load_dataset(dataset, split, data_dir=args.data, download=not args.no_download, quiet=getattr(args, "quiet", False))
+
+
+def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
+    """reconstructions.png (16 test digits beside the model's output) and loss.png."""
+    from nanoae import plot  # noqa: PLC0415
+
+    originals = test_images[:16]
+    reconstructions = model.backend.to_host(model.reconstruct(originals))
+    written = [plot.plot_reconstructions(originals, reconstructions, out_dir / "reconstructions.png", title=title)]
+    if metrics_path is not None and metrics_path.exists():
+        metrics = plot.read_metrics(metrics_path)
+        if len(metrics["step"]):
+            written.append(
+                plot.plot_loss(
+                    metrics["step"], metrics["train_loss"], out_dir / "loss.png", metrics["test_step"], metrics["test_mse"], title=title
+                )
+            )
+    return written
+
+
+# ---- commands -------------------------------------------------------------------------
+def command_train(args) -> int:
+    from nanoae import __version__  # noqa: PLC0415
+    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
+    from nanoae.data import BatchSampler  # noqa: PLC0415
+    from nanoae.presets import TUTORIAL_TRAINING, get_preset  # noqa: PLC0415
+    from nanoae.train import Checkpointer, Evaluator, MetricsCSV, ProgressBar, reconstruction_errors, train  # noqa: PLC0415
+
+    resumed = None
+    if args.resume:
+        resume_path = Path(args.resume)
+        if not resume_path.is_file():
+            raise CLIError(f"--resume {resume_path}: no such checkpoint file")
+        resumed = load_checkpoint(resume_path, backend=args.backend)
+        saved_config = resumed.extra.get("config", {})
+        for key in ("preset", "batch_size", "dataset", "output_activation", "seed", "optimizer", "lr"):
+            if getattr(args, key, None) is None and key in saved_config:
+                setattr(args, key, saved_config[key])
+    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
+    out_dir = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = _prepare_out_dir(out_dir, allow_existing_run=args.overwrite or bool(args.resume))
+
+    train_set = _load_split(args.dataset, "train", args)
+    test_set = _load_split(args.dataset, "test", args)
+    _say(f"data: {train_set.source}", args.quiet)
+
+    if resumed is not None:
+        model = resumed.model
+        sampler = None
+        if resumed.sampler_state is not None:
+            sampler = BatchSampler(len(train_set.images), batch_size, model.rng)
+            sampler.load_state_dict(resumed.sampler_state)
+    else:
+        factory = get_preset(args.preset)
+        options = {"seed": args.seed, "backend": args.backend}
+        if args.output_activation:
+            options["output_activation"] = args.output_activation
+        model = factory(**options)
+        if args.optimizer or args.lr:
+            model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
+        sampler = None
+
+    if args.epochs is not None:
+        import math  # noqa: PLC0415
+
+        total_steps = math.ceil(args.epochs * len(train_set.images) / batch_size)
+    else:
+        total_steps = args.steps or TUTORIAL_TRAINING["steps"]
+    remaining = total_steps - model.step
+    config = {
+        "preset": args.preset,
+        "steps": total_steps,
+        "batch_size": batch_size,
+        "lr": model.optimizer.lr,
+        "optimizer": args.optimizer or "rmsprop",
+        "optimizer_config": model.optimizer.config(),
+        "output_activation": args.output_activation or "relu",
+        "seed": args.seed,
+        "dataset": args.dataset,
+        "data_source": train_set.source,
+        "backend": model.backend.name,
+        "ops": repr(model.backend),
+        "log_every": args.log_every,
+        "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every,
+        "model": model.config(),
+        "nanoae_version": __version__,
+        "resumed_from": str(args.resume) if args.resume else None,
+        "command": "nanoae " + " ".join(sys.argv[1:]),
+    }
+    _write_json(out_dir / "config.json", config)
+    if remaining <= 0:
+        _say(f"the checkpoint is already at step {model.step} of {total_steps}; nothing to train", args.quiet)
+    checkpoint_path = out_dir / "checkpoint.npz"
+    callbacks = [Evaluator(test_set.images, every=args.eval_every or None)]
+    if not args.quiet:
+        callbacks.append(ProgressBar())
+    callbacks += [
+        MetricsCSV(out_dir / "metrics.csv", append=bool(args.resume)),
+        Checkpointer(checkpoint_path, every=args.checkpoint_every or None, extra={"config": config}),
+    ]
+    _say(f"training {args.preset} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    history = None
+    if remaining > 0:
+        try:
+            history = train(model, train_set.images, steps=remaining, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler)
+        except KeyboardInterrupt:
+            print(f"nanoae: interrupted at step {model.step}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    if history is not None and history.stopped:
+        print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+    errors = reconstruction_errors(model, test_set.images)
+    figures = []
+    try:
+        figures = draw_figures(model, test_set.images, out_dir, out_dir / "metrics.csv", title=f"nanoae {args.preset}, step {model.step}")
+    except ImportError as exc:
+        _say(f"no figures: {exc}")
+    final_loss = f"{history[-1]:.6f}" if history else "n/a"
+    print(f"step {model.step}: final training loss {final_loss}, test reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}")
+    print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
+    return EXIT_OK
+
+
+def _dataset_of(checkpoint, args) -> str:
+    return args.dataset or checkpoint.extra.get("config", {}).get("dataset", "mnist")
+
+
+def command_eval(args) -> int:
+    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
+    from nanoae.train import reconstruction_errors  # noqa: PLC0415
+
+    checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
+    dataset = _dataset_of(checkpoint, args)
+    data = _load_split(dataset, args.split, args)
+    errors = reconstruction_errors(checkpoint.model, data.images)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
+    else:
+        print(f"{args.checkpoint} (step {checkpoint.step}) on {dataset} {args.split} ({len(data.images)} images):")
+        print(f"  reconstruction MSE {errors['mse']:.6f}")
+        print(f"  reconstruction BCE {errors['bce']:.6f}")
+    return EXIT_OK
+
+
+def command_plot(args) -> int:
+    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
+    out_dir = _prepare_out_dir(Path(args.out) if args.out else Path(args.checkpoint).parent, allow_existing_run=True)
+    data = _load_split(_dataset_of(checkpoint, args), "test", args)
+    metrics = Path(args.checkpoint).parent / "metrics.csv"
+    preset = checkpoint.extra.get("config", {}).get("preset", "model")
+    figures = draw_figures(checkpoint.model, data.images, out_dir, metrics, title=f"nanoae {preset}, step {checkpoint.step}")
+    for figure in figures:
+        print(figure)
+    return EXIT_OK
+
+
+def command_gradcheck(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from nanoae.gradcheck import gradcheck  # noqa: PLC0415
+    from nanoae.presets import get_preset  # noqa: PLC0415
+
+    options = {"seed": args.seed, "backend": args.backend}
+    if args.output_activation:
+        options["output_activation"] = args.output_activation
+    model = get_preset(args.preset)(**options)
+    x = np.random.default_rng(args.seed).uniform(0.05, 0.95, (args.batch_size, model.in_features))
+    report = gradcheck(model, x, max_entries=args.max_entries, seed=args.seed)
+    print(f"preset {args.preset}, batch {args.batch_size}, float64 copy of the parameters")
+    print(report)
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
+
+
+COMMANDS = {"train": command_train, "eval": command_eval, "plot": command_plot, "gradcheck": command_gradcheck}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from nanoae.backend import BackendUnavailable  # noqa: PLC0415
+    from nanoae.plot import PlotUnavailable  # noqa: PLC0415
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, ValueError, TypeError, OSError, BackendUnavailable, PlotUnavailable) as exc:
+        if os.environ.get("NANOAE_DEBUG"):
+            raise  # the full traceback, for bug reports
+        print(f"nanoae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nanoae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Figures: originals beside reconstructions, and loss curves (matplotlib, optional).
+
+Install with ``pip install 'nanoae[viz]'``. Everything renders off-screen (Agg) to PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+class PlotUnavailable(ImportError):
+    """matplotlib is not installed."""
+
+
+def require_matplotlib():
+    """Return matplotlib.pyplot on the off-screen Agg backend, or explain how to get it."""
+    try:
+        import matplotlib  # noqa: PLC0415 (optional dependency)
+    except ImportError as exc:
+        raise PlotUnavailable(
+            "figures need matplotlib: pip install 'nanoae[viz]' (or pip install matplotlib)"
+        ) from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def tile_images(images: np.ndarray, rows: int, cols: int, side: int | None = None, gap: int = 2) -> np.ndarray:
+    """Arrange rows*cols flat images (n, side*side) into one 2-D canvas with gaps.
+
+    images: (rows * cols, side * side) values in [0, 1] -> (rows*(side+gap)-gap, cols*(side+gap)-gap)
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 2 or images.shape[0] < rows * cols:
+        raise ValueError(f"need {rows * cols} flat images, got an array of shape {images.shape}")
+    side = side or int(round(math.sqrt(images.shape[1])))
+    if side * side != images.shape[1]:
+        raise ValueError(f"images of {images.shape[1]} pixels are not square; pass side=")
+    canvas = np.ones((rows * (side + gap) - gap, cols * (side + gap) - gap), dtype=np.float32)
+    for index in range(rows * cols):
+        row, col = divmod(index, cols)
+        top, left = row * (side + gap), col * (side + gap)
+        canvas[top : top + side, left : left + side] = images[index].reshape(side, side)
+    return canvas
+
+
+def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: int = 4, title: str | None = None) -> Path:
+    """The tutorial's figure, done right: a grid of test digits beside the model's output.
+
+    originals, reconstructions: (n >= rows*cols, 784) host arrays in [0, 1]
+    (reconstructions are clipped to [0, 1] for display only).
+    """
+    plt = require_matplotlib()
+    left = tile_images(originals, rows, cols)
+    right = tile_images(np.clip(np.asarray(reconstructions, dtype=np.float32), 0.0, 1.0), rows, cols)
+    figure, axes = plt.subplots(1, 2, figsize=(8.4, 4.6))
+    for axis, canvas, label in zip(axes, (left, right), ("Original images", "Reconstructed images")):
+        axis.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axis.set_title(label)
+        axis.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def read_metrics(path) -> dict:
+    """Read a run's metrics.csv into arrays: step, train_loss and (test_step, test_mse)."""
+    steps, losses, test_steps, test_values = [], [], [], []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(row["step"])
+            if row.get("train_loss"):
+                steps.append(step)
+                losses.append(float(row["train_loss"]))
+            if row.get("test_mse"):
+                test_steps.append(step)
+                test_values.append(float(row["test_mse"]))
+    return {
+        "step": np.asarray(steps),
+        "train_loss": np.asarray(losses),
+        "test_step": np.asarray(test_steps),
+        "test_mse": np.asarray(test_values),
+    }
+
+
+def plot_loss(steps, losses, path, test_steps=(), test_values=(), title: str | None = None, log_scale: bool = True) -> Path:
+    """Training loss per step (and test MSE points) on one axis, log scale by default."""
+    plt = require_matplotlib()
+    figure, axis = plt.subplots(figsize=(7.0, 4.2))
+    axis.plot(steps, losses, linewidth=1.0, label="training loss (batch)")
+    if len(test_steps):
+        axis.plot(test_steps, test_values, "o", markersize=4, label="test reconstruction MSE")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    if log_scale and len(losses) and np.all(np.asarray(losses) > 0):
+        axis.set_yscale("log")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
