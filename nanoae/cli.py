@@ -140,7 +140,7 @@ def _say(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
+def _check_out_dir(path: Path, allow_existing_run: bool) -> None:
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {path} exists and is not a directory")
     if path.is_dir() and (path / "checkpoint.npz").exists() and not allow_existing_run:
@@ -148,6 +148,10 @@ def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
             f"{path} already holds a run; continue it with --resume {path / 'checkpoint.npz'}, "
             "choose another --out, or pass --overwrite"
         )
+
+
+def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
+    _check_out_dir(path, allow_existing_run)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -197,7 +201,19 @@ def command_train(args) -> int:
     from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
     from nanoae.data import BatchSampler  # noqa: PLC0415
     from nanoae.presets import TUTORIAL_TRAINING, get_preset  # noqa: PLC0415
-    from nanoae.train import Checkpointer, Evaluator, MetricsCSV, ProgressBar, reconstruction_errors, train  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from nanoae.train import (  # noqa: PLC0415
+        Checkpointer,
+        Evaluator,
+        MetricsCSV,
+        NonFiniteLossWarning,
+        ProgressBar,
+        reconstruction_errors,
+        train,
+    )
 
     resumed = None
     if args.resume:
@@ -211,10 +227,12 @@ def command_train(args) -> int:
                 setattr(args, key, saved_config[key])
     batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
     out_dir = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir = _prepare_out_dir(out_dir, allow_existing_run=args.overwrite or bool(args.resume))
+    allow_existing = args.overwrite or bool(args.resume)
+    _check_out_dir(out_dir, allow_existing)  # fail before loading anything
 
     train_set = _load_split(args.dataset, "train", args)
     test_set = _load_split(args.dataset, "test", args)
+    out_dir = _prepare_out_dir(out_dir, allow_existing)
     _say(f"data: {train_set.source}", args.quiet)
 
     if resumed is not None:
@@ -276,7 +294,18 @@ def command_train(args) -> int:
     history = None
     if remaining > 0:
         try:
-            history = train(model, train_set.images, steps=remaining, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler)
+            # A diverging run is reported once, below, not as numpy/warnings noise.
+            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", NonFiniteLossWarning)
+                history = train(
+                    model,
+                    train_set.images,
+                    steps=remaining,
+                    batch_size=batch_size,
+                    log_every=args.log_every,
+                    callbacks=callbacks,
+                    sampler=sampler,
+                )
         except KeyboardInterrupt:
             print(f"nanoae: interrupted at step {model.step}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
             return EXIT_INTERRUPTED

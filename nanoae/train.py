@@ -126,8 +126,8 @@ class ProgressBar(Callback):
         rate = state.samples_per_s / state.batch_size if state.samples_per_s else float("nan")
         eta = remaining / rate if rate and rate > 0 else float("nan")
         if self._bar is not None:
+            self._bar.set_postfix(loss=f"{state.loss:.5f}", samples_s=f"{state.samples_per_s:,.0f}", refresh=False)
             self._bar.update(state.step - self._last_step)
-            self._bar.set_postfix(loss=f"{state.loss:.5f}", samples_s=f"{state.samples_per_s:,.0f}")
         else:
             width = len(str(state.total_steps))
             print(

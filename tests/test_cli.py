@@ -1,0 +1,150 @@
+"""The nanoae command: the tutorial run, resume, eval, plot, gradcheck, and bad arguments."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nanoae.checkpoint import load_checkpoint
+from nanoae.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(args):
+    return main([str(arg) for arg in args])
+
+
+def small_run(out, mnist_dir, steps=20, *extra):
+    return run(["train", "--data", mnist_dir, "--out", out, "--steps", steps, "--log-every", 5, "--eval-every", 10, "--checkpoint-every", 10, "--quiet", *extra])
+
+
+def test_train_writes_the_whole_run_directory(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    assert small_run(out, mnist_dir) == 0
+    summary = capsys.readouterr().out
+    assert "step 20: final training loss" in summary and "test reconstruction MSE" in summary
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "tutorial" and config["steps"] == 20 and config["batch_size"] == 256
+    assert config["optimizer_config"] == {"name": "rmsprop", "lr": 0.001, "rho": 0.9, "eps": 1e-10, "momentum": 0.0, "flavor": "tf1"}
+    assert config["model"]["type"] == "Autoencoder" and config["seed"] == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(row["step"]) for row in rows] == [5, 10, 15, 20]
+    assert [row["test_mse"] != "" for row in rows] == [False, True, False, True]
+    assert load_checkpoint(out / "checkpoint.npz").step == 20
+    pytest.importorskip("matplotlib")
+    for name in ("reconstructions.png", "loss.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, mnist_dir):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert small_run(straight, mnist_dir, 30) == 0
+    assert small_run(split, mnist_dir, 20) == 0
+    assert run(["train", "--data", mnist_dir, "--resume", split / "checkpoint.npz", "--steps", 30, "--log-every", 5, "--quiet"]) == 0
+    first, second = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert first.step == second.step == 30
+    np.testing.assert_array_equal(first.model.arena.values, second.model.arena.values)
+    losses = lambda path: [row["train_loss"] for row in csv.DictReader((path / "metrics.csv").open())]  # noqa: E731
+    assert losses(straight) == losses(split)
+
+
+def test_eval_and_plot(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    assert small_run(out, mnist_dir, 10) == 0
+    capsys.readouterr()
+    assert run(["eval", out / "checkpoint.npz", "--data", mnist_dir, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 10 and result["split"] == "test"
+    assert 0 < result["mse"] < 0.2 and result["bce"] > 0
+    pytest.importorskip("matplotlib")
+    redraw = tmp_path / "figures"
+    assert run(["plot", out / "checkpoint.npz", "--data", mnist_dir, "--out", redraw]) == 0
+    assert (redraw / "reconstructions.png").read_bytes()[:8] == PNG_MAGIC
+    assert (redraw / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_gradcheck_command(capsys):
+    assert run(["gradcheck", "--max-entries", 4, "--batch-size", 2]) == 0
+    output = capsys.readouterr().out
+    assert "encoder.0.weights" in output and "PASS" in output
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    code = run(["train", "--data", mnist_dir, "--out", out, "--steps", 200, "--optimizer", "sgd", "--lr", 1e4,
+                "--output-activation", "identity", "--checkpoint-every", 1, "--eval-every", 0, "--quiet"])
+    assert code == 3
+    assert "the loss is" in capsys.readouterr().err
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    assert np.isfinite(checkpoint.model.arena.values).all()
+    assert 0 < checkpoint.step < 200
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--preset", "nope"], "invalid choice: 'nope'"),
+        (["train", "--steps", "0"], "--steps: must be >= 1"),
+        (["train", "--steps", "-5"], "--steps: must be >= 1"),
+        (["train", "--lr", "-1"], "--lr: must be a finite number > 0"),
+        (["train", "--batch-size", "abc"], "--batch-size: expected a whole number"),
+        (["train", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
+        (["train", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    assert run(["train", "--data", tmp_path / "nowhere", "--out", tmp_path / "run", "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "does not exist" in err
+    assert not (tmp_path / "run").exists()  # nothing created for a run that could not start
+
+
+def test_unwritable_output_directory(tmp_path, mnist_dir, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert run(["train", "--data", mnist_dir, "--out", blocker / "run", "--steps", 1, "--quiet"]) == 2
+    assert "cannot write to the output directory" in capsys.readouterr().err
+    assert run(["train", "--data", mnist_dir, "--out", blocker, "--steps", 1, "--quiet"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    assert small_run(out, mnist_dir, 5) == 0
+    capsys.readouterr()
+    assert small_run(out, mnist_dir, 5) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert small_run(out, mnist_dir, 5, "--overwrite") == 0
+
+
+def test_missing_or_bad_checkpoint(tmp_path, capsys):
+    assert run(["eval", tmp_path / "missing.npz"]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    bad.write_text("hello")
+    assert run(["eval", bad]) == 2
+    assert "bad.npz" in capsys.readouterr().err
+    assert run(["train", "--resume", tmp_path / "missing.npz"]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def test_errors_print_no_traceback_from_a_real_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "nanoae", "train", "--data", str(tmp_path / "nowhere"), "--no-download"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "nanoae train: error:" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "nanoae"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "train" in result.stdout
