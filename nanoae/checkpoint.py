@@ -11,23 +11,22 @@ The file format (format_version 1)
 A checkpoint is an ordinary NumPy ``.npz`` archive (a zip of ``.npy`` files, written
 uncompressed) holding only numeric arrays:
 
-=========================  ===========================  ======================================
-array                      dtype, shape                 what
-=========================  ===========================  ======================================
-``header``                 uint8 (n,)                   UTF-8 bytes of a JSON document (below)
-``params``                 float32|float64 (arena_size,)  the whole flat parameter arena
-``optimizer/<buffer>``     same as params               one per optimizer state buffer
-                                                        (``mean_square``, ``momentum``,
-                                                        ``first_moment``, ...)
-``sampler/<key>``          int64 (n,)                   array parts of the batch sampler's
-                                                        state (``sampler/permutation``);
-                                                        only when a sampler was saved
-=========================  ===========================  ======================================
+========================  ===============  ===================================================
+array                     dtype, shape     what
+========================  ===============  ===================================================
+``header``                uint8 (n,)       UTF-8 bytes of a JSON document (below)
+``params``                float (size,)    the whole flat parameter arena; float32 or float64,
+                                           as the header's ``dtype``; size = ``arena_size``
+``optimizer/<buffer>``    float (size,)    one per optimizer state buffer (``mean_square``,
+                                           ``momentum``, ``first_moment``, ``velocity``...)
+``sampler/permutation``   int64 (n,)       the batch sampler's current epoch order; only
+                                           when a sampler was saved
+========================  ===============  ===================================================
 
 The JSON header::
 
     {"format": "nanoae-checkpoint", "format_version": 1, "nanoae_version": "0.1.0",
-     "dtype": "float32", "arena_size": 1068160,
+     "dtype": "float32", "arena_size": 1100320,
      "layout": {"encoder.0.weights": [0, [784, 784]], ...},   # name -> [offset, shape]
      "model": {...model.config()...},  "step": 1000,
      "optimizer": {"config": {...}, "steps": 1000} | null,
@@ -75,9 +74,12 @@ Every problem with a checkpoint file (missing, unreadable, not a checkpoint, cor
 inconsistent, from a newer nanoae) and every failure to write one raises
 :class:`CheckpointError`, a :class:`ValueError` whose message names the file and what
 is wrong (``.path`` holds the path; the low-level exception, if any, is chained as
-``__cause__``). Problems that are not about the file pass through unchanged:
-asking for a backend that cannot run here raises
-:class:`~nanoae.backend.BackendUnavailable`, a bad ``backend`` name a ValueError.
+``__cause__``). It is a ValueError rather than an OSError because most failures are
+about a file's *content* (a bad value handed to nanoae), not the operating system;
+I/O failures (no such file, no permission, disk full) keep their OSError as the cause.
+Problems that are not about the file pass through unchanged: asking for a backend
+that cannot run here raises :class:`~nanoae.backend.BackendUnavailable`, a bad
+``backend`` name a ValueError.
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ __all__ = [
 FORMAT = "nanoae-checkpoint"
 FORMAT_VERSION = 1
 _FLOAT_DTYPES = ("float32", "float64")
-_BIT_GENERATORS = {cls.__name__: cls for cls in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox, np.random.SFC64)}
+_BIT_GENERATORS = {  # the only names a header may ask for: never getattr a name from a file
+    cls.__name__: cls
+    for cls in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox, np.random.SFC64)
+}
 _HEADER_FIELDS = (
     "format",
     "format_version",
@@ -227,7 +232,7 @@ def _sampler_state(sampler) -> dict | None:
 
 def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     """(header, {array name: host array}) for a model."""
-    import nanoae  # noqa: PLC0415 (nanoae imports this module's neighbours)
+    import nanoae  # noqa: PLC0415 (lazy: no cycle if nanoae/__init__ imports this module)
 
     if getattr(model, "arena", None) is None:
         if getattr(model, "built", False):
@@ -248,11 +253,11 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     state = _sampler_state(sampler)
     if state is not None:
         sampler_header = {}
-        for key, value in state.items():
-            if isinstance(value, np.ndarray) or hasattr(value, "__array__") and np.ndim(value) > 0:
-                arrays[f"sampler/{key}"] = np.ascontiguousarray(np.asarray(value))
+        for key, value in state.items():  # arrays to the archive, scalars to the header
+            if isinstance(value, np.ndarray) and value.ndim > 0:
+                arrays[f"sampler/{key}"] = np.ascontiguousarray(value)
             else:
-                sampler_header[key] = value
+                sampler_header[key] = value.item() if isinstance(value, (np.ndarray, np.generic)) else value
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -444,6 +449,12 @@ def _read_array(path: Path, archive, name: str) -> np.ndarray:
     return array
 
 
+def _own_version() -> str:
+    import nanoae  # noqa: PLC0415
+
+    return nanoae.__version__
+
+
 def _parse_header(path: Path, raw: np.ndarray) -> dict:
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(path, f"not a nanoae checkpoint (header is {raw.dtype} {raw.shape}, expected uint8 bytes)")
@@ -460,8 +471,8 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
     if version > FORMAT_VERSION:
         raise CheckpointError(
             path,
-            f"written by a newer nanoae (format {version}; this nanoae reads up to format {FORMAT_VERSION}, "
-            f"file from nanoae {header.get('nanoae_version', '?')}); upgrade nanoae",
+            f"written by a newer nanoae (format {version}); upgrade nanoae (this one, {_own_version()}, "
+            f"reads formats up to {FORMAT_VERSION}; the file comes from nanoae {header.get('nanoae_version', '?')})",
         )
     missing = [name for name in _HEADER_FIELDS if name not in header]
     if missing:
@@ -589,7 +600,7 @@ def _restore(path: Path, model, header: dict, arrays: dict) -> None:
     new_rng = None
     if rng_state is not None:
         kind = rng_state["bit_generator"]
-        if kind not in _BIT_GENERATORS:  # never getattr a name a file chose
+        if kind not in _BIT_GENERATORS:
             raise CheckpointError(path, f"invalid header: unknown bit generator {kind!r}")
         try:
             bit_generator = _BIT_GENERATORS[kind]()
@@ -643,13 +654,15 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     path = Path(os.fspath(path))
     resolved = get_backend(backend)  # a bad name or a missing GPU: the caller's error, raised first
     header, arrays = _read_archive(path)
+    target_backend = get_backend(resolved, dtype=header["dtype"])
     try:
-        model = module_from_config(header["model"])
+        model = module_from_config(header["model"], backend=target_backend, dtype=header["dtype"])
     except Exception as exc:
         raise CheckpointError(
             path, f"cannot rebuild the model from the header's config ({type(exc).__name__}: {exc})"
         ) from exc
-    model.build(backend=get_backend(resolved, dtype=header["dtype"]), dtype=header["dtype"])
+    if not model.built:
+        model.build(backend=target_backend, dtype=header["dtype"])
     _restore(path, model, header, arrays)
     return Checkpoint(
         model=model,
@@ -708,12 +721,7 @@ def restore_sampler(checkpoint: Checkpoint, rng=None):
     if state is None:
         return None
     rng = checkpoint.model.rng if rng is None else rng
-    saved = rng.bit_generator.state
     try:
-        sampler = BatchSampler(state["n"], state["batch_size"], rng)
-        sampler.load_state_dict(state)
+        return BatchSampler.from_state_dict(state, rng)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(checkpoint.path, f"the saved sampler state cannot be restored: {exc}") from exc
-    finally:
-        rng.bit_generator.state = saved
-    return sampler

@@ -198,8 +198,7 @@ def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, t
 # ---- commands -------------------------------------------------------------------------
 def command_train(args) -> int:
     from nanoae import __version__  # noqa: PLC0415
-    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
-    from nanoae.data import BatchSampler  # noqa: PLC0415
+    from nanoae.checkpoint import load_checkpoint, restore_sampler  # noqa: PLC0415
     from nanoae.presets import TUTORIAL_TRAINING, get_preset  # noqa: PLC0415
     import warnings  # noqa: PLC0415
 
@@ -237,10 +236,7 @@ def command_train(args) -> int:
 
     if resumed is not None:
         model = resumed.model
-        sampler = None
-        if resumed.sampler_state is not None:
-            sampler = BatchSampler(len(train_set.images), batch_size, model.rng)
-            sampler.load_state_dict(resumed.sampler_state)
+        sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
     else:
         factory = get_preset(args.preset)
         options = {"seed": args.seed, "backend": args.backend}

@@ -131,7 +131,14 @@ class Model(Module):
         """
         from nanoae.train import train  # noqa: PLC0415 (train imports models)
 
-        return train(
+        if sampler is None:
+            # Keep drawing from the same shuffled order across fit calls on data of the
+            # same size, so fit(steps=10) twice equals fit(steps=20).
+            kept = getattr(self, "_sampler", None)
+            rows = x.shape[0] if getattr(x, "ndim", 0) >= 1 else None
+            if kept is not None and kept.n == rows and kept.batch_size == batch_size:
+                sampler = kept
+        history = train(
             self,
             x,
             target,
@@ -142,6 +149,8 @@ class Model(Module):
             callbacks=callbacks,
             sampler=sampler,
         )
+        self._sampler = history.sampler
+        return history
 
     def config(self) -> dict:
         config = {"type": type(self).__name__}
@@ -289,8 +298,12 @@ class Autoencoder(Model):
         return {**super().config(), "encoder": self.encoder.config(), "decoder": self.decoder.config()}
 
 
-def module_from_config(config: dict) -> Module:
-    """Rebuild an (unbuilt) module from :meth:`Module.config` output."""
+def module_from_config(config: dict, **build_options) -> Module:
+    """Rebuild a module from :meth:`Module.config` output.
+
+    build_options (backend, dtype, seed, fast) go to the model: an Autoencoder builds
+    at once with them; a Sequential stores them for when it builds.
+    """
     from nanoae.activations import ACTIVATIONS, LeakyReLU  # noqa: PLC0415
     from nanoae.losses import LOSSES  # noqa: PLC0415
     from nanoae.optim import OPTIMIZERS  # noqa: PLC0415
@@ -324,13 +337,16 @@ def module_from_config(config: dict) -> Module:
 
     if kind == "Sequential":
         layers = [module_from_config(layer) for layer in config["layers"]]
-        return Sequential(layers, loss=loss_of(config.get("loss")), optimizer=optimizer_of(config.get("optimizer")))
+        return Sequential(
+            layers, loss=loss_of(config.get("loss")), optimizer=optimizer_of(config.get("optimizer")), **build_options
+        )
     if kind == "Autoencoder":
         return Autoencoder(
             module_from_config(config["encoder"]),
             module_from_config(config["decoder"]),
             loss=loss_of(config.get("loss")) or "mse",
             optimizer=optimizer_of(config.get("optimizer")),
+            **build_options,
         )
     raise ValueError(f"cannot rebuild a module of type {kind!r} from its config")
 

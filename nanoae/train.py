@@ -68,6 +68,7 @@ class History(list):
     steps:      the step number of each logged loss
     test_mse:   (step, value) pairs from an Evaluator
     stopped:    True when a callback ended training early; stop_reason says why
+    sampler:    the BatchSampler used (pass it back to continue the same order)
     """
 
     def __init__(self) -> None:
@@ -76,6 +77,7 @@ class History(list):
         self.test_mse: list[tuple[int, float]] = []
         self.stopped = False
         self.stop_reason = ""
+        self.sampler = None
 
 
 class Callback:
@@ -321,6 +323,7 @@ def train(
     if not any(isinstance(callback, StopOnNonFinite) for callback in callbacks):
         callbacks.insert(0, StopOnNonFinite())
     history = History()
+    history.sampler = sampler
     state = TrainingState(model, sampler, batch_size, total_steps, step=model.step, start_step=model.step, history=history)
 
     same = target is x

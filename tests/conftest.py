@@ -42,7 +42,7 @@ def mnist_dir() -> Path:
     candidates = _mnist_candidates()
     for d in candidates:
         if _has_mnist(d):
-            return d
+            return d.resolve()
     reason = (
         "real MNIST files not found in " + ", ".join(str(d) for d in candidates)
         + "; set NANOAE_DATA to the directory holding the four MNIST .gz files"

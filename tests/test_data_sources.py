@@ -225,7 +225,7 @@ def link_mnist(mnist_dir: Path, dest: Path) -> Path:
     for src in mnist_dir.iterdir():
         if src.name.startswith(tuple(MNIST_NAMES)):
             try:
-                (dest / src.name).symlink_to(src)
+                (dest / src.name).symlink_to(src.resolve())
             except OSError:
                 shutil.copy(src, dest / src.name)
     return dest

@@ -72,6 +72,22 @@ class BatchSampler:
         self._position = 0
         self._perm = self._shuffle()
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], rng: np.random.Generator) -> "BatchSampler":
+        """A sampler positioned exactly as ``state`` says, drawing later epochs from ``rng``.
+
+        Building a sampler draws a first permutation; this puts the generator's state
+        back afterwards, so a resumed run shuffles its next epochs exactly as an
+        uninterrupted run would.
+        """
+        saved = rng.bit_generator.state
+        try:
+            sampler = cls(state["n"], state["batch_size"], rng)
+            sampler.load_state_dict(state)
+        finally:
+            rng.bit_generator.state = saved
+        return sampler
+
     def _shuffle(self) -> np.ndarray:
         """A fresh permutation of range(n), int64."""
         return self._rng.permutation(self._n).astype(np.int64, copy=False)
