@@ -36,10 +36,11 @@ class Activation(Module):
         super().__init__()
         self.alpha = 0.0
         self._output = None
+        self._workspace: dict = {}
 
     def forward(self, x):
         """x: (batch, features) -> y: same shape."""
-        self._output = self.backend.ops.activation_forward(x, self.name, self.alpha)
+        self._output = self.backend.ops.activation_forward(x, self.name, self.alpha, self._workspace)
         return self._output
 
     def backward(self, grad_output, need_input_grad: bool = True):
@@ -48,13 +49,13 @@ class Activation(Module):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         if not need_input_grad:
             return None
-        return self.backend.ops.activation_backward(grad_output, self._output, self.name, self.alpha)
+        return self.backend.ops.activation_backward(grad_output, self._output, self.name, self.alpha, self._workspace)
 
     def __call__(self, x):
         self._ensure_built()
         from nanoae.validation import as_batch  # noqa: PLC0415
 
-        return self.forward(as_batch(x, None, self.backend))
+        return self._handed_out(self.forward(as_batch(x, None, self.backend)))
 
     def config(self) -> dict:
         return {"type": type(self).__name__, "name": self.name, "alpha": self.alpha}

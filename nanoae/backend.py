@@ -130,7 +130,7 @@ def _resolve_dtype(dtype) -> Any:
     return resolved
 
 
-def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None = None) -> Backend:
+def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None = None, kernels: str = "auto") -> Backend:
     """Return a :class:`Backend`.
 
     name:  "numpy", "cupy" or "auto"; None reads ``$NANOAE_BACKEND`` (default "auto").
@@ -138,6 +138,7 @@ def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None
     dtype: "float32" (default) or "float64".
     fast:  use the fast ops for this library when they exist; False forces the
            readable reference ops; None means "fast when available".
+    kernels: for the fast CPU path, "numba", "numpy" or "auto" (Numba when installed).
     """
     if isinstance(name, Backend):
         return name if dtype is None else name.with_dtype(dtype)
@@ -163,7 +164,7 @@ def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None
 
     from nanoae.ops import load_ops  # noqa: PLC0415
 
-    ops, ops_name = load_ops("numpy", fast)
+    ops, ops_name = load_ops("numpy", fast, kernels)
     return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference", ops_name)
 
 

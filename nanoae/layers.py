@@ -107,7 +107,12 @@ class Module:
     def __call__(self, x):
         """Validated forward pass: checks x, builds with defaults if needed."""
         self._ensure_built()
-        return self.forward(as_batch(x, self.in_features, self.backend))
+        return self._handed_out(self.forward(as_batch(x, self.in_features, self.backend)))
+
+    def _handed_out(self, array):
+        """What users receive: a fast path's reused buffer would be overwritten by the
+        next call, so they get a copy of it."""
+        return array.copy() if self.backend.fast else array
 
     def config(self) -> dict:
         """A JSON-friendly description from which the module can be rebuilt."""

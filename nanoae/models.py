@@ -281,11 +281,11 @@ class Autoencoder(Model):
 
     def encode(self, x):
         """x: (batch, in_features) -> code: (batch, code_size)."""
-        return self.encoder.forward(as_batch(x, self.in_features, self.backend, "x"))
+        return self._handed_out(self.encoder.forward(as_batch(x, self.in_features, self.backend, "x")))
 
     def decode(self, code):
         """code: (batch, code_size) -> (batch, in_features)."""
-        return self.decoder.forward(as_batch(code, self.code_size, self.backend, "code"))
+        return self._handed_out(self.decoder.forward(as_batch(code, self.code_size, self.backend, "code")))
 
     def reconstruct(self, x):
         """decode(encode(x)). x: (batch, in_features) -> (batch, in_features)."""

@@ -35,6 +35,7 @@ class Optimizer:
         self.arena = None
         self.state: dict = {}
         self.steps = 0
+        self._workspace: dict = {}
 
     def bind(self, arena) -> "Optimizer":
         """Allocate state buffers shaped like ``arena.values``."""
@@ -141,6 +142,7 @@ class RMSProp(Optimizer):
             self.eps,
             self.momentum,
             self.flavor,
+            self._workspace,
         )
 
     def config(self) -> dict:
@@ -181,7 +183,7 @@ class SGD(Optimizer):
 
     def _update(self, ops, params, grads) -> None:
         ops.sgd_update(
-            params, grads, self.state.get("velocity"), self.lr, self.momentum, self.nesterov, self.weight_decay
+            params, grads, self.state.get("velocity"), self.lr, self.momentum, self.nesterov, self.weight_decay, self._workspace
         )
 
     def config(self) -> dict:
@@ -243,6 +245,7 @@ class Adam(Optimizer):
             self.weight_decay,
             self.decoupled,
             self.flavor,
+            self._workspace,
         )
 
     def config(self) -> dict:

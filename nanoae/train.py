@@ -327,6 +327,8 @@ def train(
     state = TrainingState(model, sampler, batch_size, total_steps, step=model.step, start_step=model.step, history=history)
 
     same = target is x
+    gather = model.backend.ops.gather_rows
+    gather_workspace: dict = {}  # the batch buffers, reused every step on a fast path
     start_time = time.perf_counter()
     last_log_time, last_log_step = start_time, model.step
     for callback in callbacks:
@@ -334,8 +336,8 @@ def train(
     try:
         while model.step < total_steps and not state.stop:
             indices = model.backend.asarray(sampler.next_indices())
-            batch = x[indices]
-            state.loss_array = model._train_step(batch, batch if same else target[indices])
+            batch = gather(x, indices, gather_workspace)
+            state.loss_array = model._train_step(batch, batch if same else gather(target, indices, gather_workspace))
             state.step = model.step
             state.loss = None
             for callback in callbacks:

@@ -56,12 +56,20 @@ def as_batch(x, features: int | None, backend, name: str = "x", check_finite: bo
             f"(got shape {_describe(x.shape)})"
         )
     x = backend.asarray(x, dtype=backend.dtype)
-    if check_finite:
-        finite = backend.xp.isfinite(x)
-        if not bool(finite.all()):
-            bad = int(x.size - int(finite.sum()))
-            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean or impute them before training")
+    if check_finite and not all_finite(x, backend.xp):
+        bad = int(x.size - int(backend.xp.isfinite(x).sum()))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean or impute them before training")
     return x
+
+
+def all_finite(x, xp, chunk_elements: int = 1 << 20) -> bool:
+    """True when x holds no NaN or inf; checked in row chunks so a big dataset needs
+    no full-size boolean temporary."""
+    rows = max(1, chunk_elements // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        if not bool(xp.isfinite(x[start : start + rows]).all()):
+            return False
+    return True
 
 
 def check_same_shape(target, output_shape, name: str = "target") -> None:

@@ -12,7 +12,9 @@ def test_numpy_backend_defaults():
     backend = get_backend("numpy")
     assert backend.name == "numpy" and backend.xp is np
     assert backend.dtype is np.float32
-    assert backend.ops is reference
+    assert backend.fast and backend.ops.name.startswith("cpu-")  # the fast path by default
+    assert get_backend("numpy", fast=False).ops is reference
+    assert not get_backend("numpy", fast=False).fast
     assert get_backend("numpy", dtype="float64").dtype is np.float64
 
 
@@ -49,8 +51,20 @@ def test_bad_dtype(dtype, match):
 
 
 def test_every_ops_table_offers_the_same_functions():
+    import inspect
+
+    from nanoae.ops import cpu
+
+    tables = [cpu.load("numpy")]
+    if cpu.numba_available()[0]:
+        tables.append(cpu.load("numba"))
     for name in OPS_API:
         assert hasattr(reference, name), name
+        for table in tables:
+            assert hasattr(table, name), (table, name)
+            if callable(getattr(reference, name)):
+                expected = list(inspect.signature(getattr(reference, name)).parameters)
+                assert list(inspect.signature(getattr(table, name)).parameters) == expected, (table, name)
 
 
 def test_host_device_copies(backend_name):

@@ -27,19 +27,25 @@ OPS_API = (
     "bce_loss_and_grad",
     "bce_logits_loss",
     "bce_logits_loss_and_grad",
+    "gather_rows",
     "rmsprop_update",
     "sgd_update",
     "adam_update",
 )
 
 
-def load_ops(library: str, fast: bool | None) -> tuple[ModuleType, str]:
-    """Return (ops module, its name) for ``library`` ("numpy" or "cupy").
+def load_ops(library: str, fast: bool | None, kernels: str = "auto"):
+    """Return (ops table, its name) for ``library`` ("numpy" or "cupy").
 
-    ``fast=False`` always gives the reference table. No fast table is registered yet,
-    so every request currently resolves to the reference implementation.
+    fast=False: the reference table. fast=None or True: the library's fast table
+    (for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels when Numba is installed, else
+    on NumPy kernels; ``$NANOAE_NUMBA=0`` or kernels="numpy" forces the latter).
     """
     from nanoae.ops import reference  # noqa: PLC0415
 
-    del library, fast  # the fast tables plug in here
-    return reference, "reference"
+    if fast is False or library != "numpy":
+        return reference, "reference"
+    from nanoae.ops import cpu  # noqa: PLC0415
+
+    table = cpu.load(kernels)
+    return table, table.name

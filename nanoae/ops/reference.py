@@ -186,6 +186,14 @@ def bce_logits_loss_and_grad(logits, target, workspace=None):
 
 
 # --------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------
+def gather_rows(data, indices, workspace=None):
+    """data[indices]: the rows of one mini-batch. data: (n, features), indices: (batch,)."""
+    return data[indices]
+
+
+# --------------------------------------------------------------------------------------
 # Optimizer updates, in place over flat arrays (the parameter arena and its state).
 # --------------------------------------------------------------------------------------
 def rmsprop_update(
@@ -198,6 +206,7 @@ def rmsprop_update(
     eps: float,
     momentum: float,
     flavor: str,
+    workspace=None,
 ):
     """One RMSProp step, in place. All arrays are flat and the same shape.
 
@@ -252,6 +261,7 @@ def sgd_update(
     momentum: float,
     nesterov: bool,
     weight_decay: float,
+    workspace=None,
 ):
     """One SGD step, in place (torch.optim.SGD's rule, dampening 0).
 
@@ -285,6 +295,7 @@ def adam_update(
     weight_decay: float,
     decoupled: bool,
     flavor: str,
+    workspace=None,
 ):
     """One Adam (or AdamW) step, in place; ``step`` counts from 1.
 

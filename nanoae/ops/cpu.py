@@ -1,0 +1,270 @@
+"""The fast CPU path: the reference math with reused buffers and fused kernels.
+
+Same functions and signatures as :mod:`nanoae.ops.reference`; the differences are
+all about memory traffic:
+
+* every output lives in a buffer kept in the caller's ``workspace`` dict and reused
+  while the batch shape stays the same, so a steady training step allocates nothing;
+* matmuls write into those buffers (``np.matmul(..., out=)``), including the weight
+  gradients, which go straight into the parameter arena's gradient views;
+* bias-add + activation is one pass; activation' + the bias gradient is one pass;
+  the MSE loss and its gradient are one pass; each optimizer update is one pass over
+  the whole arena;
+* those passes run as Numba kernels when Numba is installed (``nanoae[fast]``), else
+  as vectorised NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
+
+Arrays returned here are workspace buffers: the next call with the same workspace
+overwrites them. Layers and models own their workspaces and copy what they hand to
+users (``Model.predict``/``reconstruct``/``encode``/``decode`` return fresh arrays).
+
+``CpuOps(kernels)`` builds a table on a given kernel set; ``load("auto")`` picks Numba
+when it imports, unless ``NANOAE_NUMBA=0``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nanoae.ops import reference
+
+ACTIVATIONS = reference.ACTIVATIONS
+_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+
+
+def _buffer(workspace: dict, key: str, shape, dtype) -> np.ndarray:
+    """The workspace's array for ``key``, (re)allocated only when shape or dtype change."""
+    array = workspace.get(key)
+    if array is None or array.shape != tuple(shape) or array.dtype != dtype:
+        array = np.empty(shape, dtype=dtype)
+        workspace[key] = array
+    return array
+
+
+def _code(activation: str) -> int:
+    try:
+        return _CODES[activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}") from None
+
+
+class CpuOps:
+    """An ops table (see :mod:`nanoae.ops`) on one kernel set: numba or numpy."""
+
+    ACTIVATIONS = ACTIVATIONS
+
+    def __init__(self, kernels) -> None:
+        self.kernels = kernels
+        self.name = f"cpu-{kernels.NAME}"
+
+    def __repr__(self) -> str:
+        return f"<nanoae ops {self.name}>"
+
+    def _elementwise_scratch(self, workspace, shape, dtype):
+        """A float and a boolean scratch array for the NumPy kernels (Numba needs none)."""
+        if self.kernels.NAME == "numba":
+            return None, None
+        return _buffer(workspace, "scratch", shape, dtype), _buffer(workspace, "mask", shape, np.bool_)
+
+    # ---- activations --------------------------------------------------------------
+    def activation_forward(self, z, activation: str, alpha: float = 0.0, workspace=None):
+        if workspace is None:
+            return reference.activation_forward(z, activation, alpha)
+        dtype = z.dtype.type
+        out = _buffer(workspace, "activation", z.shape, z.dtype)
+        scratch, mask = self._elementwise_scratch(workspace, z.shape, z.dtype)
+        self.kernels.activation(z, out, _code(activation), dtype(alpha), dtype(1), scratch, mask)
+        return out
+
+    def activation_backward(self, grad_output, y, activation: str, alpha: float = 0.0, workspace=None):
+        if workspace is None:
+            return reference.activation_backward(grad_output, y, activation, alpha)
+        dtype = y.dtype.type
+        out = _buffer(workspace, "activation_grad", y.shape, y.dtype)
+        scratch, mask = self._elementwise_scratch(workspace, y.shape, y.dtype)
+        self.kernels.activation_grad(grad_output, y, _code(activation), dtype(alpha), dtype(1), out, scratch, mask)
+        return out
+
+    # ---- dense ---------------------------------------------------------------------
+    def dense_forward(self, x, weights, bias, activation: str, alpha: float = 0.0, workspace=None):
+        """y = act(x @ W + b) into the workspace's "y" buffer (batch, out)."""
+        if workspace is None:
+            return reference.dense_forward(x, weights, bias, activation, alpha)
+        dtype = weights.dtype.type
+        shape = (x.shape[0], weights.shape[1])
+        y = _buffer(workspace, "y", shape, weights.dtype)
+        np.matmul(x, weights, out=y)
+        scratch, mask = self._elementwise_scratch(workspace, shape, weights.dtype)
+        self.kernels.bias_activation(y, bias, _code(activation), dtype(alpha), dtype(1), scratch, mask)
+        return y
+
+    def dense_backward(
+        self,
+        grad_output,
+        x,
+        y,
+        weights,
+        activation: str,
+        alpha: float,
+        grad_weights,
+        grad_bias,
+        need_input_grad: bool = True,
+        workspace=None,
+    ):
+        """dz = act'(y) dy and db in one pass; dW = x^T dz and dx = dz W^T by BLAS into buffers."""
+        if workspace is None:
+            return reference.dense_backward(
+                grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad
+            )
+        dtype = weights.dtype.type
+        grad_pre_activation = _buffer(workspace, "dz", y.shape, y.dtype)
+        scratch, mask = self._elementwise_scratch(workspace, y.shape, y.dtype)
+        self.kernels.activation_grad_bias(
+            grad_output, y, _code(activation), dtype(alpha), dtype(1), grad_pre_activation, grad_bias, scratch, mask
+        )
+        np.matmul(x.T, grad_pre_activation, out=grad_weights)
+        if not need_input_grad:
+            return None
+        grad_input = _buffer(workspace, "dx", x.shape, y.dtype)
+        np.matmul(grad_pre_activation, weights.T, out=grad_input)
+        return grad_input
+
+    # ---- losses --------------------------------------------------------------------
+    def mse_loss(self, prediction, target):
+        return reference.mse_loss(prediction, target)
+
+    def mse_loss_and_grad(self, prediction, target, workspace=None):
+        """Loss (0-d array of the dtype) and 2 (p - t) / N in one pass."""
+        if workspace is None or prediction.ndim != 2:
+            return reference.mse_loss_and_grad(prediction, target)
+        dtype = prediction.dtype.type
+        grad = _buffer(workspace, "mse_grad", prediction.shape, prediction.dtype)
+        total = self.kernels.mse(prediction, target, grad, dtype(2.0 / prediction.size))
+        return np.asarray(total / prediction.size, dtype=prediction.dtype), grad
+
+    def bce_loss(self, probability, target, eps: float = 1e-7):
+        return reference.bce_loss(probability, target, eps)
+
+    def bce_loss_and_grad(self, probability, target, eps: float = 1e-7, workspace=None):
+        return reference.bce_loss_and_grad(probability, target, eps)
+
+    def bce_logits_loss(self, logits, target):
+        return reference.bce_logits_loss(logits, target)
+
+    def bce_logits_loss_and_grad(self, logits, target, workspace=None):
+        return reference.bce_logits_loss_and_grad(logits, target)
+
+    # ---- data ----------------------------------------------------------------------
+    def gather_rows(self, data, indices, workspace=None):
+        """data[indices] into a reused (len(indices), features) buffer."""
+        if workspace is None:
+            return reference.gather_rows(data, indices)
+        out = _buffer(workspace, f"rows{id(data)}", (indices.shape[0], *data.shape[1:]), data.dtype)
+        np.take(data, indices, axis=0, out=out, mode="clip")  # "raise" would buffer out: a copy a step
+        return out
+
+    # ---- optimizers ----------------------------------------------------------------
+    @staticmethod
+    def _scratch(workspace, params):
+        if workspace is None:
+            workspace = {}
+        return tuple(_buffer(workspace, f"scratch{k}", params.shape, params.dtype) for k in range(3))
+
+    def rmsprop_update(self, params, grads, mean_square, momentum_buffer, lr, rho, eps, momentum, flavor, workspace=None):
+        dtype = params.dtype.type
+        scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
+        if flavor == "tf1":
+            self.kernels.rmsprop_tf1(
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+            )
+        elif flavor == "keras":
+            self.kernels.rmsprop_keras(
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+            )
+        elif flavor == "torch":
+            self.kernels.rmsprop_torch(
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+            )
+        else:
+            raise ValueError(f"unknown RMSProp flavor {flavor!r}; use 'tf1', 'keras' or 'torch'")
+
+    def sgd_update(self, params, grads, velocity, lr, momentum, nesterov, weight_decay, workspace=None):
+        dtype = params.dtype.type
+        scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
+        self.kernels.sgd(params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay), scratch)
+
+    def adam_update(
+        self, params, grads, first_moment, second_moment, lr, beta1, beta2, eps, step, weight_decay, decoupled, flavor, workspace=None
+    ):
+        if flavor not in ("torch", "keras"):
+            raise ValueError(f"unknown Adam flavor {flavor!r}; use 'torch' or 'keras'")
+        dtype = params.dtype.type
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        keras = flavor == "keras"
+        lr_hat = lr * bias_correction2**0.5 / bias_correction1 if keras else lr / bias_correction1
+        decoupled_factor = dtype(1 - lr * weight_decay) if (decoupled and weight_decay) else dtype(0)
+        scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
+        self.kernels.adam(
+            params,
+            grads,
+            first_moment,
+            second_moment,
+            dtype(lr_hat),
+            dtype(1 - beta1),
+            dtype(beta2),
+            dtype(1 - beta2),
+            dtype(eps),
+            dtype(bias_correction2**0.5),
+            dtype(0 if decoupled else weight_decay),
+            decoupled_factor,
+            keras,
+            scratch,
+        )
+
+
+def numba_available() -> tuple[bool, str]:
+    """(True, "") when Numba imports here, else (False, why)."""
+    if os.environ.get("NANOAE_NUMBA", "1") == "0":
+        return False, "disabled by NANOAE_NUMBA=0"
+    try:
+        import numba  # noqa: F401, PLC0415
+    except ImportError as exc:
+        return False, f"numba is not installed ({exc}); pip install 'nanoae[fast]'"
+    return True, ""
+
+
+_TABLES: dict[str, CpuOps] = {}
+
+
+def load(kernels: str = "auto") -> CpuOps:
+    """The CPU ops table on ``kernels``: "numba", "numpy", or "auto" (Numba when available)."""
+    if kernels == "auto":
+        kernels = "numba" if numba_available()[0] else "numpy"
+    if kernels not in ("numba", "numpy"):
+        raise ValueError(f"unknown kernel set {kernels!r}; use 'numba', 'numpy' or 'auto'")
+    if kernels not in _TABLES:
+        if kernels == "numba":
+            ok, why = numba_available()
+            if not ok:
+                raise ImportError(f"the Numba kernels cannot load: {why}")
+            from nanoae.ops import kernels_numba as module  # noqa: PLC0415
+        else:
+            from nanoae.ops import kernels_numpy as module  # noqa: PLC0415
+        _TABLES[kernels] = CpuOps(module)
+    return _TABLES[kernels]
+
+
+def set_num_threads(count: int) -> None:
+    """Threads for BLAS (through threadpoolctl, when installed) and for Numba's kernels."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+        threadpool_limits(count)
+    except ImportError:
+        pass
+    if numba_available()[0]:
+        import numba  # noqa: PLC0415
+
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
