@@ -1,4 +1,4 @@
-"""The ``nanoae`` command: train, eval, plot, gradcheck.
+"""The ``nanoae`` command: train, eval, plot, gradcheck, bench.
 
 ``nanoae train`` with no arguments runs the tutorial exactly: the ``tutorial`` preset,
 1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
     _add_data_options(plot, dataset_default=None)
+
+    bench = commands.add_parser(
+        "bench",
+        help="throughput of the tutorial model against TensorFlow and PyTorch",
+        description="Each competitor runs in its own process, alternating, for several rounds; "
+        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every one.",
+    )
+    from nanoae.benchmark.runner import add_arguments as add_bench_arguments  # noqa: PLC0415
+
+    add_bench_arguments(bench)
 
     check = commands.add_parser("gradcheck", help="check a preset's backward pass against finite differences")
     check.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
@@ -373,7 +383,13 @@ def command_gradcheck(args) -> int:
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
-COMMANDS = {"train": command_train, "eval": command_eval, "plot": command_plot, "gradcheck": command_gradcheck}
+def command_bench(args) -> int:
+    from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415
+
+    return run_from_arguments(args)
+
+
+COMMANDS = {"train": command_train, "eval": command_eval, "plot": command_plot, "gradcheck": command_gradcheck, "bench": command_bench}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,262 @@
+"""Run the benchmark: competitors in separate processes, alternating, several rounds.
+
+For each round and each batch size, every competitor runs once in its own process
+(order A B C ..., the same each round, so neighbours alternate), plus a float32
+matmul-peak probe. The environment of every process has ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_L2_SIZE`` removed (they force a slower OpenBLAS kernel on some CPUs). The
+report gives, per competitor and batch: the median steps/s over rounds and its
+min-max, samples/s, the ratio to TensorFlow's ``tf.function``, the achieved GFLOP/s and
+its share of the measured matmul peak, and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nanoae.benchmark.flops import inference_flops, train_step_flops
+
+DEFAULT_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "tf-xla", "keras", "torch-eager", "torch-compile")
+QUICK_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "torch-eager")
+_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_REQUIRES = {"tf-function": "tensorflow", "tf-xla": "tensorflow", "keras": "tensorflow", "torch-eager": "torch", "torch-compile": "torch"}
+
+
+def available(framework: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    module = _REQUIRES.get(framework)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def _worker(arguments: list[str], timeout: float) -> dict:
+    environment = {key: value for key, value in os.environ.items() if key not in _UNSET}
+    command = [sys.executable, "-m", "nanoae.benchmark.worker", *arguments]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in result.stdout.splitlines():
+        if line.startswith("NANOAE-BENCH "):
+            return json.loads(line[len("NANOAE-BENCH ") :])
+    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    return {"error": f"exit {result.returncode}: " + " | ".join(tail)}
+
+
+def machine_description() -> dict:
+    description = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    description["cpu"] = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    description["simd"] = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "other")
+                    break
+    except OSError:
+        pass
+    import numpy  # noqa: PLC0415
+
+    description["numpy"] = numpy.__version__
+    return description
+
+
+def run(
+    frameworks=DEFAULT_FRAMEWORKS,
+    batches=(64, 256, 1024, 4096),
+    modes=("train",),
+    rounds: int = 3,
+    warmup: float = 2.0,
+    windows: int = 5,
+    window: float = 1.0,
+    log=print,
+) -> dict:
+    """Measure; return {"machine", "rows" (one per measurement), "summary" (medians)}."""
+    frameworks = list(frameworks)
+    missing = [name for name in frameworks if not available(name)]
+    for name in missing:
+        log(f"skipping {name}: {_REQUIRES[name]} is not installed (pip install 'nanoae[bench]')")
+    frameworks = [name for name in frameworks if name not in missing]
+    rows, peaks = [], []
+    for round_index in range(1, rounds + 1):
+        peak = _worker(["--framework", "matmul-peak"], timeout=300)
+        if "gflops" in peak:
+            peaks.append(peak["gflops"])
+            log(f"round {round_index}: float32 matmul peak {peak['gflops']:.0f} GFLOP/s")
+        for mode in modes:
+            for batch in batches:
+                for framework in frameworks:
+                    arguments = ["--framework", framework, "--mode", mode, "--batch", str(batch), "--warmup", str(warmup), "--windows", str(windows), "--window", str(window)]
+                    result = _worker(arguments, timeout=600)
+                    result.update({"framework": framework, "mode": mode, "batch": batch, "round": round_index})
+                    rows.append(result)
+                    if "error" in result:
+                        log(f"round {round_index} {mode} batch {batch} {framework}: FAILED {result['error']}")
+                    else:
+                        log(f"round {round_index} {mode} batch {batch} {framework}: {result['steps_per_s']:.1f} steps/s")
+    peak_gflops = statistics.median(peaks) if peaks else float("nan")
+    return {"machine": machine_description(), "matmul_peak_gflops": peak_gflops, "matmul_peaks": peaks, "rows": _finish_rows(rows, peak_gflops), "summary": summarize(rows, peak_gflops)}
+
+
+def _flops(mode: str, batch: int) -> int:
+    return train_step_flops(batch) if mode == "train" else inference_flops(batch)
+
+
+def _finish_rows(rows: list[dict], peak_gflops: float) -> list[dict]:
+    """Fill the per-measurement fields the JSON promises."""
+    for row in rows:
+        if "error" in row:
+            continue
+        row["samples_per_s"] = row["steps_per_s"] * row["batch"]
+        row["gflops"] = row["steps_per_s"] * _flops(row["mode"], row["batch"]) / 1e9
+        row["peak_fraction"] = row["gflops"] / peak_gflops if peak_gflops == peak_gflops else None
+    return rows
+
+
+def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            groups.setdefault((row["mode"], row["batch"], row["framework"]), []).append(row)
+    summary = []
+    for (mode, batch, framework), measured in groups.items():
+        rates = [row["steps_per_s"] for row in measured]
+        median = statistics.median(rates)
+        gflops = median * _flops(mode, batch) / 1e9
+        summary.append(
+            {
+                "framework": framework,
+                "mode": mode,
+                "batch": batch,
+                "rounds": len(rates),
+                "steps_per_s": median,
+                "steps_per_s_min": min(rates),
+                "steps_per_s_max": max(rates),
+                "samples_per_s": median * batch,
+                "gflops": gflops,
+                "peak_fraction": gflops / peak_gflops if peak_gflops == peak_gflops else None,
+                "peak_rss_mib": statistics.median(row["peak_rss_mib"] for row in measured),
+                "rss_growth_mib": max(row["rss_growth_mib"] for row in measured),
+                "info": measured[0].get("info", {}),
+            }
+        )
+    for entry in summary:
+        baseline = [other for other in summary if other["framework"] == "tf-function" and other["mode"] == entry["mode"] and other["batch"] == entry["batch"]]
+        entry["vs_tf_function"] = entry["steps_per_s"] / baseline[0]["steps_per_s"] if baseline else None
+    order = {name: index for index, name in enumerate(DEFAULT_FRAMEWORKS)}
+    summary.sort(key=lambda e: (e["mode"], e["batch"], order.get(e["framework"], 99), e["framework"]))
+    return summary
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"float32 matmul peak (NumPy, 2048^3, median of {len(result['matmul_peaks'])} probes): "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s",
+        "",
+        "| mode | batch | framework | steps/s (median) | min-max | samples/s | x tf-function | GFLOP/s | % of matmul peak | peak RSS MiB | RSS growth MiB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in result["summary"]:
+        ratio = f"{entry['vs_tf_function']:.2f}" if entry["vs_tf_function"] else "-"
+        share = f"{100 * entry['peak_fraction']:.0f} %" if entry["peak_fraction"] is not None else "-"
+        lines.append(
+            f"| {entry['mode']} | {entry['batch']} | {entry['framework']} | {entry['steps_per_s']:.1f} | "
+            f"{entry['steps_per_s_min']:.1f}-{entry['steps_per_s_max']:.1f} | {entry['samples_per_s']:,.0f} | {ratio} | "
+            f"{entry['gflops']:.0f} | {share} | {entry['peak_rss_mib']:.0f} | {entry['rss_growth_mib']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(result: dict, path) -> Path:
+    from nanoae.plot import require_matplotlib  # noqa: PLC0415
+
+    plt = require_matplotlib()
+    import numpy as np  # noqa: PLC0415
+
+    train = [entry for entry in result["summary"] if entry["mode"] == "train"] or result["summary"]
+    batches = sorted({entry["batch"] for entry in train})
+    frameworks = [name for name in DEFAULT_FRAMEWORKS if any(entry["framework"] == name for entry in train)]
+    frameworks += sorted({entry["framework"] for entry in train} - set(frameworks))
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    width = 0.8 / max(1, len(frameworks))
+    for index, name in enumerate(frameworks):
+        values, errors_low, errors_high = [], [], []
+        for batch in batches:
+            found = [entry for entry in train if entry["framework"] == name and entry["batch"] == batch]
+            median = found[0]["samples_per_s"] if found else 0.0
+            values.append(median)
+            errors_low.append(median - found[0]["steps_per_s_min"] * batch if found else 0.0)
+            errors_high.append(found[0]["steps_per_s_max"] * batch - median if found else 0.0)
+        positions = np.arange(len(batches)) + (index - (len(frameworks) - 1) / 2) * width
+        axis.bar(positions, values, width, label=name, yerr=[errors_low, errors_high], capsize=2)
+    axis.set_xticks(np.arange(len(batches)), [str(batch) for batch in batches])
+    axis.set_xlabel("batch size")
+    axis.set_ylabel("training samples / s (median, min-max)")
+    machine = result["machine"]
+    axis.set_title(f"tutorial autoencoder, float32, {machine.get('cpus')} CPUs ({machine.get('cpu', '?')}, {machine.get('simd', '?')})")
+    axis.legend(fontsize=8, ncol=2)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="nanoae bench", description="nanoae against TensorFlow and PyTorch on the tutorial model")
+    add_arguments(parser)
+    return run_from_arguments(parser.parse_args(argv))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="batch 256, 2 rounds, short windows, 4 competitors: under two minutes")
+    parser.add_argument("--batch-size", type=int, action="append", dest="batch_sizes", help="batch size (repeatable; default 64 256 1024 4096)")
+    parser.add_argument("--framework", action="append", dest="frameworks", help=f"competitor (repeatable; default: {' '.join(DEFAULT_FRAMEWORKS)})")
+    parser.add_argument("--mode", choices=("train", "infer", "both"), default=None, help="training steps, inference (encode + decode), or both (default: both; --quick: train)")
+    parser.add_argument("--rounds", type=int, help="rounds of alternating runs (default 3; --quick 2)")
+    parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    parser.add_argument("--chart", metavar="PATH", help="write a PNG bar chart")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+
+
+def run_from_arguments(args) -> int:
+    from nanoae.benchmark.competitors import FRAMEWORKS  # noqa: PLC0415
+
+    frameworks = args.frameworks or (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS)
+    unknown = [name for name in frameworks if name not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
+    batches = args.batch_sizes or ((256,) if args.quick else (64, 256, 1024, 4096))
+    if any(batch < 1 for batch in batches):
+        raise ValueError("batch sizes must be >= 1")
+    mode = args.mode or ("train" if args.quick else "both")
+    modes = ("train", "infer") if mode == "both" else (mode,)
+    rounds = args.rounds or (2 if args.quick else 3)
+    if rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    timing = {"warmup": 0.5, "windows": 3, "window": 0.4} if args.quick else {"warmup": 2.0, "windows": 5, "window": 1.0}
+    started = time.time()
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    result = run(frameworks, batches, modes, rounds, log=log, **timing)
+    result["settings"] = {"frameworks": list(frameworks), "batches": list(batches), "modes": list(modes), "rounds": rounds, **timing, "quick": bool(args.quick)}
+    result["elapsed_s"] = time.time() - started
+    print(markdown_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result["rows"], indent=1) + "\n")
+        Path(args.json).with_suffix(".full.json").write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(result) + "\n")
+    if args.chart:
+        chart(result, args.chart)
+    log(f"done in {result['elapsed_s']:.0f} s")
+    return 0

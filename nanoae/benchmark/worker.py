@@ -1,0 +1,91 @@
+"""One competitor, one process, one measurement; prints a JSON line.
+
+    python -m nanoae.benchmark.worker --framework nanoae --mode train --batch 256
+
+Warm-up first (compilation, buffers, caches), then several timed windows; the
+result is the median window. The runner starts one such process per competitor and
+round, so no framework's threads or allocator state leak into another's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _rss_mib() -> float:
+    """Resident memory now, from /proc (Linux), in MiB; NaN elsewhere."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, window: float, seed: int = 0) -> dict:
+    from nanoae.benchmark.competitors import FRAMEWORKS, matmul_peak  # noqa: PLC0415
+
+    started = time.perf_counter()
+    if framework == "matmul-peak":
+        return {"framework": framework, "gflops": matmul_peak(), "seconds": time.perf_counter() - started}
+    competitor = FRAMEWORKS[framework](mode)
+    rng = np.random.default_rng(seed)
+    # Random inputs in [0, 1), never zeros; a pool of batches so no step is a cache replay.
+    pool = [competitor.prepare(rng.random((batch, 784), dtype=np.float32)) for _ in range(8)]
+    step, sync = competitor.step, competitor.sync
+    count = 0
+    warm_start = time.perf_counter()
+    while count < 3 or time.perf_counter() - warm_start < warmup:
+        step(pool[count % len(pool)])
+        count += 1
+    sync()
+    warmup_seconds = time.perf_counter() - warm_start
+    rss_before = _rss_mib()
+    rates = []
+    for _ in range(windows):
+        steps = 0
+        window_start = time.perf_counter()
+        while True:
+            step(pool[steps % len(pool)])
+            steps += 1
+            if steps >= 3 and time.perf_counter() - window_start >= window:
+                break
+        sync()
+        rates.append(steps / (time.perf_counter() - window_start))
+    return {
+        "framework": competitor.name,
+        "mode": mode,
+        "batch": batch,
+        "steps_per_s": float(np.median(rates)),
+        "window_rates": rates,
+        "warmup_s": warmup_seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mib": _rss_mib() - rss_before,
+        "info": competitor.info,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", required=True)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    result = measure(args.framework, args.mode, args.batch, args.warmup, args.windows, args.window)
+    print("NANOAE-BENCH " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The benchmark harness: FLOP counts, the report's arithmetic, and a real worker run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nanoae.benchmark import flops, runner
+
+
+def test_tutorial_flops_match_the_hand_count():
+    # sum of in*out over the six layers = 1,097,984; forward and dW for all, dx for five
+    assert flops.train_step_flops(256) == 1_371_799_552
+    assert flops.train_step_flops(64) == 342_949_888
+    assert flops.inference_flops(256) == 2 * 256 * 1_097_984
+
+
+def test_summary_medians_ratios_and_peak_share():
+    rows = []
+    for round_index, (ours, theirs) in enumerate([(300.0, 150.0), (280.0, 160.0), (320.0, 140.0)], start=1):
+        for name, rate in (("nanoae", ours), ("tf-function", theirs)):
+            rows.append({"framework": name, "mode": "train", "batch": 256, "round": round_index, "steps_per_s": rate, "peak_rss_mib": 100.0, "rss_growth_mib": 0.0})
+    summary = {entry["framework"]: entry for entry in runner.summarize(rows, peak_gflops=500.0)}
+    assert summary["nanoae"]["steps_per_s"] == 300.0 and summary["nanoae"]["steps_per_s_min"] == 280.0
+    assert summary["nanoae"]["vs_tf_function"] == pytest.approx(2.0)
+    assert summary["nanoae"]["gflops"] == pytest.approx(300.0 * 1.371799552)
+    assert summary["nanoae"]["peak_fraction"] == pytest.approx(300.0 * 1.371799552 / 500.0)
+    table = runner.markdown_table({"summary": list(summary.values()), "matmul_peak_gflops": 500.0, "matmul_peaks": [500.0]})
+    assert "| train | 256 | nanoae | 300.0 | 280.0-320.0 |" in table and "2.00" in table
+
+
+def test_worker_measures_nanoae_in_its_own_process():
+    command = [sys.executable, "-m", "nanoae.benchmark.worker", "--framework", "nanoae", "--batch", "32", "--warmup", "0.1", "--windows", "2", "--window", "0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = [text for text in result.stdout.splitlines() if text.startswith("NANOAE-BENCH ")][-1]
+    measured = json.loads(line.split(" ", 1)[1])
+    assert measured["framework"] == "nanoae" and measured["batch"] == 32
+    assert measured["steps_per_s"] > 0 and len(measured["window_rates"]) == 2
+    assert measured["peak_rss_mib"] > 10
+    assert measured["info"]["ops"].startswith("cpu-")
+
+
+def test_bench_command_writes_json_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "nanoae", "bench", "--quick", "--framework", "nanoae", "--rounds", "1", "--batch-size", "16", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert {"framework", "batch", "steps_per_s", "samples_per_s", "gflops", "peak_fraction", "peak_rss_mib", "round"} <= set(rows[0])
+    assert "| train | 16 | nanoae |" in result.stdout
+
+
+def test_bench_rejects_unknown_frameworks(capsys):
+    from nanoae.cli import main
+
+    assert main(["bench", "--framework", "mxnet"]) == 2
+    assert "unknown framework" in capsys.readouterr().err
