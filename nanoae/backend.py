@@ -130,7 +130,13 @@ def _resolve_dtype(dtype) -> Any:
     return resolved
 
 
-def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None = None, kernels: str = "auto") -> Backend:
+def get_backend(
+    name: str | Backend | None = None,
+    dtype=None,
+    fast: bool | None = None,
+    kernels: str = "auto",
+    allow_tf32: bool = False,
+) -> Backend:
     """Return a :class:`Backend`.
 
     name:  "numpy", "cupy" or "auto"; None reads ``$NANOAE_BACKEND`` (default "auto").
@@ -139,6 +145,8 @@ def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None
     fast:  use the fast ops for this library when they exist; False forces the
            readable reference ops; None means "fast when available".
     kernels: for the fast CPU path, "numba", "numpy" or "auto" (Numba when installed).
+    allow_tf32: on CuPy, let cuBLAS run float32 matmuls on TF32 tensor cores (faster,
+           ~10 mantissa bits). Off by default: float32 means float32.
     """
     if isinstance(name, Backend):
         return name if dtype is None else name.with_dtype(dtype)
@@ -159,6 +167,7 @@ def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None
         else:
             from nanoae.ops import load_ops  # noqa: PLC0415 (avoid an import cycle)
 
+            _set_tf32(cupy, allow_tf32)
             ops, ops_name = load_ops("cupy", fast)
             return Backend("cupy", cupy, ops, resolved_dtype, ops_name != "reference", ops_name)
 
@@ -166,6 +175,17 @@ def get_backend(name: str | Backend | None = None, dtype=None, fast: bool | None
 
     ops, ops_name = load_ops("numpy", fast, kernels)
     return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference", ops_name)
+
+
+def _set_tf32(cupy, allow: bool) -> None:
+    """Choose cuBLAS's float32 compute type: TF32 tensor cores, or plain float32."""
+    try:
+        from cupy._core import _routines_linalg as linalg  # noqa: PLC0415 (CuPy's switch)
+    except ImportError as exc:
+        if allow:
+            raise BackendUnavailable(f"this CuPy has no compute-type switch, so TF32 cannot be enabled ({exc})") from exc
+        return
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if allow else linalg.COMPUTE_TYPE_DEFAULT)
 
 
 def make_rng(seed=None) -> np.random.Generator:

@@ -1,4 +1,4 @@
-"""The ``nanoae`` command: train, eval, plot, gradcheck, bench.
+"""The ``nanoae`` command: train, eval, plot, classify, gradcheck, bench.
 
 ``nanoae train`` with no arguments runs the tutorial exactly: the ``tutorial`` preset,
 1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's, 0.001)")
     train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavour (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
     train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
+    train.add_argument("--code-size", type=_positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the initial weights and the batch order (default: 0)")
     _add_data_options(train)
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
@@ -123,6 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
     _add_data_options(plot, dataset_default=None)
+
+    classify = commands.add_parser(
+        "classify",
+        help="train a classifier on an autoencoder's encoder (or from scratch) and report test accuracy",
+        description="A linear softmax head on an encoder: --mode scratch (random init), finetune (the "
+        "checkpoint's encoder, copied and trained) or probe (copied and frozen; only the head learns).",
+    )
+    classify.add_argument("--from", dest="source", metavar="CHECKPOINT", help="a trained autoencoder or VAE checkpoint whose encoder is reused")
+    classify.add_argument("--mode", choices=("scratch", "finetune", "probe"), help="default: finetune with --from, else scratch")
+    classify.add_argument("--labels", type=_positive_int, help="labelled training examples used, class-balanced (default: all 60,000)")
+    classify.add_argument("--steps", type=_positive_int, default=1000, help="training steps (default: 1000)")
+    classify.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step, at most --labels (default: 128)")
+    classify.add_argument("--lr", type=_positive_float, default=0.001, help="learning rate (default: 0.001)")
+    classify.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="adam", help="default: adam")
+    classify.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the head, the label subset and the batch order (default: 0)")
+    _add_data_options(classify)
+    classify.add_argument("--out", metavar="DIR", help="also write checkpoint.npz and result.json here")
+    classify.add_argument("--overwrite", action="store_true", help="allow --out to be a directory that already holds a run")
+    classify.add_argument("--json", action="store_true", help="print the result as JSON")
+    classify.add_argument("--quiet", action="store_true", help="no progress output")
 
     bench = commands.add_parser(
         "bench",
@@ -181,6 +202,16 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
+def _preset_default(preset: str, option: str, fallback):
+    """The default value of one of a preset factory's options."""
+    import inspect  # noqa: PLC0415
+
+    from nanoae.presets import PRESETS  # noqa: PLC0415
+
+    parameter = inspect.signature(PRESETS[preset]).parameters.get(option) if preset in PRESETS else None
+    return fallback if parameter is None else parameter.default
+
+
 def _load_split(dataset: str, split: str, args) -> object:
     from nanoae.data import load_dataset  # noqa: PLC0415
 
@@ -194,6 +225,9 @@ def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, t
     originals = test_images[:16]
     reconstructions = model.backend.to_host(model.reconstruct(originals))
     written = [plot.plot_reconstructions(originals, reconstructions, out_dir / "reconstructions.png", title=title)]
+    if hasattr(model, "sample"):  # a VAE: new digits from the prior
+        samples = model.backend.to_host(model.sample(64))
+        written.append(plot.plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
     if metrics_path is not None and metrics_path.exists():
         metrics = plot.read_metrics(metrics_path)
         if len(metrics["step"]):
@@ -252,6 +286,12 @@ def command_train(args) -> int:
         options = {"seed": args.seed, "backend": args.backend}
         if args.output_activation:
             options["output_activation"] = args.output_activation
+        if getattr(args, "code_size", None):
+            import inspect  # noqa: PLC0415
+
+            if "code_size" not in inspect.signature(factory).parameters:
+                raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
+            options["code_size"] = args.code_size
         model = factory(**options)
         if args.optimizer or args.lr:
             model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
@@ -271,7 +311,7 @@ def command_train(args) -> int:
         "lr": model.optimizer.lr,
         "optimizer": args.optimizer or "rmsprop",
         "optimizer_config": model.optimizer.config(),
-        "output_activation": args.output_activation or "relu",
+        "output_activation": args.output_activation or _preset_default(args.preset, "output_activation", "relu"),
         "seed": args.seed,
         "dataset": args.dataset,
         "data_source": train_set.source,
@@ -340,6 +380,8 @@ def command_eval(args) -> int:
     from nanoae.train import reconstruction_errors  # noqa: PLC0415
 
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
+    if not hasattr(checkpoint.model, "reconstruct"):
+        raise CLIError(f"{args.checkpoint} holds a {type(checkpoint.model).__name__}, not an autoencoder; eval measures reconstructions")
     dataset = _dataset_of(checkpoint, args)
     data = _load_split(dataset, args.split, args)
     errors = reconstruction_errors(checkpoint.model, data.images)
@@ -383,13 +425,89 @@ def command_gradcheck(args) -> int:
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
+def command_classify(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from nanoae.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
+    from nanoae.classifier import Classifier, labelled_subset  # noqa: PLC0415
+    from nanoae.presets import tutorial_encoder  # noqa: PLC0415
+    from nanoae.train import ProgressBar  # noqa: PLC0415
+
+    mode = args.mode or ("finetune" if args.source else "scratch")
+    if mode != "scratch" and not args.source:
+        raise CLIError(f"--mode {mode} reuses a trained encoder: give --from CHECKPOINT (an autoencoder's checkpoint.npz)")
+    source = None
+    if args.source:
+        path = Path(args.source)
+        if not path.is_file():
+            raise CLIError(f"--from {path}: no such checkpoint file")
+        source = load_checkpoint(path, backend=args.backend).model
+        if not hasattr(source, "encode"):
+            raise CLIError(f"--from {path}: holds a {type(source).__name__}, not an autoencoder; train one with nanoae train")
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        _check_out_dir(out_dir, args.overwrite)
+    dataset = args.dataset or "mnist"
+    train_set = _load_split(dataset, "train", args)
+    test_set = _load_split(dataset, "test", args)
+    n_labels = args.labels or len(train_set.images)
+    if n_labels > len(train_set.images):
+        raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
+    if out_dir is not None:
+        out_dir = _prepare_out_dir(out_dir, args.overwrite)
+
+    optimizer = make_optimizer(args.optimizer, args.lr)
+    options = {"optimizer": optimizer, "seed": args.seed, "backend": args.backend}
+    if source is not None:
+        model = Classifier.from_autoencoder(source, 10, mode=mode, **options)
+    else:  # from scratch, on the tutorial's encoder architecture
+        model = Classifier(tutorial_encoder(), 10, **options)
+    picked = labelled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))
+    x, y = train_set.images[picked], train_set.labels[picked]
+    batch_size = min(args.batch_size, n_labels)
+    _say(f"classify: mode {mode}, {n_labels} labels, {args.steps} steps of batch {batch_size}, {args.optimizer} lr {args.lr}", args.quiet)
+    callbacks = [] if args.quiet else [ProgressBar()]
+    history = model.fit(x, y, steps=args.steps, batch_size=batch_size, log_every=max(1, args.steps // 20), callbacks=callbacks)
+    result = {
+        "mode": mode,
+        "from": str(args.source) if args.source else None,
+        "dataset": dataset,
+        "labels": n_labels,
+        "steps": args.steps,
+        "batch_size": batch_size,
+        "optimizer": optimizer.config(),
+        "seed": args.seed,
+        "final_train_loss": history[-1] if history else None,
+        "train_accuracy": model.accuracy(x, y),
+        "test_accuracy": model.accuracy(test_set.images, test_set.labels),
+    }
+    if out_dir is not None:
+        save_checkpoint(out_dir / "checkpoint.npz", model, extra={"config": result})
+        _write_json(out_dir / "result.json", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{mode}: test accuracy {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}) "
+            f"with {n_labels} labels, {args.steps} steps of batch {batch_size}"
+        )
+    return EXIT_OK
+
+
 def command_bench(args) -> int:
     from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415
 
     return run_from_arguments(args)
 
 
-COMMANDS = {"train": command_train, "eval": command_eval, "plot": command_plot, "gradcheck": command_gradcheck, "bench": command_bench}
+COMMANDS = {
+    "train": command_train,
+    "eval": command_eval,
+    "plot": command_plot,
+    "classify": command_classify,
+    "gradcheck": command_gradcheck,
+    "bench": command_bench,
+}
 
 
 def main(argv=None) -> int:

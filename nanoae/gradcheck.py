@@ -40,10 +40,17 @@ about the derivative; the entry is retried with steps h/10 and h/100, and skippe
 
 Everything runs in float64: a float32 model is checked on a float64 copy of its
 parameters and left untouched.
+
+Regularisation terms and noise: the objective includes ``module.penalty()`` (L2 weight
+decay, an L1 on a code, a VAE's KL), whose gradients the modules' backward passes add.
+A module with a ``hold_noise(batch)`` context manager (the VAE) is checked with its
+noise held fixed, drawn once (or as already held by the caller), so that every forward
+pass computes the same deterministic function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -141,6 +148,14 @@ def _pick(size: int, max_entries: int | None, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(size, size=max_entries, replace=False))
 
 
+def _as_target(array, backend):
+    """A target in float64, or integer class labels as they are (int64)."""
+    host = np.asarray(backend.to_host(array) if hasattr(array, "__cuda_array_interface__") else array)
+    if host.dtype.kind in "iu":
+        return backend.asarray(host.astype(np.int64))
+    return _as_float64(host, backend)
+
+
 def _as_float64(array, backend):
     host = np.asarray(backend.to_host(array) if hasattr(array, "__cuda_array_interface__") else array)
     if host.dtype.kind != "f":
@@ -193,7 +208,8 @@ def gradcheck(
 
     thing:       a Module (layer, Sequential, model) or a Loss
     x:           input batch (batch, in_features); for a Loss, the prediction
-    target:      target for the loss, same shape as the output (for a Loss: required)
+    target:      target for the loss, same shape as the output, or integer class labels
+                 (batch,) for a classifier (for a Loss: required)
     loss:        a Loss to form the objective; default: the model's own loss when a
                  target is given (an Autoencoder's target defaults to x)
     h:           finite-difference step
@@ -208,7 +224,7 @@ def gradcheck(
         raise TypeError(f"gradcheck takes a nanoae Module or Loss, got {type(thing).__name__}")
 
     module = thing
-    with _Float64Binding(module, seed, backend or "numpy"):
+    with _Float64Binding(module, seed, backend or "numpy"), _noise_held(module, x, seed):
         backend64 = module.backend.with_dtype(np.float64)
         inputs = _as_float64(x, backend64)
         if inputs.ndim != 2:
@@ -222,7 +238,7 @@ def gradcheck(
                 objective_loss = module.loss
         if objective_loss is not None:
             objective_loss = copy.copy(objective_loss).bind(backend64)
-            goal = _as_float64(target if target is not None else x, backend64)
+            goal = _as_target(target if target is not None else x, backend64)
             description = f"{objective_loss.name} loss"
         else:
             goal = None
@@ -233,15 +249,17 @@ def gradcheck(
             projection = backend64.asarray(rng.standard_normal(output.shape))
 
             def objective() -> float:
-                return float((module.forward(inputs) * projection).sum())
+                output_value = float((module.forward(inputs) * projection).sum())
+                return output_value + float(module.penalty())
 
             grad_output = projection
         else:
-            if tuple(goal.shape) != tuple(output.shape):
+            if goal.dtype.kind == "f" and tuple(goal.shape) != tuple(output.shape):
                 raise ValueError(f"target has shape {tuple(goal.shape)} but the output has {tuple(output.shape)}")
 
             def objective() -> float:
-                return float(objective_loss(module.forward(inputs), goal))
+                loss_value = float(objective_loss(module.forward(inputs), goal))
+                return loss_value + float(module.penalty())
 
             _, grad_output = objective_loss.loss_and_grad(output, goal)
 
@@ -263,6 +281,15 @@ def gradcheck(
             )
         module.forward(inputs)  # leave the caches consistent with the unperturbed point
     return report
+
+
+def _noise_held(module: Module, x, seed: int):
+    """Hold a noisy module's noise for the whole check, drawn from the check's own seed
+    (the model's generator is not touched). A no-op for other modules and when the
+    caller already holds the noise."""
+    if not hasattr(module, "hold_noise") or getattr(module, "noise_is_held", False):
+        return contextlib.nullcontext()
+    return module.hold_noise(batch=len(x), rng=np.random.default_rng(seed + 1))
 
 
 def _resolution(value: float, h: float) -> float:
@@ -326,8 +353,8 @@ def _check_loss(loss: Loss, prediction, target, h, max_entries, tolerance, rng) 
     backend64 = get_backend(library, dtype="float64")
     checked_loss = copy.copy(loss).bind(backend64)
     prediction = _as_float64(prediction, backend64)
-    goal = _as_float64(target, backend64)
-    if tuple(goal.shape) != tuple(prediction.shape):
+    goal = _as_target(target, backend64)
+    if goal.dtype.kind == "f" and tuple(goal.shape) != tuple(prediction.shape):
         raise ValueError(f"target has shape {tuple(goal.shape)} but the prediction has {tuple(prediction.shape)}")
     _, analytic = checked_loss.loss_and_grad(prediction, goal)
     analytic = backend64.to_host(analytic).copy()

@@ -23,6 +23,17 @@ from nanoae.params import ParameterArena, ParamSpec
 from nanoae.validation import as_batch, positive_int
 
 
+def sum_penalties(terms):
+    """Add penalty terms, skipping the Python 0.0 of modules without one (so a model
+    with no regulariser returns exactly 0.0 and its loss is left untouched)."""
+    total = None
+    for term in terms:
+        if type(term) is float and term == 0.0:
+            continue
+        total = term if total is None else total + term
+    return 0.0 if total is None else total
+
+
 class Module:
     """Base of layers and models: parameter declaration, binding, forward/backward."""
 
@@ -97,6 +108,18 @@ class Module:
         if not self.built:
             self.build()
 
+    # ---- regularisation terms ------------------------------------------------------
+    def penalty(self):
+        """The terms this module adds to the training objective, summed (children too).
+
+        Evaluated at the current parameters and the last forward pass: an L2 weight
+        penalty (:class:`Dense` with ``weight_decay``), an L1 penalty on activations,
+        a VAE's KL term. Returns 0.0 when there are none, else a 0-d array. Each
+        module's ``backward`` already adds the gradient of its own term, so
+        objective = loss(output, target) + penalty() is what training minimises.
+        """
+        return sum_penalties(child.penalty() for _, child in self.children())
+
     # ---- computation -------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError
@@ -134,6 +157,10 @@ class Dense(Module):
     bias_init:  bias initialiser (default "zeros"; the tutorial uses "glorot_uniform",
                 which on a 1-D bias of length n draws U(+-sqrt(3/n)))
     alpha:      slope for z < 0 when activation is "leaky_relu" (default 0.2)
+    weight_decay: lambda >= 0 of an L2 term on the weights (not the bias) added to the
+                objective: R = lambda/2 * sum(W^2) (TensorFlow's ``l2_loss``), so backward
+                adds dR/dW = lambda W to dW. It is a term of the loss (it shows in
+                ``penalty()`` and in the reported loss), not an optimizer rule.
     """
 
     def __init__(
@@ -144,9 +171,11 @@ class Dense(Module):
         init="glorot_uniform",
         bias_init="zeros",
         alpha: float | None = None,
+        weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         from nanoae.activations import resolve_activation  # noqa: PLC0415 (cycle)
+        from nanoae.validation import non_negative_float  # noqa: PLC0415
 
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
@@ -155,6 +184,7 @@ class Dense(Module):
         get_initializer(bias_init)
         self.init = init
         self.bias_init = bias_init
+        self.weight_decay = non_negative_float(weight_decay, "weight_decay")
         self.weights = None
         self.bias = None
         self.grad_weights = None
@@ -195,7 +225,7 @@ class Dense(Module):
         if self._output is None:
             raise RuntimeError("Dense.backward called before forward")
         activation = self.activation
-        return self.backend.ops.dense_backward(
+        grad_input = self.backend.ops.dense_backward(
             grad_output,
             self._input,
             self._output,
@@ -207,6 +237,15 @@ class Dense(Module):
             need_input_grad,
             self._workspace,
         )
+        if self.weight_decay:
+            self.backend.ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
+        return grad_input
+
+    def penalty(self):
+        """lambda/2 * sum(W^2) when weight_decay is set, else 0.0."""
+        if not self.weight_decay or self.weights is None:
+            return 0.0
+        return self.backend.ops.l2_penalty(self.weights, self.weight_decay)
 
     def config(self) -> dict:
         return {
@@ -217,6 +256,7 @@ class Dense(Module):
             "alpha": self.activation.alpha,
             "init": initializer_name(self.init),
             "bias_init": initializer_name(self.bias_init),
+            **({"weight_decay": self.weight_decay} if self.weight_decay else {}),
         }
 
     def __repr__(self) -> str:

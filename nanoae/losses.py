@@ -7,6 +7,11 @@ gradient; ``loss.backward()`` returns it (the chain-rule start, dL/dprediction).
 * :class:`MSE`           L = mean((p - t)^2)
 * :class:`BCE`           L = -mean(t log p + (1 - t) log(1 - p)), p clipped to [eps, 1 - eps]
 * :class:`BCEWithLogits` the same on logits z with p = sigmoid(z), stable for any z
+* :class:`SoftmaxCrossEntropy` multi-class cross-entropy on logits, integer labels
+  (a mean over examples, not elements)
+
+The VAE's KL term is not a loss of (prediction, target): it lives in the sampling layer
+(:class:`nanoae.vae.GaussianSample`) as a penalty on the code.
 """
 
 from __future__ import annotations
@@ -121,7 +126,36 @@ class BCEWithLogits(Loss):
         return ops.bce_logits_loss_and_grad(prediction, target, self._workspace)
 
 
-LOSSES = {"mse": MSE, "bce": BCE, "bce_logits": BCEWithLogits}
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of softmax(z) against integer class labels, on logits z.
+
+    L = mean_b [logsumexp_k(z_bk) - z_b,y_b]  (log-sum-exp: stable for any logits)
+    dL/dz = (softmax(z) - onehot(y)) / batch.
+    prediction: (batch, classes) logits; target: (batch,) integer labels in [0, classes).
+    The mean is over examples only (the classes of one example form one distribution).
+    """
+
+    name = "softmax_cross_entropy"
+
+    def _checked(self, prediction, target):
+        if not hasattr(target, "shape") or not hasattr(target, "dtype"):
+            raise TypeError(f"labels must be an integer array, got {type(target).__name__}")
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers (class indices), got dtype {target.dtype}")
+        if tuple(target.shape) != (prediction.shape[0],):
+            raise ValueError(
+                f"labels have shape {tuple(target.shape)} but the logits {tuple(prediction.shape)} need ({prediction.shape[0]},)"
+            )
+        return prediction, target
+
+    def _value(self, ops, prediction, target):
+        return ops.softmax_cross_entropy_loss(prediction, target)
+
+    def _value_and_grad(self, ops, prediction, target):
+        return ops.softmax_cross_entropy_loss_and_grad(prediction, target, self._workspace)
+
+
+LOSSES = {"mse": MSE, "bce": BCE, "bce_logits": BCEWithLogits, "softmax_cross_entropy": SoftmaxCrossEntropy}
 
 
 def get_loss(spec) -> Loss:

@@ -99,13 +99,36 @@ class Model(Module):
         return self._train_step(x, target)
 
     def _train_step(self, x, target):
-        """train_step on arrays already checked and on the device."""
+        """train_step on arrays already checked and on the device.
+
+        The objective is loss(output, target) + penalty() (regularisation terms such as
+        L2 weight decay, an L1 on the code or a VAE's KL; 0.0 without any), and that is
+        what is returned.
+        """
         output = self.forward(x)
         loss, grad_output = self.loss.loss_and_grad(output, target)
         self.backward(grad_output, need_input_grad=False)  # nobody needs dL/dx
+        penalty = self.penalty()  # before the update: the terms at the weights used
         self.optimizer.step()
         self.step += 1
-        return loss
+        return loss if type(penalty) is float and penalty == 0.0 else loss + penalty
+
+    @property
+    def static_train_step(self) -> bool:
+        """True when every training step is the same device work, with no host-side
+        randomness (so a fast path may record it once and replay it, e.g. as a CUDA
+        graph). False for models that draw noise on the host each step (a VAE, a
+        denoising autoencoder)."""
+        return True
+
+    def inference(self, x):
+        """The output users and evaluations see, on a checked batch on the device.
+
+        Plain models: ``forward(x)``. A model trained on logits or with random noise
+        overrides it (an autoencoder with a logits loss returns probabilities; a VAE
+        decodes its mean code, with no noise).
+        """
+        return self.forward(x)
 
     def fit(
         self,
@@ -232,8 +255,15 @@ class Autoencoder(Model):
     encoder: Sequential (or a list of layers) from in_features to the code size
     decoder: Sequential (or a list of layers) from the code size back to in_features
     loss:    default "mse"; optimizer: default RMSProp(0.001, flavor="tf1")
+    corruption: None, or input noise for a *denoising* autoencoder: a
+             :class:`~nanoae.regularizers.GaussianNoise` / ``MaskingNoise`` (or
+             "gaussian:0.5", "mask:0.5"). Each training step then feeds the corrupted
+             batch and scores the output against the clean one; evaluation and
+             ``reconstruct`` use the input as given.
     The autoencoder builds at once, in one arena spanning encoder and decoder
     (names "encoder.<i>.weights", "decoder.<i>.bias", ...).
+    With loss "bce_logits" the decoder outputs logits; ``reconstruct`` and ``decode``
+    return sigmoid(logits), the images, and evaluations measure those.
     """
 
     def __init__(
@@ -246,8 +276,12 @@ class Autoencoder(Model):
         dtype=None,
         seed=None,
         fast=None,
+        corruption=None,
     ) -> None:
+        from nanoae.regularizers import get_corruption  # noqa: PLC0415 (cycle)
+
         super().__init__(loss, optimizer if optimizer is not None else RMSProp(), backend, dtype, seed, fast)
+        self.corruption = get_corruption(corruption)
         self.encoder = encoder if isinstance(encoder, Module) else Sequential(encoder)
         self.decoder = decoder if isinstance(decoder, Module) else Sequential(decoder)
         if self.encoder.out_features != self.decoder.in_features:
@@ -279,23 +313,45 @@ class Autoencoder(Model):
         grad_code = self.decoder.backward(grad_output, True)
         return self.encoder.backward(grad_code, need_input_grad)
 
+    @property
+    def static_train_step(self) -> bool:
+        return self.corruption is None
+
+    def _train_step(self, x, target):
+        if self.corruption is not None:
+            x = self.corruption.corrupt(x, self.rng, self.backend)  # target stays clean
+        return super()._train_step(x, target)
+
+    def _to_data_space(self, output):
+        """Decoder output -> images: sigmoid when the loss works on logits."""
+        from nanoae.losses import BCEWithLogits  # noqa: PLC0415
+
+        return self.backend.ops.activation_forward(output, "sigmoid") if isinstance(self.loss, BCEWithLogits) else output
+
+    def inference(self, x):
+        """Reconstructions in data space (probabilities for a logits loss)."""
+        return self._to_data_space(self.forward(x))
+
     def encode(self, x):
         """x: (batch, in_features) -> code: (batch, code_size)."""
         return self._handed_out(self.encoder.forward(as_batch(x, self.in_features, self.backend, "x")))
 
     def decode(self, code):
-        """code: (batch, code_size) -> (batch, in_features)."""
-        return self._handed_out(self.decoder.forward(as_batch(code, self.code_size, self.backend, "code")))
+        """code: (batch, code_size) -> (batch, in_features), in data space."""
+        return self._handed_out(self._to_data_space(self.decoder.forward(as_batch(code, self.code_size, self.backend, "code"))))
 
     def reconstruct(self, x):
         """decode(encode(x)). x: (batch, in_features) -> (batch, in_features)."""
-        return self(x)
+        return self._handed_out(self.inference(as_batch(x, self.in_features, self.backend, "x")))
 
     def _target_for(self, x, target):
         return x if target is None else super()._target_for(x, target)
 
     def config(self) -> dict:
-        return {**super().config(), "encoder": self.encoder.config(), "decoder": self.decoder.config()}
+        config = {**super().config(), "encoder": self.encoder.config(), "decoder": self.decoder.config()}
+        if self.corruption is not None:
+            config["corruption"] = self.corruption.config()
+        return config
 
 
 def module_from_config(config: dict, **build_options) -> Module:
@@ -318,7 +374,16 @@ def module_from_config(config: dict, **build_options) -> Module:
             init=config.get("init", "glorot_uniform"),
             bias_init=config.get("bias_init", "zeros"),
             alpha=alpha,
+            weight_decay=config.get("weight_decay", 0.0),
         )
+    if kind == "ActivityL1":
+        from nanoae.regularizers import ActivityL1  # noqa: PLC0415
+
+        return ActivityL1(config["strength"])
+    if kind == "GaussianSample":
+        from nanoae.vae import GaussianSample  # noqa: PLC0415
+
+        return GaussianSample(config["latent_size"], kl_weight=config.get("kl_weight", 1.0))
     if kind in {cls.__name__ for cls in ACTIVATIONS.values()}:
         cls = ACTIVATIONS[config["name"]]
         return LeakyReLU(config["alpha"]) if cls is LeakyReLU else cls()
@@ -346,9 +411,49 @@ def module_from_config(config: dict, **build_options) -> Module:
             module_from_config(config["decoder"]),
             loss=loss_of(config.get("loss")) or "mse",
             optimizer=optimizer_of(config.get("optimizer")),
+            corruption=config.get("corruption"),
+            **build_options,
+        )
+    if kind == "VariationalAutoencoder":
+        from nanoae.vae import VariationalAutoencoder  # noqa: PLC0415
+
+        return VariationalAutoencoder(
+            module_from_config(config["encoder"]),
+            module_from_config(config["decoder"]),
+            loss=loss_of(config.get("loss")) or "bce_logits",
+            beta=config.get("beta", 1.0),
+            optimizer=optimizer_of(config.get("optimizer")),
+            **build_options,
+        )
+    if kind == "Classifier":
+        from nanoae.classifier import Classifier  # noqa: PLC0415
+
+        return Classifier(
+            module_from_config(config["encoder"]),
+            config["n_classes"],
+            freeze_encoder=config.get("freeze_encoder", False),
+            optimizer=optimizer_of(config.get("optimizer")),
             **build_options,
         )
     raise ValueError(f"cannot rebuild a module of type {kind!r} from its config")
+
+
+def clone_module(module: Module, **build_options) -> Module:
+    """An independent copy of a built module: same config, same parameter values, its
+    own arena (so training the copy leaves the original untouched).
+
+    build_options (backend, dtype, seed, fast) default to the original's backend and dtype.
+    """
+    if not module.built:
+        return module_from_config(module.config())
+    copy = module_from_config(module.config())
+    options = {"backend": module.backend, "dtype": module.backend.dtype, **build_options}
+    if not copy.built:
+        copy.build(**options)
+    source = module.parameters()
+    for name, view in copy.parameters().items():
+        view[...] = copy.backend.asarray(module.backend.to_host(source[name]), dtype=view.dtype)
+    return copy
 
 
 def count_parameters(module: Module) -> int:

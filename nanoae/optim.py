@@ -81,6 +81,7 @@ class Optimizer:
                 )
             buffer[...] = self.arena.backend.asarray(state[name], dtype=buffer.dtype)
         self.steps = int(state.get("steps", 0))
+        self._workspace = {}  # a fast path may cache step-dependent values (GPU Adam)
 
     def config(self) -> dict:
         return {"name": self.name, "lr": self.lr}
@@ -132,13 +133,20 @@ class RMSProp(Optimizer):
         return fills
 
     def _update(self, ops, params, grads) -> None:
+        rho = self.rho
+        if self.flavor == "tf1":
+            # TF1's kernel gets rho as a tensor of the variables' dtype and computes 1 - rho
+            # in that dtype: in float32 1 - float32(0.9) = 0.100000024, not float32(0.1) =
+            # 0.1000000015. Rounding rho first makes the ops' 1 - rho that same number, and
+            # the update bit-for-bit TensorFlow's (tests/oracles/test_optimizers.py).
+            rho = float(params.dtype.type(rho))
         ops.rmsprop_update(
             params,
             grads,
             self.state["mean_square"],
             self.state.get("momentum"),
             self.lr,
-            self.rho,
+            rho,
             self.eps,
             self.momentum,
             self.flavor,

@@ -1,4 +1,4 @@
-"""Figures: originals beside reconstructions, and loss curves (matplotlib, optional).
+"""Figures: reconstructions, loss curves, image grids and strips, latent maps (matplotlib, optional).
 
 Install with ``pip install 'nanoae[viz]'``. Everything renders off-screen (Agg) to PNG.
 """
@@ -112,3 +112,92 @@ def plot_loss(steps, losses, path, test_steps=(), test_values=(), title: str | N
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _save(figure, path, plt) -> Path:
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_image_grid(images, path, rows: int = 8, cols: int = 8, title: str | None = None) -> Path:
+    """rows*cols flat images (n >= rows*cols, 784) in one grid (values clipped to [0, 1])."""
+    plt = require_matplotlib()
+    canvas = tile_images(np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0), rows, cols)
+    figure, axis = plt.subplots(figsize=(0.55 * cols + 0.4, 0.55 * rows + (0.6 if title else 0.2)))
+    axis.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axis.set_axis_off()
+    if title:
+        axis.set_title(title)
+    return _save(figure, path, plt)
+
+
+def plot_image_rows(rows, path, title: str | None = None) -> Path:
+    """Labelled strips of images, one strip per row: rows = [(label, images (n, 784)), ...].
+
+    For side-by-side comparisons (originals / model A / model B) and interpolation strips.
+    Every row shows the same number of images (the first row's).
+    """
+    plt = require_matplotlib()
+    count = len(rows[0][1])
+    figure, axes = plt.subplots(len(rows), 1, figsize=(0.62 * count + 1.8, 0.75 * len(rows) + (0.5 if title else 0.1)))
+    axes = np.atleast_1d(axes)
+    for axis, (label, images) in zip(axes, rows):
+        strip = tile_images(np.clip(np.asarray(images, dtype=np.float32)[:count], 0.0, 1.0), 1, count)
+        axis.imshow(strip, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+        axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path, plt)
+
+
+def plot_latent_maps(panels, path, title: str | None = None) -> Path:
+    """Scatter plots of 2-D codes coloured by label, side by side.
+
+    panels: [(panel title, codes (n, 2), labels (n,) integers 0..9), ...]
+    """
+    plt = require_matplotlib()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.6))
+    axes = np.atleast_1d(axes)
+    scatter = None
+    for axis, (label, codes, classes) in zip(axes, panels):
+        codes = np.asarray(codes)
+        scatter = axis.scatter(codes[:, 0], codes[:, 1], c=np.asarray(classes), cmap="tab10", vmin=-0.5, vmax=9.5, s=2, alpha=0.7, linewidths=0)
+        axis.set_title(label, fontsize=10)
+        axis.set_xlabel("code 1")
+        axis.set_ylabel("code 2")
+    colorbar = figure.colorbar(scatter, ax=list(axes), ticks=range(10), fraction=0.025, pad=0.02)
+    colorbar.set_label("digit")
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_curves(x, curves, path, xlabel: str, ylabel: str, title: str | None = None, log_x: bool = True, log_y: bool = True) -> Path:
+    """One line per entry of curves = {name: y values over x}, with markers."""
+    plt = require_matplotlib()
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for name, values in curves.items():
+        axis.plot(x, values, "o-", label=name)
+    if log_x:
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(x))
+        axis.set_xticklabels([str(v) for v in x])
+    if log_y:
+        axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    if title:
+        axis.set_title(title)
+    return _save(figure, path, plt)

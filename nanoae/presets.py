@@ -13,6 +13,12 @@ optimizer  tf.train.RMSPropOptimizer(0.001): rho 0.9, eps 1e-10 inside the
            root, mean square starting at ones
 training   batch 256, 1000 steps (the training loop, not the model)
 =========  ==================================================================
+
+The other presets keep the tutorial's widths and optimizer and change one thing each:
+``vae`` (a variational autoencoder, 2-D code by default), ``denoising`` and
+``denoising-mask`` (trained on corrupted inputs), ``sparse`` (L1 on the code) and
+``weight-decay`` (an L2 term on the weights). Those take ``code_size`` to replace the
+128-wide code and use a sigmoid output (or logits, for the VAE).
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ def _stack(widths, activation, output_activation, init, alpha=None):
     return Sequential(layers)
 
 
+def tutorial_encoder(code_size: int = 128) -> Sequential:
+    """The tutorial's encoder alone (784 -> 784 -> 256 -> code, ReLU after each), unbuilt."""
+    return _stack((*TUTORIAL_ENCODER_WIDTHS[:-1], code_size), "relu", "relu", "glorot_uniform")
+
+
 def tutorial(seed=None, backend=None, dtype=None, output_activation: str = "relu", lr: float = 0.001, fast=None) -> Autoencoder:
     """The tutorial's autoencoder with its RMSProp (tf1 flavour), ready to train.
 
@@ -57,7 +68,95 @@ def tutorial(seed=None, backend=None, dtype=None, output_activation: str = "relu
     )
 
 
-PRESETS = {"tutorial": tutorial}
+# ---- past the tutorial: the same widths, one change each ---------------------------------
+def _widths(code_size: int):
+    """The tutorial's encoder and decoder widths with the 128-wide code replaced."""
+    encoder = (*TUTORIAL_ENCODER_WIDTHS[:-1], code_size)
+    decoder = (code_size, *TUTORIAL_DECODER_WIDTHS[1:])
+    return encoder, decoder
+
+
+def _variant(seed, backend, dtype, output_activation, lr, fast, code_size, **options) -> Autoencoder:
+    encoder_widths, decoder_widths = _widths(code_size)
+    encoder = _stack(encoder_widths, "relu", "relu", "glorot_uniform")
+    decoder = _stack(decoder_widths, "relu", output_activation, "glorot_uniform")
+    regulariser = options.pop("code_regulariser", None)
+    if regulariser is not None:
+        encoder = Sequential([*encoder.layers, regulariser])
+    return Autoencoder(
+        encoder, decoder, loss="mse", optimizer=RMSProp(lr, flavor="tf1"), backend=backend, dtype=dtype, seed=seed, fast=fast, **options
+    )
+
+
+def denoising(seed=None, backend=None, dtype=None, output_activation: str = "sigmoid", lr: float = 0.001, fast=None,
+              code_size: int = 128, noise: str = "gaussian", level: float = 0.5) -> Autoencoder:
+    """The tutorial's model trained to undo input noise: each step feeds corrupted
+    digits and scores the output against the clean ones.
+
+    noise: "gaussian" (x + level * eps, clipped to [0, 1]; default level 0.5) or "mask"
+    (each pixel zeroed with probability level). The output is sigmoid by default: a
+    ReLU output with dead pixels cannot paint strokes back in.
+    """
+    from nanoae.regularizers import get_corruption  # noqa: PLC0415
+
+    corruption = get_corruption({"kind": noise, ("std" if noise == "gaussian" else "p"): level})
+    return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, corruption=corruption)
+
+
+def denoising_mask(seed=None, backend=None, dtype=None, output_activation: str = "sigmoid", lr: float = 0.001, fast=None,
+                   code_size: int = 128) -> Autoencoder:
+    """:func:`denoising` with masking noise: half of the pixels of each input zeroed."""
+    return denoising(seed, backend, dtype, output_activation, lr, fast, code_size, noise="mask", level=0.5)
+
+
+def sparse(seed=None, backend=None, dtype=None, output_activation: str = "sigmoid", lr: float = 0.001, fast=None,
+           code_size: int = 128, strength: float = 0.01) -> Autoencoder:
+    """The tutorial's model with an L1 penalty strength * mean(|code|) on its ReLU code,
+    which drives most code units to exactly 0 for any one digit."""
+    from nanoae.regularizers import ActivityL1  # noqa: PLC0415
+
+    return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, code_regulariser=ActivityL1(strength))
+
+
+def weight_decay(seed=None, backend=None, dtype=None, output_activation: str = "sigmoid", lr: float = 0.001, fast=None,
+                 code_size: int = 128, strength: float = 1e-5) -> Autoencoder:
+    """The tutorial's model with its "regularization term": strength/2 * sum(W^2) over
+    every weight matrix (biases excluded) added to the MSE."""
+    from nanoae.regularizers import set_weight_decay  # noqa: PLC0415
+
+    model = _variant(seed, backend, dtype, output_activation, lr, fast, code_size)
+    set_weight_decay(model, strength)
+    return model
+
+
+def vae(seed=None, backend=None, dtype=None, output_activation: str = "identity", lr: float = 0.001, fast=None,
+        code_size: int = 2, beta: float = 1.0):
+    """A variational autoencoder shaped like the tutorial's model.
+
+    encoder 784 -> 784 -> 256 -> 2 x code_size (ReLU, ReLU, linear: mu and log sigma^2);
+    decoder code_size -> 128 -> 256 -> 784 (ReLU, ReLU, linear logits); BCE on logits;
+    the tutorial's RMSProp. code_size defaults to 2, so the code itself is a map.
+    """
+    from nanoae.vae import VariationalAutoencoder  # noqa: PLC0415
+
+    if output_activation not in (None, "identity"):
+        raise ValueError(f"the vae preset's decoder outputs logits (BCE on logits); --output-activation {output_activation} does not apply")
+    encoder_widths, decoder_widths = _widths(code_size)
+    encoder = _stack((*encoder_widths[:-1], 2 * code_size), "relu", "identity", "glorot_uniform")
+    decoder = _stack(decoder_widths, "relu", "identity", "glorot_uniform")
+    return VariationalAutoencoder(
+        encoder, decoder, loss="bce_logits", beta=beta, optimizer=RMSProp(lr, flavor="tf1"), backend=backend, dtype=dtype, seed=seed, fast=fast
+    )
+
+
+PRESETS = {
+    "tutorial": tutorial,
+    "vae": vae,
+    "denoising": denoising,
+    "denoising-mask": denoising_mask,
+    "sparse": sparse,
+    "weight-decay": weight_decay,
+}
 
 
 def get_preset(name: str):

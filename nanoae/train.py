@@ -37,6 +37,9 @@ import numpy as np
 from nanoae.validation import as_batch, positive_int
 
 
+MAX_INDEX_BLOCK = 1024  # steps of batch indices sent to the device at once, at most
+
+
 class NonFiniteLossWarning(RuntimeWarning):
     """Training stopped because the loss became NaN or infinite."""
 
@@ -166,7 +169,7 @@ class Evaluator(Callback):
         total = 0.0
         for start in range(0, x.shape[0], self.batch_size):
             stop = start + self.batch_size
-            difference = model.forward(x[start:stop]) - target[start:stop]
+            difference = model.inference(x[start:stop]) - target[start:stop]
             total += float((difference * difference).sum())
         return total / (x.shape[0] * x.shape[1])
 
@@ -326,33 +329,38 @@ def train(
     history.sampler = sampler
     state = TrainingState(model, sampler, batch_size, total_steps, step=model.step, start_step=model.step, history=history)
 
-    same = target is x
-    gather = model.backend.ops.gather_rows
-    gather_workspace: dict = {}  # the batch buffers, reused every step on a fast path
+    run_step = model.backend.ops.compile_train_step(model, x, None if target is x else target, {})
     start_time = time.perf_counter()
     last_log_time, last_log_step = start_time, model.step
     for callback in callbacks:
         callback.on_train_begin(state)
     try:
         while model.step < total_steps and not state.stop:
-            indices = model.backend.asarray(sampler.next_indices())
-            batch = gather(x, indices, gather_workspace)
-            state.loss_array = model._train_step(batch, batch if same else gather(target, indices, gather_workspace))
-            state.step = model.step
-            state.loss = None
-            for callback in callbacks:
-                callback.on_step_end(state)
-            if state.step % log_every == 0 or state.step == total_steps:
-                state.loss = float(state.loss_array)  # the one host sync per log step
-                now = time.perf_counter()
-                state.samples_per_s = (state.step - last_log_step) * batch_size / max(now - last_log_time, 1e-12)
-                state.wall_time = now - start_time
-                state.epoch = sampler.progress
-                last_log_time, last_log_step = now, state.step
-                history.append(state.loss)
-                history.steps.append(state.step)
+            # The row numbers of every step up to the next log step, sent to the device in
+            # one copy: the sampler's state at a log step is exactly the trained state.
+            next_log = min(total_steps, (model.step // log_every + 1) * log_every, model.step + MAX_INDEX_BLOCK)
+            block = np.stack([sampler.next_indices() for _ in range(next_log - model.step)])
+            block = model.backend.asarray(block)
+            for row in range(block.shape[0]):
+                state.loss_array = run_step(block[row])
+                state.step = model.step
+                state.loss = None
                 for callback in callbacks:
-                    callback.on_log(state)
+                    callback.on_step_end(state)
+                if state.stop:
+                    break
+            if state.stop and state.step % log_every and state.step != total_steps:
+                break
+            state.loss = float(state.loss_array)  # the one host sync per log step
+            now = time.perf_counter()
+            state.samples_per_s = (state.step - last_log_step) * batch_size / max(now - last_log_time, 1e-12)
+            state.wall_time = now - start_time
+            state.epoch = sampler.progress
+            last_log_time, last_log_step = now, state.step
+            history.append(state.loss)
+            history.steps.append(state.step)
+            for callback in callbacks:
+                callback.on_log(state)
     finally:
         for callback in callbacks:
             callback.on_train_end(state)
@@ -373,7 +381,7 @@ def reconstruction_errors(model, x, batch_size: int = 1000) -> dict:
     totals = {"mse": 0.0, "bce": 0.0}
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start : start + batch_size]
-        output = model.forward(chunk)
+        output = model.inference(chunk)  # images, not logits; a VAE's mean code, no noise
         totals["mse"] += float(mse(output, chunk)) * chunk.shape[0]
         totals["bce"] += float(bce(output, chunk)) * chunk.shape[0]
     return {name: value / x.shape[0] for name, value in totals.items()}

@@ -157,6 +157,141 @@ def torch_competitor(mode: str, compiled: bool) -> Competitor:
     return Competitor(name, train_step, prepare=torch.from_numpy, info=info)
 
 
+# ---- GPU competitors --------------------------------------------------------------------
+def nanoae_cupy_competitor(mode: str) -> Competitor:
+    """nanoae on CuPy: fused kernels, and the training step replayed as a CUDA graph."""
+    import cupy  # noqa: PLC0415
+
+    from nanoae import presets  # noqa: PLC0415
+    from nanoae.backend import get_backend  # noqa: PLC0415
+
+    backend = get_backend("cupy")
+    model = presets.tutorial(seed=0, backend=backend)
+    sync = cupy.cuda.get_current_stream().synchronize
+    info = {"ops": backend.ops.name, "cupy": cupy.__version__}
+    if mode == "infer":
+        return Competitor("nanoae-cupy", model.forward, sync=cupy.cuda.Device().synchronize, prepare=cupy.asarray, info=info)
+    state = {}
+
+    def step(x):
+        # One training step through the same compiled (graph-captured) path as fit().
+        if state.get("data") is not x:
+            state["data"] = x
+            state["run"] = backend.ops.compile_train_step(model, x, None, {})
+            state["indices"] = cupy.arange(x.shape[0])
+        return state["run"](state["indices"])
+
+    return Competitor("nanoae-cupy", step, sync=cupy.cuda.Device().synchronize, prepare=cupy.asarray, info=info)
+
+
+def torch_cuda_competitor(mode: str, graphs: bool) -> Competitor:
+    import torch  # noqa: PLC0415
+
+    model = _torch_model().cuda()
+    name = "torch-cuda-graphs" if graphs else "torch-cuda-eager"
+    info = {"version": torch.__version__, "device": torch.cuda.get_device_name()}
+    prepare = lambda batch: torch.from_numpy(batch).cuda()  # noqa: E731
+    if mode == "infer":
+        def infer(x):
+            with torch.no_grad():
+                return model(x)
+
+        return Competitor(name, infer, sync=torch.cuda.synchronize, prepare=prepare, info=info)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=LR, alpha=RHO, eps=1e-10, capturable=graphs)
+
+    def eager_step(x):
+        optimizer.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.mse_loss(model(x), x)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    if not graphs:
+        return Competitor(name, eager_step, sync=torch.cuda.synchronize, prepare=prepare, info=info)
+    state = {}
+
+    def graphed_step(x):
+        if "graph" not in state:
+            state["static"] = x.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    eager_step(state["static"])
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                state["loss"] = eager_step(state["static"])
+            state["graph"] = graph
+        state["static"].copy_(x)
+        state["graph"].replay()
+        return state["loss"]
+
+    return Competitor(name, graphed_step, sync=torch.cuda.synchronize, prepare=prepare, info=info)
+
+
+def jax_competitor(mode: str) -> Competitor:
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in _initial_weights()]
+    mean_squares = [(jnp.ones_like(w), jnp.ones_like(b)) for w, b in params]
+
+    def forward(params, x):
+        h = x
+        for weights, bias in params:
+            h = jax.nn.relu(h @ weights + bias)
+        return h
+
+    def loss_fn(params, x):
+        return jnp.mean((forward(params, x) - x) ** 2)
+
+    @jax.jit
+    def train_step(params, mean_squares, x):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x)
+        new_params, new_squares = [], []
+        for (w, b), (gw, gb), (mw, mb) in zip(params, grads, mean_squares):
+            mw = mw + (gw * gw - mw) * (1 - RHO)
+            mb = mb + (gb * gb - mb) * (1 - RHO)
+            new_params.append((w - LR * gw / jnp.sqrt(mw + 1e-10), b - LR * gb / jnp.sqrt(mb + 1e-10)))
+            new_squares.append((mw, mb))
+        return new_params, new_squares, loss
+
+    infer = jax.jit(forward)
+    state = {"params": params, "squares": mean_squares}
+
+    def step(x):
+        if mode == "infer":
+            return infer(state["params"], x)
+        state["params"], state["squares"], loss = train_step(state["params"], state["squares"], x)
+        return loss
+
+    def sync():
+        jax.block_until_ready(state["params"])
+
+    return Competitor("jax-jit", step, sync=sync, prepare=jnp.asarray, info={"version": jax.__version__, "device": str(jax.devices()[0])})
+
+
+def cublas_peak(size: int = 8192, repeats: int = 20) -> float:
+    """Median float32 GFLOP/s of an n^3 cuBLAS matmul through CuPy (timed with CUDA events)."""
+    import cupy  # noqa: PLC0415
+
+    a = cupy.random.random((size, size), dtype=cupy.float32)
+    b = cupy.random.random((size, size), dtype=cupy.float32)
+    out = cupy.empty((size, size), dtype=cupy.float32)
+    for _ in range(3):
+        cupy.matmul(a, b, out=out)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(repeats):
+        start.record()
+        cupy.matmul(a, b, out=out)
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
 # ---- the matmul peak ------------------------------------------------------------------
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     """Median float32 GFLOP/s of an n x n x n NumPy matmul: the machine's attainable peak."""
@@ -185,4 +320,9 @@ FRAMEWORKS = {
     "keras": keras_competitor,
     "torch-eager": lambda mode: torch_competitor(mode, compiled=False),
     "torch-compile": lambda mode: torch_competitor(mode, compiled=True),
+    "nanoae-cupy": nanoae_cupy_competitor,
+    "torch-cuda-eager": lambda mode: torch_cuda_competitor(mode, graphs=False),
+    "torch-cuda-graphs": lambda mode: torch_cuda_competitor(mode, graphs=True),
+    "jax-jit": jax_competitor,
 }
+GPU_FRAMEWORKS = ("nanoae-cupy", "torch-cuda-eager", "torch-cuda-graphs", "jax-jit")

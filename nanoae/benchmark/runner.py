@@ -25,7 +25,18 @@ from nanoae.benchmark.flops import inference_flops, train_step_flops
 DEFAULT_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "tf-xla", "keras", "torch-eager", "torch-compile")
 QUICK_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "torch-eager")
 _UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-_REQUIRES = {"tf-function": "tensorflow", "tf-xla": "tensorflow", "keras": "tensorflow", "torch-eager": "torch", "torch-compile": "torch"}
+GPU_DEFAULT_FRAMEWORKS = ("nanoae-cupy", "torch-cuda-eager", "torch-cuda-graphs", "jax-jit")
+_REQUIRES = {
+    "tf-function": "tensorflow",
+    "tf-xla": "tensorflow",
+    "keras": "tensorflow",
+    "torch-eager": "torch",
+    "torch-compile": "torch",
+    "nanoae-cupy": "cupy",
+    "torch-cuda-eager": "torch",
+    "torch-cuda-graphs": "torch",
+    "jax-jit": "jax",
+}
 
 
 def available(framework: str) -> bool:
@@ -77,6 +88,8 @@ def run(
     windows: int = 5,
     window: float = 1.0,
     log=print,
+    peak_probe: str = "matmul-peak",
+    baseline: str = "tf-function",
 ) -> dict:
     """Measure; return {"machine", "rows" (one per measurement), "summary" (medians)}."""
     frameworks = list(frameworks)
@@ -86,10 +99,10 @@ def run(
     frameworks = [name for name in frameworks if name not in missing]
     rows, peaks = [], []
     for round_index in range(1, rounds + 1):
-        peak = _worker(["--framework", "matmul-peak"], timeout=300)
+        peak = _worker(["--framework", peak_probe], timeout=300)
         if "gflops" in peak:
             peaks.append(peak["gflops"])
-            log(f"round {round_index}: float32 matmul peak {peak['gflops']:.0f} GFLOP/s")
+            log(f"round {round_index}: float32 matmul peak ({peak_probe}) {peak['gflops']:.0f} GFLOP/s")
         for mode in modes:
             for batch in batches:
                 for framework in frameworks:
@@ -102,7 +115,15 @@ def run(
                     else:
                         log(f"round {round_index} {mode} batch {batch} {framework}: {result['steps_per_s']:.1f} steps/s")
     peak_gflops = statistics.median(peaks) if peaks else float("nan")
-    return {"machine": machine_description(), "matmul_peak_gflops": peak_gflops, "matmul_peaks": peaks, "rows": _finish_rows(rows, peak_gflops), "summary": summarize(rows, peak_gflops)}
+    return {
+        "machine": machine_description(),
+        "matmul_peak_gflops": peak_gflops,
+        "matmul_peaks": peaks,
+        "peak_probe": peak_probe,
+        "baseline": baseline,
+        "rows": _finish_rows(rows, peak_gflops),
+        "summary": summarize(rows, peak_gflops, baseline),
+    }
 
 
 def _flops(mode: str, batch: int) -> int:
@@ -120,7 +141,7 @@ def _finish_rows(rows: list[dict], peak_gflops: float) -> list[dict]:
     return rows
 
 
-def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
+def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function") -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if "error" not in row:
@@ -148,23 +169,27 @@ def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
             }
         )
     for entry in summary:
-        baseline = [other for other in summary if other["framework"] == "tf-function" and other["mode"] == entry["mode"] and other["batch"] == entry["batch"]]
-        entry["vs_tf_function"] = entry["steps_per_s"] / baseline[0]["steps_per_s"] if baseline else None
-    order = {name: index for index, name in enumerate(DEFAULT_FRAMEWORKS)}
+        reference = [other for other in summary if other["framework"] == baseline and other["mode"] == entry["mode"] and other["batch"] == entry["batch"]]
+        entry["vs_baseline"] = entry["steps_per_s"] / reference[0]["steps_per_s"] if reference else None
+        entry["vs_tf_function"] = entry["vs_baseline"] if baseline == "tf-function" else None
+    order = {name: index for index, name in enumerate(DEFAULT_FRAMEWORKS + GPU_DEFAULT_FRAMEWORKS)}
     summary.sort(key=lambda e: (e["mode"], e["batch"], order.get(e["framework"], 99), e["framework"]))
     return summary
 
 
 def markdown_table(result: dict) -> str:
+    probe = result.get("peak_probe", "matmul-peak")
+    what = "cuBLAS through CuPy, 8192^3" if probe == "cublas-peak" else "NumPy, 2048^3"
+    baseline = result.get("baseline", "tf-function")
     lines = [
-        f"float32 matmul peak (NumPy, 2048^3, median of {len(result['matmul_peaks'])} probes): "
+        f"float32 matmul peak ({what}, median of {len(result['matmul_peaks'])} probes): "
         f"{result['matmul_peak_gflops']:.0f} GFLOP/s",
         "",
-        "| mode | batch | framework | steps/s (median) | min-max | samples/s | x tf-function | GFLOP/s | % of matmul peak | peak RSS MiB | RSS growth MiB |",
+        f"| mode | batch | framework | steps/s (median) | min-max | samples/s | x {baseline} | GFLOP/s | % of matmul peak | peak RSS MiB | RSS growth MiB |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in result["summary"]:
-        ratio = f"{entry['vs_tf_function']:.2f}" if entry["vs_tf_function"] else "-"
+        ratio = f"{entry['vs_baseline']:.2f}" if entry.get("vs_baseline") else "-"
         share = f"{100 * entry['peak_fraction']:.0f} %" if entry["peak_fraction"] is not None else "-"
         lines.append(
             f"| {entry['mode']} | {entry['batch']} | {entry['framework']} | {entry['steps_per_s']:.1f} | "
@@ -219,6 +244,7 @@ def main(argv=None) -> int:
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--gpu", action="store_true", help="the GPU competitors (nanoae-cupy, torch CUDA eager and graphs, JAX jit) against a cuBLAS peak; default batches 256 1024 8192")
     parser.add_argument("--quick", action="store_true", help="batch 256, 2 rounds, short windows, 4 competitors: under two minutes")
     parser.add_argument("--batch-size", type=int, action="append", dest="batch_sizes", help="batch size (repeatable; default 64 256 1024 4096)")
     parser.add_argument("--framework", action="append", dest="frameworks", help=f"competitor (repeatable; default: {' '.join(DEFAULT_FRAMEWORKS)})")
@@ -232,11 +258,12 @@ def add_arguments(parser) -> None:
 def run_from_arguments(args) -> int:
     from nanoae.benchmark.competitors import FRAMEWORKS  # noqa: PLC0415
 
-    frameworks = args.frameworks or (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS)
+    gpu = getattr(args, "gpu", False)
+    frameworks = args.frameworks or (GPU_DEFAULT_FRAMEWORKS if gpu else (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS))
     unknown = [name for name in frameworks if name not in FRAMEWORKS]
     if unknown:
         raise ValueError(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
-    batches = args.batch_sizes or ((256,) if args.quick else (64, 256, 1024, 4096))
+    batches = args.batch_sizes or ((256,) if args.quick else ((256, 1024, 8192) if gpu else (64, 256, 1024, 4096)))
     if any(batch < 1 for batch in batches):
         raise ValueError("batch sizes must be >= 1")
     mode = args.mode or ("train" if args.quick else "both")
@@ -247,7 +274,16 @@ def run_from_arguments(args) -> int:
     timing = {"warmup": 0.5, "windows": 3, "window": 0.4} if args.quick else {"warmup": 2.0, "windows": 5, "window": 1.0}
     started = time.time()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    result = run(frameworks, batches, modes, rounds, log=log, **timing)
+    result = run(
+        frameworks,
+        batches,
+        modes,
+        rounds,
+        log=log,
+        peak_probe="cublas-peak" if gpu else "matmul-peak",
+        baseline="torch-cuda-eager" if gpu else "tf-function",
+        **timing,
+    )
     result["settings"] = {"frameworks": list(frameworks), "batches": list(batches), "modes": list(modes), "rounds": rounds, **timing, "quick": bool(args.quick)}
     result["elapsed_s"] = time.time() - started
     print(markdown_table(result))

@@ -35,6 +35,10 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
     started = time.perf_counter()
     if framework == "matmul-peak":
         return {"framework": framework, "gflops": matmul_peak(), "seconds": time.perf_counter() - started}
+    if framework == "cublas-peak":
+        from nanoae.benchmark.competitors import cublas_peak  # noqa: PLC0415
+
+        return {"framework": framework, "gflops": cublas_peak(), "seconds": time.perf_counter() - started}
     competitor = FRAMEWORKS[framework](mode)
     rng = np.random.default_rng(seed)
     # Random inputs in [0, 1), never zeros; a pool of batches so no step is a cache replay.

@@ -27,7 +27,20 @@ OPS_API = (
     "bce_loss_and_grad",
     "bce_logits_loss",
     "bce_logits_loss_and_grad",
+    "softmax",
+    "softmax_cross_entropy_loss",
+    "softmax_cross_entropy_loss_and_grad",
+    "gaussian_sample",
+    "gaussian_sample_backward",
+    "gaussian_kl_loss",
+    "gaussian_kl_loss_and_grad",
+    "l2_penalty",
+    "l2_penalty_grad",
+    "l1_penalty_and_grad",
+    "gaussian_corruption",
+    "masking_corruption",
     "gather_rows",
+    "compile_train_step",
     "rmsprop_update",
     "sgd_update",
     "adam_update",
@@ -38,13 +51,18 @@ def load_ops(library: str, fast: bool | None, kernels: str = "auto"):
     """Return (ops table, its name) for ``library`` ("numpy" or "cupy").
 
     fast=False: the reference table. fast=None or True: the library's fast table
-    (for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels when Numba is installed, else
+    (for CuPy, :mod:`nanoae.ops.gpu`; for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels when Numba is installed, else
     on NumPy kernels; ``$NANOAE_NUMBA=0`` or kernels="numpy" forces the latter).
     """
     from nanoae.ops import reference  # noqa: PLC0415
 
-    if fast is False or library != "numpy":
+    if fast is False:
         return reference, "reference"
+    if library == "cupy":
+        from nanoae.ops import gpu  # noqa: PLC0415
+
+        table = gpu.load()
+        return table, table.name
     from nanoae.ops import cpu  # noqa: PLC0415
 
     table = cpu.load(kernels)

@@ -155,6 +155,49 @@ class CpuOps:
     def bce_logits_loss_and_grad(self, logits, target, workspace=None):
         return reference.bce_logits_loss_and_grad(logits, target)
 
+    # ---- classification, VAE, regularisers: small tensors, the reference is fast enough ----
+    def softmax(self, logits):
+        return reference.softmax(logits)
+
+    def softmax_cross_entropy_loss(self, logits, labels):
+        return reference.softmax_cross_entropy_loss(logits, labels)
+
+    def softmax_cross_entropy_loss_and_grad(self, logits, labels, workspace=None):
+        return reference.softmax_cross_entropy_loss_and_grad(logits, labels)
+
+    def gaussian_sample(self, mean, log_variance, noise, workspace=None):
+        return reference.gaussian_sample(mean, log_variance, noise)
+
+    def gaussian_sample_backward(self, grad_z, log_variance, noise, workspace=None):
+        return reference.gaussian_sample_backward(grad_z, log_variance, noise)
+
+    def gaussian_kl_loss(self, mean, log_variance):
+        return reference.gaussian_kl_loss(mean, log_variance)
+
+    def gaussian_kl_loss_and_grad(self, mean, log_variance, workspace=None):
+        return reference.gaussian_kl_loss_and_grad(mean, log_variance)
+
+    def l2_penalty(self, weights, strength: float):
+        return reference.l2_penalty(weights, strength)
+
+    def l2_penalty_grad(self, weights, grad_weights, strength: float, workspace=None):
+        """grad_weights += strength * W without a temporary: one BLAS-free pass."""
+        if workspace is None:
+            return reference.l2_penalty_grad(weights, grad_weights, strength)
+        scratch = _buffer(workspace, "l2", weights.shape, weights.dtype)
+        np.multiply(weights, weights.dtype.type(strength), out=scratch)
+        np.add(grad_weights, scratch, out=grad_weights)
+        return None
+
+    def l1_penalty_and_grad(self, activations, strength: float, workspace=None):
+        return reference.l1_penalty_and_grad(activations, strength)
+
+    def gaussian_corruption(self, x, noise, std: float, workspace=None):
+        return reference.gaussian_corruption(x, noise, std)
+
+    def masking_corruption(self, x, keep, workspace=None):
+        return reference.masking_corruption(x, keep)
+
     # ---- data ----------------------------------------------------------------------
     def gather_rows(self, data, indices, workspace=None):
         """data[indices] into a reused (len(indices), features) buffer."""
@@ -163,6 +206,16 @@ class CpuOps:
         out = _buffer(workspace, f"rows{id(data)}", (indices.shape[0], *data.shape[1:]), data.dtype)
         np.take(data, indices, axis=0, out=out, mode="clip")  # "raise" would buffer out: a copy a step
         return out
+
+    def compile_train_step(self, model, data, target=None, workspace=None):
+        """run(indices) -> loss: gathers into reused buffers, then one training step."""
+        buffers = workspace if workspace is not None else {}
+
+        def run(indices):
+            batch = self.gather_rows(data, indices, buffers)
+            return model._train_step(batch, batch if target is None else self.gather_rows(target, indices, buffers))
+
+        return run
 
     # ---- optimizers ----------------------------------------------------------------
     @staticmethod

@@ -193,6 +193,21 @@ def gather_rows(data, indices, workspace=None):
     return data[indices]
 
 
+def compile_train_step(model, data, target=None, workspace=None):
+    """A function ``run(indices) -> loss`` doing one training step on rows of data.
+
+    data: (n, in_features); target: (n, out_features), or None when the model
+    reconstructs its input; indices: (batch,) row numbers. The reference version
+    gathers the rows and calls ``model._train_step``; fast tables may compile it.
+    """
+
+    def run(indices):
+        batch = gather_rows(data, indices)
+        return model._train_step(batch, batch if target is None else gather_rows(target, indices))
+
+    return run
+
+
 # --------------------------------------------------------------------------------------
 # Optimizer updates, in place over flat arrays (the parameter arena and its state).
 # --------------------------------------------------------------------------------------
@@ -330,3 +345,134 @@ def adam_update(
         params -= step_size * first_moment / (xp.sqrt(second_moment) + eps)
     else:
         raise ValueError(f"unknown Adam flavor {flavor!r}; use 'torch' or 'keras'")
+
+
+# --------------------------------------------------------------------------------------
+# Classification: softmax cross-entropy on logits, integer labels.
+# --------------------------------------------------------------------------------------
+def softmax(logits):
+    """p_bk = e^(z_bk - m_b) / sum_j e^(z_bj - m_b), with m_b = max_j z_bj.
+
+    Subtracting each row's maximum changes nothing mathematically and keeps every
+    exponent <= 0, so nothing overflows. logits: (batch, classes) -> same shape.
+    """
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_cross_entropy_loss(logits, labels):
+    """L = mean over the batch of -log softmax(z)_b[label_b], via log-sum-exp.
+
+    -log p_b,y = logsumexp_j(z_bj) - z_b,y, and logsumexp = m + log sum_j e^(z_bj - m)
+    with m the row maximum, so the loss is finite for any finite logits.
+    logits: (batch, classes); labels: (batch,) integers in [0, classes) -> 0-d array.
+    """
+    xp = array_module(logits)
+    row_max = logits.max(axis=1, keepdims=True)
+    log_sum_exp = xp.log(xp.exp(logits - row_max).sum(axis=1)) + row_max[:, 0]
+    picked = xp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    return (log_sum_exp - picked).mean()
+
+
+def softmax_cross_entropy_loss_and_grad(logits, labels, workspace=None):
+    """L as in :func:`softmax_cross_entropy_loss` and dL/dz = (softmax(z) - onehot(y)) / batch."""
+    xp = array_module(logits)
+    loss = softmax_cross_entropy_loss(logits, labels)
+    grad = softmax(logits)
+    grad[xp.arange(logits.shape[0]), labels] -= 1
+    return loss, grad * (1.0 / logits.shape[0])
+
+
+# --------------------------------------------------------------------------------------
+# Variational autoencoder: the reparameterisation z = mu + sigma * eps and the KL term.
+# --------------------------------------------------------------------------------------
+def gaussian_sample(mean, log_variance, noise, workspace=None):
+    """z = mu + sigma * eps with sigma = exp(log_variance / 2).
+
+    mean, log_variance, noise: (batch, latent) -> z: (batch, latent). The noise eps
+    ~ N(0, 1) is an input: the randomness stays outside the differentiable function.
+    """
+    xp = array_module(mean)
+    return mean + xp.exp(0.5 * log_variance) * noise
+
+
+def gaussian_sample_backward(grad_z, log_variance, noise, workspace=None):
+    """Gradients of z = mu + exp(lv / 2) * eps through the sample (eps held fixed).
+
+        dz/dmu = 1                         -> dmu = dz
+        dz/dlv = eps * exp(lv / 2) / 2     -> dlv = dz * eps * sigma / 2
+    grad_z, log_variance, noise: (batch, latent) -> (dmu, dlv), each (batch, latent).
+    """
+    xp = array_module(grad_z)
+    return grad_z, grad_z * noise * (0.5 * xp.exp(0.5 * log_variance))
+
+
+def gaussian_kl_loss(mean, log_variance):
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent units, averaged over the batch.
+
+        KL = mean_b sum_j -1/2 (1 + lv_bj - mu_bj^2 - e^lv_bj)
+    mean, log_variance: (batch, latent) -> 0-d array.
+    """
+    xp = array_module(mean)
+    per_unit = -0.5 * (1 + log_variance - mean * mean - xp.exp(log_variance))
+    return per_unit.sum() * (1.0 / mean.shape[0])
+
+
+def gaussian_kl_loss_and_grad(mean, log_variance, workspace=None):
+    """KL as in :func:`gaussian_kl_loss` and its gradients (each divided by the batch B):
+
+        dKL/dmu = mu / B
+        dKL/dlv = (e^lv - 1) / (2 B)
+    Returns (kl: 0-d, dmu: (batch, latent), dlv: (batch, latent)).
+    """
+    xp = array_module(mean)
+    variance = xp.exp(log_variance)
+    scale = 1.0 / mean.shape[0]
+    kl = (-0.5 * (1 + log_variance - mean * mean - variance)).sum() * scale
+    return kl, mean * scale, (variance - 1) * (0.5 * scale)
+
+
+# --------------------------------------------------------------------------------------
+# Regularisers: L2 weight decay, L1 on activations, input corruption.
+# --------------------------------------------------------------------------------------
+def l2_penalty(weights, strength: float):
+    """R = strength / 2 * sum(W^2) (TensorFlow's l2_loss times strength). -> 0-d array."""
+    return (weights * weights).sum() * (0.5 * strength)
+
+
+def l2_penalty_grad(weights, grad_weights, strength: float, workspace=None):
+    """Add dR/dW = strength * W to grad_weights, in place (a term added to the loss's
+    gradient, so it accumulates instead of overwriting). weights, grad_weights: same shape."""
+    grad_weights += strength * weights
+
+
+def l1_penalty_and_grad(activations, strength: float, workspace=None):
+    """R = strength * mean(|h|) over batch and units, and dR/dh = strength * sign(h) / N.
+
+    sign(0) = 0, so an exactly-zero unit (a ReLU's) gets no push either way.
+    activations: (batch, units) -> (0-d array, (batch, units)).
+    """
+    xp = array_module(activations)
+    penalty = xp.abs(activations).mean() * strength
+    grad = xp.sign(activations) * (strength / activations.size)
+    return penalty, grad
+
+
+def gaussian_corruption(x, noise, std: float, workspace=None):
+    """x~ = clip(x + std * eps, 0, 1): additive Gaussian noise, kept in the pixel range.
+
+    x, noise (eps ~ N(0, 1)): (batch, features) -> same shape.
+    """
+    xp = array_module(x)
+    return xp.clip(x + std * noise, 0.0, 1.0)
+
+
+def masking_corruption(x, keep, workspace=None):
+    """x~ = x * keep: masking noise, each pixel zeroed where keep is False.
+
+    x: (batch, features) floats; keep: (batch, features) booleans -> same shape as x.
+    (A boolean mask keeps x's dtype; an integer mask would promote float32 to float64.)
+    """
+    return x * keep

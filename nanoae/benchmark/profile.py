@@ -1,0 +1,125 @@
+"""Where a training step's time goes: matmuls, elementwise kernels, the optimizer.
+
+    python -m nanoae.benchmark.profile --batch 256 [--reference] [--kernels numpy]
+
+Three measurements on the tutorial model, each a median over repeats:
+
+* the whole step (``model._train_step``);
+* the step's 17 matmuls alone, same shapes, into preallocated outputs: the floor any
+  implementation on this BLAS pays;
+* each ops-table function, timed through a thin wrapper (the optimizer's one pass,
+  the fused bias+activation, slope+bias-gradient and loss kernels are inside these).
+
+What the step costs beyond the matmul floor is what fusion and buffer reuse can
+still win; the report prints both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes, train_step_flops
+
+
+def _median_time(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_floor(batch: int, repeats: int = 30) -> float:
+    """Seconds for the step's matmuls alone (forward, dW, dx but the first layer's)."""
+    rng = np.random.default_rng(0)
+    jobs = []
+    for index, (fan_in, fan_out) in enumerate(layer_shapes(TUTORIAL_WIDTHS)):
+        x = rng.random((batch, fan_in), dtype=np.float32)
+        w = rng.random((fan_in, fan_out), dtype=np.float32)
+        dz = rng.random((batch, fan_out), dtype=np.float32)
+        jobs.append((x, w, np.empty((batch, fan_out), np.float32)))  # forward
+        jobs.append((x.T, dz, np.empty((fan_in, fan_out), np.float32)))  # dW
+        if index:
+            jobs.append((dz, w.T, np.empty((batch, fan_in), np.float32)))  # dx
+
+    def run():
+        for a, b, out in jobs:
+            np.matmul(a, b, out=out)
+
+    return _median_time(run, repeats)
+
+
+class _TimedOps:
+    """Forwards to an ops table, adding up the time spent in each function."""
+
+    def __init__(self, ops) -> None:
+        self._ops = ops
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+
+    def __getattr__(self, name):
+        target = getattr(self._ops, name)
+        if not callable(target) or name == "compile_train_step":
+            return target
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return target(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+        return timed
+
+
+def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: int = 30) -> dict:
+    from dataclasses import replace  # noqa: PLC0415
+
+    from nanoae import presets  # noqa: PLC0415
+    from nanoae.backend import get_backend  # noqa: PLC0415
+
+    backend = get_backend("numpy", fast=fast, kernels=kernels)
+    model = presets.tutorial(seed=0, backend=backend)
+    x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
+    step_time = _median_time(lambda: model._train_step(x, x), steps)
+    timed = _TimedOps(backend.ops)
+    object.__setattr__(model, "backend", replace(backend, ops=timed))
+    for module in model.modules():
+        module.backend = model.backend
+    model.loss.backend = model.backend
+    model.arena.backend = model.backend
+    for _ in range(steps):
+        model._train_step(x, x)
+    per_step = {name: seconds / steps for name, seconds in timed.seconds.items()}
+    floor = matmul_floor(batch)
+    return {"batch": batch, "ops": backend.ops.name if fast else "reference", "step_s": step_time, "matmul_floor_s": floor, "per_op_s": per_step, "gflop": train_step_flops(batch) / 1e9}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="profile one training step of the tutorial model")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "numba", "numpy"))
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+    result = profile(args.batch, not args.reference, args.kernels, args.steps)
+    step, floor = result["step_s"], result["matmul_floor_s"]
+    print(f"tutorial model, batch {result['batch']}, ops {result['ops']}: {1 / step:.1f} steps/s")
+    print(f"  whole step            {1e3 * step:8.2f} ms   {result['gflop'] / step:7.1f} GFLOP/s")
+    print(f"  its matmuls alone     {1e3 * floor:8.2f} ms   ({100 * floor / step:.0f} % of the step)")
+    print(f"  everything else       {1e3 * (step - floor):8.2f} ms")
+    print("  per ops function (ms per step; dense_* include their matmuls):")
+    for name, seconds in sorted(result["per_op_s"].items(), key=lambda item: -item[1]):
+        print(f"    {name:<26} {1e3 * seconds:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

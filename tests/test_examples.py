@@ -1,0 +1,34 @@
+"""The study scripts in examples/ run end to end in their --quick mode (CI keeps them working)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = {
+    "pca_vs_autoencoder": ["pca_vs_autoencoder_mse.png", "pca_vs_autoencoder_reconstructions.png", "latent_maps_2d.png"],
+    "vae_vs_autoencoder": ["vae_vs_autoencoder_reconstructions.png", "vae_samples.png", "autoencoder_random_codes.png",
+                           "latent_maps_vae_vs_autoencoder.png", "interpolation.png"],
+    "encoder_to_classifier": ["encoder_to_classifier.png"],
+    "denoising": ["denoising.png"],
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_study_runs_quick(study, tmp_path, mnist_dir):
+    pytest.importorskip("matplotlib")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{study}.py"), "--quick", "--data", str(mnist_dir), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    fragment = (tmp_path / f"{study}.md").read_text()
+    assert fragment.count("|") > 10 and "Machine:" in fragment  # a table and the machine line
+    json.loads((tmp_path / f"{study}.json").read_text())
+    for figure in STUDIES[study]:
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
