@@ -16,13 +16,25 @@ from nanoae.layers import Dense, Module
 from nanoae.losses import BCE, MSE, BCEWithLogits
 from nanoae.models import Autoencoder, Model, Sequential
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
+from nanoae.classifier import Classifier
+from nanoae.losses import SoftmaxCrossEntropy
+from nanoae.pca import PCA
+from nanoae.regularizers import ActivityL1, GaussianNoise, MaskingNoise
+from nanoae.vae import VariationalAutoencoder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivityL1",
     "Adam",
     "AdamW",
     "Autoencoder",
+    "Classifier",
+    "GaussianNoise",
+    "MaskingNoise",
+    "PCA",
+    "SoftmaxCrossEntropy",
+    "VariationalAutoencoder",
     "BCE",
     "BCEWithLogits",
     "Backend",

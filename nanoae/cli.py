@@ -398,6 +398,8 @@ def command_plot(args) -> int:
     from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
 
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
+    if not hasattr(checkpoint.model, "reconstruct"):
+        raise CLIError(f"{args.checkpoint} holds a {type(checkpoint.model).__name__}, not an autoencoder; plot draws reconstructions")
     out_dir = _prepare_out_dir(Path(args.out) if args.out else Path(args.checkpoint).parent, allow_existing_run=True)
     data = _load_split(_dataset_of(checkpoint, args), "test", args)
     metrics = Path(args.checkpoint).parent / "metrics.csv"

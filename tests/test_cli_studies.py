@@ -109,6 +109,8 @@ def test_classify_refuses_too_many_labels_and_non_autoencoders(vae_run, tmp_path
     assert "holds a Classifier, not an autoencoder" in capsys.readouterr().err
     assert run(["eval", out / "checkpoint.npz", "--data", mnist_dir]) == 2
     assert "not an autoencoder" in capsys.readouterr().err
+    assert run(["plot", out / "checkpoint.npz", "--data", mnist_dir, "--out", tmp_path / "figures"]) == 2
+    assert "not an autoencoder" in capsys.readouterr().err
     assert run(["classify", "--from", vae_run / "checkpoint.npz", "--mode", "probe", "--optimizer", "adamw",
                 "--labels", 20, "--steps", 1, "--data", mnist_dir, "--quiet"]) == 2
     assert "would move the frozen encoder" in capsys.readouterr().err

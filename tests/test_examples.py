@@ -1,6 +1,7 @@
 """The study scripts in examples/ run end to end in their --quick mode (CI keeps them working)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +21,15 @@ STUDIES = {
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_runs_quick(study, tmp_path, mnist_dir):
     pytest.importorskip("matplotlib")
+    # One BLAS thread: the quick runs use tiny batches, and on a busy 2-core CI machine
+    # two spinning BLAS threads per process make them several times slower.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / f"{study}.py"), "--quick", "--data", str(mnist_dir), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     fragment = (tmp_path / f"{study}.md").read_text()

@@ -17,7 +17,9 @@ with a single ``graph.launch()``:
 Python-side counters (``model.step``, ``optimizer.steps``) are advanced by hand after
 a replay, since no Python runs inside the graph. When capture is not possible (an old
 CuPy or driver, a loss whose fast path allocates, ``NANOAE_CUDA_GRAPHS=0``), the step
-falls back to eager launches and says why once.
+falls back to eager launches and says why once. Models that draw fresh noise on the host
+every step (``model.static_train_step`` is False: the VAE, denoising autoencoders) always
+run eagerly, since a replay would reuse one draw.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class CapturedTrainStep:
         self.calls = 0
         self.enabled = os.environ.get("NANOAE_CUDA_GRAPHS", "1") != "0"
         self.why_not = "" if self.enabled else "disabled by NANOAE_CUDA_GRAPHS=0"
+        if self.enabled and not getattr(model, "static_train_step", True):
+            # Fresh host-drawn noise each step (a VAE, a denoiser): a replay would reuse one draw.
+            self.enabled, self.why_not = False, f"{type(model).__name__} draws new noise every step"
 
     def _body(self):
         batch = self.ops.gather_rows(self.data, self.indices, self.workspace)
