@@ -83,8 +83,11 @@ class Optimizer:
         self.steps = int(state.get("steps", 0))
         self._workspace = {}  # a fast path may cache step-dependent values (GPU Adam)
 
+    CONFIG_FIELDS: tuple = ("lr",)
+
     def config(self) -> dict:
-        return {"name": self.name, "lr": self.lr}
+        """name and hyper-parameters: enough to rebuild the optimizer (see CONFIG_FIELDS)."""
+        return {"name": self.name, **{field: getattr(self, field) for field in self.CONFIG_FIELDS}}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -109,6 +112,7 @@ class RMSProp(Optimizer):
     """
 
     name = "rmsprop"
+    CONFIG_FIELDS = ("lr", "rho", "eps", "momentum", "flavor")
     FLAVORS = {"tf1": (0.9, 1e-10, 1.0), "keras": (0.9, 1e-7, 0.0), "torch": (0.99, 1e-8, 0.0)}
 
     def __init__(
@@ -153,15 +157,6 @@ class RMSProp(Optimizer):
             self._workspace,
         )
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "lr": self.lr,
-            "rho": self.rho,
-            "eps": self.eps,
-            "momentum": self.momentum,
-            "flavor": self.flavor,
-        }
 
 
 class SGD(Optimizer):
@@ -174,6 +169,7 @@ class SGD(Optimizer):
     """
 
     name = "sgd"
+    CONFIG_FIELDS = ("lr", "momentum", "nesterov", "weight_decay")
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(lr)
@@ -194,14 +190,6 @@ class SGD(Optimizer):
             params, grads, self.state.get("velocity"), self.lr, self.momentum, self.nesterov, self.weight_decay, self._workspace
         )
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-        }
 
 
 class Adam(Optimizer):
@@ -217,6 +205,7 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    CONFIG_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "flavor")
     decoupled = False
     EPS = {"torch": 1e-8, "keras": 1e-7}
 
@@ -256,16 +245,6 @@ class Adam(Optimizer):
             self._workspace,
         )
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "lr": self.lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "flavor": self.flavor,
-        }
 
 
 class AdamW(Adam):

@@ -397,7 +397,6 @@ __all__ = [
     "ProgressBar",
     "StopOnNonFinite",
     "TrainingState",
-    "np",
     "reconstruction_errors",
     "train",
 ]

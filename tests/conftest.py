@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # --- real MNIST files (nanoae.data tests) ------------------------------------
@@ -101,5 +102,3 @@ def to_host():
 
     return convert
 
-
-import numpy as np  # noqa: E402

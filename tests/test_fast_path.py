@@ -92,7 +92,6 @@ def test_fast_forward_and_every_gradient_match_reference_in_float32(kernels, spe
 @pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_optimizer_update_is_bit_identical_given_the_same_gradients(kernels, optimizer_name, dtype):
-    rng = np.random.default_rng(7)
     updates = []
     for backend in (get_backend("numpy", dtype=dtype, fast=False), fast_backend(kernels, dtype)):
         model = Sequential([Dense(37, 29, "relu"), Dense(29, 5)], optimizer=OPTIMIZERS[optimizer_name](), loss="mse")
@@ -107,7 +106,6 @@ def test_every_optimizer_update_is_bit_identical_given_the_same_gradients(kernel
     np.testing.assert_array_equal(updates[1][0], updates[0][0])
     for name in updates[0][1]:
         np.testing.assert_array_equal(updates[1][1][name], updates[0][1][name])
-    del rng
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
