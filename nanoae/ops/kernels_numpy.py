@@ -80,8 +80,10 @@ def activation_grad_bias(grad_output, y, code, alpha, one, out, grad_bias, scrat
     np.sum(out, axis=0, out=grad_bias)
 
 
-def mse(prediction, target, grad, scale):
-    """grad = (prediction - target) * scale; returns sum((prediction - target)^2) as a float."""
+def mse(prediction, target, grad, scale, column_sums):
+    """grad = (prediction - target) * scale; returns sum((prediction - target)^2) as a float.
+
+    column_sums is the Numba kernel's float64 scratch; BLAS's dot needs none."""
     np.subtract(prediction, target, out=grad)
     total = float(np.dot(grad.ravel(), grad.ravel()))
     np.multiply(grad, scale, out=grad)
