@@ -11,7 +11,9 @@ Three measurements on the tutorial model, each a median over repeats:
   the fused bias+activation, slope+bias-gradient and loss kernels are inside these).
 
 What the step costs beyond the matmul floor is what fusion and buffer reuse can
-still win; the report prints both and their ratio.
+still win; the report prints both and their ratio. A fourth number, the float32 peak
+of a 2048^3 product in the same process, shows the ceiling: the matmul floor's share
+of that peak is the most any implementation of this step can reach on this BLAS.
 """
 
 from __future__ import annotations
@@ -99,7 +101,17 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
         model._train_step(x, x)
     per_step = {name: seconds / steps for name, seconds in timed.seconds.items()}
     floor = matmul_floor(batch)
-    return {"batch": batch, "ops": backend.ops.name if fast else "reference", "step_s": step_time, "matmul_floor_s": floor, "per_op_s": per_step, "gflop": train_step_flops(batch) / 1e9}
+    from nanoae.benchmark.competitors import matmul_peak  # noqa: PLC0415
+
+    return {
+        "batch": batch,
+        "ops": backend.ops.name if fast else "reference",
+        "step_s": step_time,
+        "matmul_floor_s": floor,
+        "per_op_s": per_step,
+        "gflop": train_step_flops(batch) / 1e9,
+        "peak_gflops": matmul_peak(),
+    }
 
 
 def main(argv=None) -> int:
@@ -112,8 +124,13 @@ def main(argv=None) -> int:
     result = profile(args.batch, not args.reference, args.kernels, args.steps)
     step, floor = result["step_s"], result["matmul_floor_s"]
     print(f"tutorial model, batch {result['batch']}, ops {result['ops']}: {1 / step:.1f} steps/s")
-    print(f"  whole step            {1e3 * step:8.2f} ms   {result['gflop'] / step:7.1f} GFLOP/s")
-    print(f"  its matmuls alone     {1e3 * floor:8.2f} ms   ({100 * floor / step:.0f} % of the step)")
+    peak, gflop = result["peak_gflops"], result["gflop"]
+    print(f"  float32 matmul peak (2048^3)          {peak:7.1f} GFLOP/s")
+    print(f"  whole step            {1e3 * step:8.2f} ms   {gflop / step:7.1f} GFLOP/s = {100 * gflop / step / peak:3.0f} % of peak")
+    print(
+        f"  its matmuls alone     {1e3 * floor:8.2f} ms   {gflop / floor:7.1f} GFLOP/s = {100 * gflop / floor / peak:3.0f} % of peak"
+        f" (the ceiling on this BLAS; {100 * floor / step:.0f} % of the step)"
+    )
     print(f"  everything else       {1e3 * (step - floor):8.2f} ms")
     print("  per ops function (ms per step; dense_* include their matmuls):")
     for name, seconds in sorted(result["per_op_s"].items(), key=lambda item: -item[1]):
