@@ -3,26 +3,78 @@
 #
 # Here (this machine), once:  mkdir -p .device-data && cp ../shared/data/mnist/*.gz .device-data/
 #                             echo /.device-data/ >> .git/info/exclude
-# Then run this script on the device with `.device-data` carried, e.g. a 540 s timeout.
-# It writes its logs and results under $OUT (or ./gpu-results without it).
+# Then run this script on the device with `.device-data` carried (about 5.5 minutes in all;
+# give the call a 480 s timeout). Steps, each under its own `timeout` so that one failing
+# step hides nothing of the others:
+#   1. versions (nvidia-smi, numpy, cupy, torch, jax);
+#   2. the test suite's GPU part: every backend_name test's cupy case, tests/test_gpu.py
+#      (fused kernels against the reference, the CUDA graph against eager launches,
+#      TF32, checkpoints, the tutorial on MNIST), float64 gradient checks; no -x, so
+#      every failure shows;
+#   3. a step profile (graph vs eager vs the matmuls alone), benchmarks/gpu_profile.py;
+#   4. the GPU benchmark: nanoae-cupy vs PyTorch CUDA eager and CUDA graphs vs JAX jit,
+#      batches 256, 1024, 8192, against a cuBLAS float32 matmul measured in the same run.
+# Logs and results go under $OUT (or ./gpu-results without it); at most 8 files.
+# Knobs: GPU_STEPS="tests profile bench" (which steps), BENCH_ROUNDS (default 3),
+#        PYTEST_K (the -k expression), PYTEST_WORKERS (default 8).
 set -uo pipefail
 OUT="${OUT:-gpu-results}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 NANOAE_DATA="$PWD/.device-data"
-python3 - <<'PY' 2>&1 | tee "$OUT/versions.txt"
+export PYTHONUNBUFFERED=1 NANOAE_DATA="$PWD/.device-data" PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+STEPS="${GPU_STEPS:-tests profile bench}"
+PYTHON="${PYTHON:-python3}"
+started=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "$PYTHON" - <<'PY'
 import importlib
-for name in ("numpy", "cupy", "torch", "jax", "numba"):
+for name in ("numpy", "cupy", "torch", "jax", "numba", "hypothesis", "pytest", "xdist"):
     try:
         module = importlib.import_module(name)
         print(name, getattr(module, "__version__", "?"))
     except Exception as exc:
         print(name, "missing:", exc)
+try:
+    import tensorflow  # noqa: F401
+    print("tensorflow", tensorflow.__version__)
+except Exception as exc:
+    print("tensorflow missing:", type(exc).__name__)
 PY
-# nanoae itself needs only NumPy; install it without touching the device's packages.
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-# 1. The test suite: every backend_name test gets a cupy case, plus tests/test_gpu.py.
-timeout 300 python3 -m pytest tests -q -x -p no:cacheprovider --ignore=tests/oracles \
-    -k "cupy or gpu or fast_path or gradcheck" 2>&1 | tee "$OUT/pytest.txt" | tail -5
-# 2. The GPU benchmark: nanoae-cupy vs torch CUDA eager / graphs vs JAX jit, cuBLAS peak.
-timeout 200 python3 -m nanoae bench --gpu --rounds 3 --mode train \
-    --json "$OUT/gpu-bench.json" --markdown "$OUT/gpu-bench.md" 2>&1 | tee "$OUT/bench.txt" | tail -12
+} 2>&1 | tee "$OUT/versions.txt"
+
+if [[ " $STEPS " == *" tests "* ]]; then
+    stamp "tests"
+    workers=()
+    if "$PYTHON" -c "import xdist" 2>/dev/null; then workers=(-n "${PYTEST_WORKERS:-8}"); fi
+    if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then workers+=(--timeout=150); fi
+    timeout 240 "$PYTHON" -m pytest tests -p no:cacheprovider -q -rfEs --tb=short "${workers[@]}" \
+        --ignore=tests/oracles -k "${PYTEST_K:-cupy or gpu}" 2>&1 | tee "$OUT/pytest.txt" | tail -40
+    echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest.txt"
+fi
+
+if [[ " $STEPS " == *" profile "* ]]; then
+    stamp "profile"
+    timeout 90 "$PYTHON" benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.txt"
+    echo "profile exit: ${PIPESTATUS[0]}"
+    if [[ -n "${PROFILE_AB:-}" ]]; then  # the two-kernel slope + column sum, for comparison
+        NANOAE_GPU_FUSED_SLOPE=0 timeout 60 "$PYTHON" benchmarks/gpu_profile.py --batch 256 --batch 8192 2>&1 \
+            | sed 's/NANOAE-PROFILE/NANOAE-PROFILE-UNFUSED/' | tee -a "$OUT/profile.txt"
+    fi
+fi
+
+if [[ " $STEPS " == *" bench "* ]]; then
+    stamp "bench"
+    timeout 330 "$PYTHON" -m nanoae bench --gpu --rounds "${BENCH_ROUNDS:-3}" --mode train \
+        --json "$OUT/gpu-bench.json" --markdown "$OUT/gpu-bench.md" 2>&1 | tee "$OUT/bench.txt" | tail -25
+    echo "bench exit: ${PIPESTATUS[0]}"
+fi
+
+stamp "summary"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" 2>/dev/null | cut -c1-220 | head -40
+grep -E "passed|failed|error" "$OUT/pytest.txt" 2>/dev/null | tail -2
+grep -E "NANOAE-PROFILE|Error" "$OUT/profile.txt" 2>/dev/null
+cat "$OUT/gpu-bench.md" 2>/dev/null
+stamp "done"

@@ -106,9 +106,9 @@ class Backend:
         return Backend(self.name, self.xp, self.ops, _resolve_dtype(dtype), self.fast, self._ops_name)
 
     def synchronize(self) -> None:
-        """Wait for queued device work (a no-op on NumPy)."""
+        """Wait for all queued device work, on every stream (a no-op on NumPy)."""
         if self.name == "cupy":
-            self.xp.cuda.get_current_stream().synchronize()
+            self.xp.cuda.Device().synchronize()
 
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r}, dtype={np.dtype(self.dtype).name}, ops={self._ops_name!r})"
@@ -146,7 +146,8 @@ def get_backend(
            readable reference ops; None means "fast when available".
     kernels: for the fast CPU path, "numba", "numpy" or "auto" (Numba when installed).
     allow_tf32: on CuPy, let cuBLAS run float32 matmuls on TF32 tensor cores (faster,
-           ~10 mantissa bits). Off by default: float32 means float32.
+           ~10 mantissa bits). Off by default: float32 means float32. CuPy keeps this
+           switch per process, so the last CuPy backend made sets it for every model.
     """
     if isinstance(name, Backend):
         return name if dtype is None else name.with_dtype(dtype)
@@ -178,14 +179,21 @@ def get_backend(
 
 
 def _set_tf32(cupy, allow: bool) -> None:
-    """Choose cuBLAS's float32 compute type: TF32 tensor cores, or plain float32."""
+    """Choose cuBLAS's float32 compute type: TF32 tensor cores, or plain float32.
+
+    CuPy's switch is ``cupy._core._routines_linalg.set_compute_type`` (the same one its
+    ``CUPY_TF32`` variable sets): COMPUTE_TYPE_TF32 gives cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32,
+    COMPUTE_TYPE_DEFAULT gives CUBLAS_COMPUTE_32F.
+    """
     try:
         from cupy._core import _routines_linalg as linalg  # noqa: PLC0415 (CuPy's switch)
-    except ImportError as exc:
+
+        switch, tf32, default = linalg.set_compute_type, linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT
+    except (ImportError, AttributeError) as exc:
         if allow:
             raise BackendUnavailable(f"this CuPy has no compute-type switch, so TF32 cannot be enabled ({exc})") from exc
         return
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if allow else linalg.COMPUTE_TYPE_DEFAULT)
+    switch(np.float32, tf32 if allow else default)
 
 
 def make_rng(seed=None) -> np.random.Generator:

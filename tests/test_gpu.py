@@ -106,3 +106,214 @@ def test_tutorial_on_mnist_on_the_gpu(mnist_dir):
     history = model.fit(train.images, steps=300, batch_size=256, log_every=10)
     assert np.mean(history[-3:]) < 0.6 * np.mean(history[:3])
     assert reconstruction_errors(model, test.images)["mse"] < 0.05
+
+
+# ---- each fused kernel against the reference math ------------------------------------------
+ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+TOLERANCE = {"float32": dict(rtol=2e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
+
+
+def _ops():
+    return get_backend("cupy").ops
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 33, 300, 1500])  # one and several row chunks in the bias sum
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_dense_kernels_equal_the_reference(activation, rows, dtype):
+    import cupy
+
+    from nanoae.ops import reference
+
+    rng = np.random.default_rng(rows)
+    x = rng.normal(0, 1, (rows, 37)).astype(dtype)
+    weights = rng.normal(0, 0.3, (37, 45)).astype(dtype)
+    bias = rng.normal(0, 0.3, 45).astype(dtype)
+    dy = rng.normal(0, 1, (rows, 45)).astype(dtype)
+    ops, workspace = _ops(), {}
+    y = ops.dense_forward(cupy.asarray(x), cupy.asarray(weights), cupy.asarray(bias), activation, 0.2, workspace)
+    y_ref = reference.dense_forward(x, weights, bias, activation, 0.2)
+    np.testing.assert_allclose(host(y), y_ref, **TOLERANCE[dtype])
+    grad_weights, grad_bias = cupy.zeros_like(cupy.asarray(weights)), cupy.zeros_like(cupy.asarray(bias))
+    dx = ops.dense_backward(cupy.asarray(dy), cupy.asarray(x), y, cupy.asarray(weights), activation, 0.2, grad_weights, grad_bias, True, workspace)
+    ref_weights, ref_bias = np.zeros_like(weights), np.zeros_like(bias)
+    dx_ref = reference.dense_backward(dy, x, y_ref, weights, activation, 0.2, ref_weights, ref_bias, True)
+    for got, expected in ((dx, dx_ref), (grad_weights, ref_weights), (grad_bias, ref_bias)):
+        # float32 sums of up to 1500 terms in another order: an absolute error relative to
+        # the largest entry (an entry that nearly cancels has no relative accuracy to keep)
+        scale = max(1.0, float(np.abs(expected).max()))
+        loose = dict(rtol=1e-4, atol=2e-6 * scale) if dtype == "float32" else dict(rtol=1e-11, atol=1e-13 * scale)
+        np.testing.assert_allclose(host(got), expected, **loose)
+    z = cupy.asarray(x)
+    np.testing.assert_allclose(host(ops.activation_forward(z, activation, 0.2, {})), reference.activation_forward(x, activation, 0.2), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_loss_and_gather_kernels_equal_the_reference(dtype):
+    import cupy
+
+    from nanoae.ops import reference
+
+    rng = np.random.default_rng(0)
+    prediction, target = rng.random((70, 50)).astype(dtype), rng.random((70, 50)).astype(dtype)
+    loss, grad = _ops().mse_loss_and_grad(cupy.asarray(prediction), cupy.asarray(target), {})
+    loss_ref, grad_ref = reference.mse_loss_and_grad(prediction, target)
+    assert loss.shape == () and loss.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-6 if dtype == "float32" else 1e-13)
+    np.testing.assert_allclose(host(grad), grad_ref, **TOLERANCE[dtype])
+    rows = rng.integers(0, 70, 33)
+    gathered = _ops().gather_rows(cupy.asarray(prediction), cupy.asarray(rows), {})
+    np.testing.assert_array_equal(host(gathered), prediction[rows])
+    labels = rng.integers(0, 10, 70)
+    np.testing.assert_array_equal(host(_ops().gather_rows(cupy.asarray(labels), cupy.asarray(rows), {})), labels[rows])
+
+
+UPDATES = {
+    "rmsprop-tf1": ("rmsprop_update", dict(momentum_buffer=None, lr=0.01, rho=0.9, eps=1e-10, momentum=0.0, flavor="tf1"), 1.0),
+    "rmsprop-tf1-momentum": ("rmsprop_update", dict(momentum_buffer="zeros", lr=0.01, rho=0.9, eps=1e-10, momentum=0.5, flavor="tf1"), 1.0),
+    "rmsprop-keras": ("rmsprop_update", dict(momentum_buffer=None, lr=0.01, rho=0.9, eps=1e-7, momentum=0.0, flavor="keras"), 0.0),
+    "rmsprop-torch-momentum": ("rmsprop_update", dict(momentum_buffer="zeros", lr=0.01, rho=0.99, eps=1e-8, momentum=0.9, flavor="torch"), 0.0),
+    "sgd-nesterov-decay": ("sgd_update", dict(velocity="zeros", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), None),
+    "sgd-plain": ("sgd_update", dict(velocity=None, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0), None),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(UPDATES))
+def test_optimizer_kernels_equal_the_reference(name, dtype):
+    import cupy
+
+    from nanoae.ops import reference
+
+    function, options, mean_square = UPDATES[name]
+    rng = np.random.default_rng(3)
+    cpu = {"params": rng.normal(0, 1, 500).astype(dtype)}
+    gpu = {"params": cupy.asarray(cpu["params"])}
+    if mean_square is not None:
+        cpu["mean_square"] = np.full(500, mean_square, dtype=dtype)
+        gpu["mean_square"] = cupy.asarray(cpu["mean_square"])
+    for key, value in options.items():
+        if value == "zeros":
+            cpu[key], gpu[key] = np.zeros(500, dtype=dtype), cupy.zeros(500, dtype=dtype)
+        else:
+            cpu[key] = gpu[key] = value
+    workspace = {}
+    for _ in range(5):
+        grads = rng.normal(0, 1, 500).astype(dtype)
+        getattr(reference, function)(grads=grads, **cpu)
+        getattr(_ops(), function)(grads=cupy.asarray(grads), workspace=workspace, **gpu)
+    np.testing.assert_allclose(host(gpu["params"]), cpu["params"], **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("flavor, weight_decay, decoupled", [("torch", 0.0, False), ("keras", 1e-2, False), ("torch", 0.1, True)])
+def test_adam_kernel_equals_the_reference(flavor, weight_decay, decoupled, dtype):
+    import cupy
+
+    from nanoae.ops import reference
+
+    rng = np.random.default_rng(4)
+    params = rng.normal(0, 1, 300).astype(dtype)
+    moments = [np.zeros(300, dtype=dtype), np.zeros(300, dtype=dtype)]
+    gpu = [cupy.asarray(params), cupy.zeros(300, dtype=dtype), cupy.zeros(300, dtype=dtype)]
+    workspace = {}
+    for step in range(1, 8):
+        grads = rng.normal(0, 1, 300).astype(dtype)
+        reference.adam_update(params, grads, *moments, 0.01, 0.9, 0.999, 1e-8, step, weight_decay, decoupled, flavor)
+        _ops().adam_update(gpu[0], cupy.asarray(grads), gpu[1], gpu[2], 0.01, 0.9, 0.999, 1e-8, step, weight_decay, decoupled, flavor, workspace)
+    np.testing.assert_allclose(host(gpu[0]), params, **TOLERANCE[dtype])
+
+
+# ---- the captured step -----------------------------------------------------------------------
+def _graph_and_eager(make_model, data, steps, between=None):
+    """Run `steps` compiled steps with the CUDA graph and without; return both models."""
+    import os
+
+    import cupy
+
+    models = []
+    for graphs in ("1", "0"):
+        saved = os.environ.get("NANOAE_CUDA_GRAPHS")
+        os.environ["NANOAE_CUDA_GRAPHS"] = graphs
+        try:
+            model = make_model()
+            device_data = model.backend.asarray(data)
+            run = model.backend.ops.compile_train_step(model, device_data, None, {})
+            rng = np.random.default_rng(0)
+            losses = []
+            for step in range(steps):
+                losses.append(float(run(cupy.asarray(rng.integers(0, data.shape[0], 64)))))
+                if between is not None and step == steps // 2:
+                    between(model)
+            models.append((model, losses, run))
+        finally:
+            if saved is None:
+                os.environ.pop("NANOAE_CUDA_GRAPHS", None)
+            else:
+                os.environ["NANOAE_CUDA_GRAPHS"] = saved
+    return models
+
+
+def test_the_graph_is_used_and_survives_an_evaluation_in_between():
+    data = np.random.default_rng(1).random((500, 30), dtype=np.float32)
+
+    def make():
+        return Autoencoder([Dense(30, 16, "relu"), Dense(16, 4, "tanh")], [Dense(4, 16, "relu"), Dense(16, 30, "sigmoid")], backend="cupy", seed=3)
+
+    def evaluate(model):  # other batch sizes: the layers' workspace buffers are replaced
+        model.reconstruct(data[:77])
+        model.evaluate(data)
+
+    (graphed, graph_losses, run), (eager, eager_losses, eager_run) = _graph_and_eager(make, data, 12, evaluate)
+    assert run.graph_used and run.graph is not None, run.why_not
+    assert not eager_run.graph_used
+    assert graph_losses == eager_losses
+    np.testing.assert_array_equal(host(graphed.arena.values), host(eager.arena.values))
+    assert graphed.step == eager.step == 12 and graphed.optimizer.steps == 12
+
+
+def test_a_step_that_allocates_is_captured_safely():
+    # BCE runs the reference code (fresh arrays every step) and weight decay adds a penalty
+    # term: memory allocated while capturing must stay the graph's.
+    data = np.random.default_rng(2).random((300, 20), dtype=np.float32)
+
+    def make():
+        return Sequential(
+            [Dense(20, 8, "relu", weight_decay=1e-3), Dense(8, 20, "sigmoid")], loss="bce", optimizer=Adam(0.01), backend="cupy", seed=1
+        ).build()
+
+    (graphed, graph_losses, run), (eager, eager_losses, _) = _graph_and_eager(make, data, 10)
+    assert run.graph_used, run.why_not
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-6)
+    np.testing.assert_allclose(host(graphed.arena.values), host(eager.arena.values), rtol=1e-5, atol=1e-7)
+
+
+def test_tf32_only_when_asked_for():
+    """Plain float32 by default, through CuPy's matmul and the ops table's direct cuBLAS
+    path; allow_tf32=True sets CuPy's compute-type switch, which the direct path follows."""
+    import cupy
+    from cupy._core import _routines_linalg as linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((256, 512), dtype=np.float32), rng.random((512, 256), dtype=np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+
+    def errors():
+        """Relative errors of CuPy's matmul and of the ops table's (direct cuBLAS) one."""
+        out = cupy.empty((256, 256), dtype=cupy.float32)
+        _ops()._matmul(cupy.asarray(a), cupy.asarray(b), out)
+        return [np.abs(host(result) - exact).max() / exact.max() for result in (cupy.asarray(a) @ cupy.asarray(b), out)]
+
+    blas = _ops()._blas
+    try:
+        get_backend("cupy", allow_tf32=True)
+        if int(cupy.cuda.Device().compute_capability) >= 80:
+            assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+            assert blas is None or blas._compute_type_of()  # cuBLAS gets CUBLAS_COMPUTE_32F_FAST_TF32
+        errors()  # runs with TF32 allowed (whether cuBLAS then uses tensor cores is its choice)
+    finally:
+        get_backend("cupy")  # back to plain float32 for every other test
+    assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
+    assert blas is None or not blas._compute_type_of()
+    fp32_errors = errors()
+    assert max(fp32_errors) < 1e-5, fp32_errors  # TF32 would be ~1e-4 to 1e-3

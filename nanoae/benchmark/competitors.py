@@ -158,8 +158,17 @@ def torch_competitor(mode: str, compiled: bool) -> Competitor:
 
 
 # ---- GPU competitors --------------------------------------------------------------------
+# float32 means float32 everywhere: TF32 is off in cuBLAS for nanoae (its default), in
+# PyTorch (set_float32_matmul_precision("highest")) and in JAX/XLA, whose default on
+# Ampere and later would be TF32 ("jax_default_matmul_precision" = "highest").
 def nanoae_cupy_competitor(mode: str) -> Competitor:
-    """nanoae on CuPy: fused kernels, and the training step replayed as a CUDA graph."""
+    """nanoae on CuPy: fused kernels, and the training step replayed as a CUDA graph.
+
+    The step is the one ``fit`` runs (``compile_train_step``): gather the batch's rows from a
+    device dataset, then the captured graph. Here the dataset is one static batch buffer
+    that each new batch is copied into (as the PyTorch CUDA-graph competitor does), so
+    nanoae does one more copy per step than the others.
+    """
     import cupy  # noqa: PLC0415
 
     from nanoae import presets  # noqa: PLC0415
@@ -167,26 +176,33 @@ def nanoae_cupy_competitor(mode: str) -> Competitor:
 
     backend = get_backend("cupy")
     model = presets.tutorial(seed=0, backend=backend)
-    sync = cupy.cuda.get_current_stream().synchronize
-    info = {"ops": backend.ops.name, "cupy": cupy.__version__}
+    info = {"ops": backend.ops.name, "cupy": cupy.__version__, "device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+    sync = cupy.cuda.Device().synchronize
     if mode == "infer":
-        return Competitor("nanoae-cupy", model.forward, sync=cupy.cuda.Device().synchronize, prepare=cupy.asarray, info=info)
-    state = {}
+        return Competitor("nanoae-cupy", model.forward, sync=sync, prepare=cupy.asarray, info=info)
+    compiled: dict = {}
 
     def step(x):
-        # One training step through the same compiled (graph-captured) path as fit().
-        if state.get("data") is not x:
-            state["data"] = x
-            state["run"] = backend.ops.compile_train_step(model, x, None, {})
-            state["indices"] = cupy.arange(x.shape[0])
-        return state["run"](state["indices"])
+        entry = compiled.get(x.shape)
+        if entry is None:  # one static buffer and one captured step per batch shape
+            static = cupy.empty_like(x)
+            entry = compiled[x.shape] = (static, backend.ops.compile_train_step(model, static, None, {}), cupy.arange(x.shape[0]))
+        static, run, rows = entry
+        static[...] = x
+        return run(rows)
 
-    return Competitor("nanoae-cupy", step, sync=cupy.cuda.Device().synchronize, prepare=cupy.asarray, info=info)
+    def finish():
+        sync()
+        info["cuda_graph"] = all(run.graph_used for _, run, _ in compiled.values()) if compiled else None
+        info["why_no_graph"] = "; ".join(sorted({run.why_not for _, run, _ in compiled.values() if run.why_not}))
+
+    return Competitor("nanoae-cupy", step, sync=finish, prepare=cupy.asarray, info=info)
 
 
 def torch_cuda_competitor(mode: str, graphs: bool) -> Competitor:
     import torch  # noqa: PLC0415
 
+    torch.set_float32_matmul_precision("highest")
     model = _torch_model().cuda()
     name = "torch-cuda-graphs" if graphs else "torch-cuda-eager"
     info = {"version": torch.__version__, "device": torch.cuda.get_device_name()}
@@ -208,11 +224,12 @@ def torch_cuda_competitor(mode: str, graphs: bool) -> Competitor:
 
     if not graphs:
         return Competitor(name, eager_step, sync=torch.cuda.synchronize, prepare=prepare, info=info)
-    state = {}
+    graphed: dict = {}
 
     def graphed_step(x):
-        if "graph" not in state:
-            state["static"] = x.clone()
+        state = graphed.get(x.shape)
+        if state is None:  # one static input and one captured graph per batch shape
+            state = graphed[x.shape] = {"static": x.clone()}
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -232,6 +249,8 @@ def torch_cuda_competitor(mode: str, graphs: bool) -> Competitor:
 
 def jax_competitor(mode: str) -> Competitor:
     import jax  # noqa: PLC0415
+
+    jax.config.update("jax_default_matmul_precision", "highest")  # float32 matmuls, not TF32
     import jax.numpy as jnp  # noqa: PLC0415
 
     params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in _initial_weights()]
@@ -246,7 +265,6 @@ def jax_competitor(mode: str) -> Competitor:
     def loss_fn(params, x):
         return jnp.mean((forward(params, x) - x) ** 2)
 
-    @jax.jit
     def train_step(params, mean_squares, x):
         loss, grads = jax.value_and_grad(loss_fn)(params, x)
         new_params, new_squares = [], []
@@ -257,6 +275,8 @@ def jax_competitor(mode: str) -> Competitor:
             new_squares.append((mw, mb))
         return new_params, new_squares, loss
 
+    # Parameters and optimizer state are donated: XLA updates them in place, as the others do.
+    train_step = jax.jit(train_step, donate_argnums=(0, 1))
     infer = jax.jit(forward)
     state = {"params": params, "squares": mean_squares}
 
@@ -269,13 +289,17 @@ def jax_competitor(mode: str) -> Competitor:
     def sync():
         jax.block_until_ready(state["params"])
 
-    return Competitor("jax-jit", step, sync=sync, prepare=jnp.asarray, info={"version": jax.__version__, "device": str(jax.devices()[0])})
+    info = {"version": jax.__version__, "device": str(jax.devices()[0]), "matmul_precision": "highest"}
+    return Competitor("jax-jit", step, sync=sync, prepare=jnp.asarray, info=info)
 
 
 def cublas_peak(size: int = 8192, repeats: int = 20) -> float:
-    """Median float32 GFLOP/s of an n^3 cuBLAS matmul through CuPy (timed with CUDA events)."""
+    """Median float32 GFLOP/s of an n^3 cuBLAS matmul through CuPy (CUDA events), no TF32."""
     import cupy  # noqa: PLC0415
 
+    from nanoae.backend import get_backend  # noqa: PLC0415
+
+    get_backend("cupy")  # sets cuBLAS's float32 compute type to plain float32, as nanoae runs
     a = cupy.random.random((size, size), dtype=cupy.float32)
     b = cupy.random.random((size, size), dtype=cupy.float32)
     out = cupy.empty((size, size), dtype=cupy.float32)

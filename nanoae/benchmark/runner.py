@@ -46,18 +46,23 @@ def available(framework: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def _worker(arguments: list[str], timeout: float) -> dict:
+def _worker_results(arguments: list[str], timeout: float) -> list[dict]:
+    """Every NANOAE-BENCH line of one worker process, or one {"error": ...}."""
     environment = {key: value for key, value in os.environ.items() if key not in _UNSET}
     command = [sys.executable, "-m", "nanoae.benchmark.worker", *arguments]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in result.stdout.splitlines():
-        if line.startswith("NANOAE-BENCH "):
-            return json.loads(line[len("NANOAE-BENCH ") :])
+        return [{"error": f"timed out after {timeout:.0f} s"}]
+    found = [json.loads(line[len("NANOAE-BENCH ") :]) for line in result.stdout.splitlines() if line.startswith("NANOAE-BENCH ")]
+    if found:
+        return found
     tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-    return {"error": f"exit {result.returncode}: " + " | ".join(tail)}
+    return [{"error": f"exit {result.returncode}: " + " | ".join(tail)}]
+
+
+def _worker(arguments: list[str], timeout: float) -> dict:
+    return _worker_results(arguments, timeout)[0]
 
 
 def machine_description() -> dict:
@@ -90,8 +95,13 @@ def run(
     log=print,
     peak_probe: str = "matmul-peak",
     baseline: str = "tf-function",
+    batches_per_process: bool = False,
 ) -> dict:
-    """Measure; return {"machine", "rows" (one per measurement), "summary" (medians)}."""
+    """Measure; return {"machine", "rows" (one per measurement), "summary" (medians)}.
+
+    batches_per_process: one process per competitor and round measures every batch size
+    (the GPU benchmark: it saves a framework start-up and CUDA initialisation per batch).
+    """
     frameworks = list(frameworks)
     missing = [name for name in frameworks if not available(name)]
     for name in missing:
@@ -103,17 +113,24 @@ def run(
         if "gflops" in peak:
             peaks.append(peak["gflops"])
             log(f"round {round_index}: float32 matmul peak ({peak_probe}) {peak['gflops']:.0f} GFLOP/s")
+        timing = ["--warmup", str(warmup), "--windows", str(windows), "--window", str(window)]
         for mode in modes:
-            for batch in batches:
-                for framework in frameworks:
-                    arguments = ["--framework", framework, "--mode", mode, "--batch", str(batch), "--warmup", str(warmup), "--windows", str(windows), "--window", str(window)]
-                    result = _worker(arguments, timeout=600)
+            if batches_per_process:
+                jobs = [(framework, list(batches)) for framework in frameworks]
+            else:
+                jobs = [(framework, [batch]) for batch in batches for framework in frameworks]
+            for framework, job_batches in jobs:
+                arguments = ["--framework", framework, "--mode", mode, *[part for batch in job_batches for part in ("--batch", str(batch))], *timing]
+                results = _worker_results(arguments, timeout=600)
+                if len(results) == 1 and "error" in results[0]:
+                    results = [dict(results[0]) for _ in job_batches]
+                for batch, result in zip(job_batches, results):
                     result.update({"framework": framework, "mode": mode, "batch": batch, "round": round_index})
                     rows.append(result)
                     if "error" in result:
                         log(f"round {round_index} {mode} batch {batch} {framework}: FAILED {result['error']}")
                     else:
-                        log(f"round {round_index} {mode} batch {batch} {framework}: {result['steps_per_s']:.1f} steps/s")
+                        log(f"round {round_index} {mode} batch {batch} {framework}: {result['steps_per_s']:.1f} steps/s {result.get('info', {})}")
     peak_gflops = statistics.median(peaks) if peaks else float("nan")
     return {
         "machine": machine_description(),
@@ -271,7 +288,12 @@ def run_from_arguments(args) -> int:
     rounds = args.rounds or (2 if args.quick else 3)
     if rounds < 1:
         raise ValueError("--rounds must be >= 1")
-    timing = {"warmup": 0.5, "windows": 3, "window": 0.4} if args.quick else {"warmup": 2.0, "windows": 5, "window": 1.0}
+    if args.quick:
+        timing = {"warmup": 0.5, "windows": 3, "window": 0.4}
+    elif gpu:  # a GPU step takes microseconds: short windows still time hundreds of steps
+        timing = {"warmup": 0.5, "windows": 3, "window": 0.3}
+    else:
+        timing = {"warmup": 2.0, "windows": 5, "window": 1.0}
     started = time.time()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run(
@@ -282,6 +304,7 @@ def run_from_arguments(args) -> int:
         log=log,
         peak_probe="cublas-peak" if gpu else "matmul-peak",
         baseline="torch-cuda-eager" if gpu else "tf-function",
+        batches_per_process=gpu,
         **timing,
     )
     result["settings"] = {"frameworks": list(frameworks), "batches": list(batches), "modes": list(modes), "rounds": rounds, **timing, "quick": bool(args.quick)}

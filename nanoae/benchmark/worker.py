@@ -29,7 +29,8 @@ def _rss_mib() -> float:
         return float("nan")
 
 
-def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, window: float, seed: int = 0) -> dict:
+def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, window: float, seed: int = 0, competitor=None) -> dict:
+    """One measurement; ``competitor`` (already built) lets one process measure several batches."""
     from nanoae.benchmark.competitors import FRAMEWORKS, matmul_peak  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -39,7 +40,8 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
         from nanoae.benchmark.competitors import cublas_peak  # noqa: PLC0415
 
         return {"framework": framework, "gflops": cublas_peak(), "seconds": time.perf_counter() - started}
-    competitor = FRAMEWORKS[framework](mode)
+    if competitor is None:
+        competitor = FRAMEWORKS[framework](mode)
     rng = np.random.default_rng(seed)
     # Random inputs in [0, 1), never zeros; a pool of batches so no step is a cache replay.
     pool = [competitor.prepare(rng.random((batch, 784), dtype=np.float32)) for _ in range(8)]
@@ -72,7 +74,7 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
         "warmup_s": warmup_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mib": _rss_mib() - rss_before,
-        "info": competitor.info,
+        "info": dict(competitor.info),
         "seconds": time.perf_counter() - started,
     }
 
@@ -81,13 +83,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", required=True)
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable: one line each, one competitor; default 256)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window", type=float, default=1.0)
     args = parser.parse_args(argv)
-    result = measure(args.framework, args.mode, args.batch, args.warmup, args.windows, args.window)
-    print("NANOAE-BENCH " + json.dumps(result), flush=True)
+    batches = args.batch or [256]
+    competitor = None
+    if len(batches) > 1 and args.framework not in ("matmul-peak", "cublas-peak"):
+        from nanoae.benchmark.competitors import FRAMEWORKS  # noqa: PLC0415
+
+        competitor = FRAMEWORKS[args.framework](args.mode)
+    for batch in batches:
+        result = measure(args.framework, args.mode, batch, args.warmup, args.windows, args.window, competitor=competitor)
+        print("NANOAE-BENCH " + json.dumps(result), flush=True)
     return 0
 
 
