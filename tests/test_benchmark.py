@@ -38,6 +38,7 @@ def test_worker_measures_nanoae_in_its_own_process():
     measured = json.loads(line.split(" ", 1)[1])
     assert measured["framework"] == "nanoae" and measured["batch"] == 32
     assert measured["steps_per_s"] > 0 and len(measured["window_rates"]) == 2
+    assert measured["timed_steps"] >= 6  # at least 3 steps a window
     assert measured["peak_rss_mib"] > 10
     assert measured["info"]["ops"].startswith("cpu-")
 

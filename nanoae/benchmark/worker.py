@@ -55,6 +55,7 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
     warmup_seconds = time.perf_counter() - warm_start
     rss_before = _rss_mib()
     rates = []
+    timed_steps = 0  # the steps the RSS growth below is measured over
     for _ in range(windows):
         steps = 0
         window_start = time.perf_counter()
@@ -65,6 +66,7 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
                 break
         sync()
         rates.append(steps / (time.perf_counter() - window_start))
+        timed_steps += steps
     return {
         "framework": competitor.name,
         "mode": mode,
@@ -74,6 +76,7 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
         "warmup_s": warmup_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mib": _rss_mib() - rss_before,
+        "timed_steps": timed_steps,
         "info": dict(competitor.info),
         "seconds": time.perf_counter() - started,
     }
