@@ -31,7 +31,7 @@ def test_summary_medians_ratios_and_peak_share():
 
 
 def test_worker_measures_nanoae_in_its_own_process():
-    command = [sys.executable, "-m", "nanoae.benchmark.worker", "--framework", "nanoae", "--batch", "32", "--warmup", "0.1", "--windows", "2", "--window", "0.1"]
+    command = [sys.executable, "-m", "nanoae.benchmark.worker", "--framework", "nanoae", "--batch", "32", "--warmup", "0.1", "--windows", "2", "--window", "0.1", "--memory-steps", "200"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     line = [text for text in result.stdout.splitlines() if text.startswith("NANOAE-BENCH ")][-1]
@@ -39,18 +39,20 @@ def test_worker_measures_nanoae_in_its_own_process():
     assert measured["framework"] == "nanoae" and measured["batch"] == 32
     assert measured["steps_per_s"] > 0 and len(measured["window_rates"]) == 2
     assert measured["timed_steps"] >= 6  # at least 3 steps a window
+    assert measured["rss_steps"] >= 200  # the memory steps ran on past the timed ones (20 s budget)
     assert measured["peak_rss_mib"] > 10
     assert measured["info"]["ops"].startswith("cpu-")
 
 
 def test_bench_command_writes_json_rows(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "nanoae", "bench", "--quick", "--framework", "nanoae", "--rounds", "1", "--batch-size", "16", "--json", str(out)]
+    command = [sys.executable, "-m", "nanoae", "bench", "--quick", "--framework", "nanoae", "--rounds", "1", "--batch-size", "16", "--memory-steps", "50", "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
     assert {"framework", "batch", "steps_per_s", "samples_per_s", "gflops", "peak_fraction", "peak_rss_mib", "round"} <= set(rows[0])
     assert "| train | 16 | nanoae |" in result.stdout
+    assert rows[0]["rss_steps"] >= 50 and f"({rows[0]['rss_steps']:,}) |" in result.stdout
 
 
 def test_bench_rejects_unknown_frameworks(capsys):

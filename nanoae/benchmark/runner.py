@@ -96,8 +96,13 @@ def run(
     peak_probe: str = "matmul-peak",
     baseline: str = "tf-function",
     batches_per_process: bool = False,
+    memory_steps: int = 0,
 ) -> dict:
     """Measure; return {"machine", "rows" (one per measurement), "summary" (medians)}.
+
+    memory_steps: in round 1 only (memory does not need alternating), each worker keeps
+    stepping after its timed windows until its RSS growth covers that many steps (or 20 s
+    have passed; the row's ``rss_steps`` says how many).
 
     batches_per_process: one process per competitor and round measures every batch size
     (the GPU benchmark: it saves a framework start-up and CUDA initialisation per batch).
@@ -114,6 +119,8 @@ def run(
             peaks.append(peak["gflops"])
             log(f"round {round_index}: float32 matmul peak ({peak_probe}) {peak['gflops']:.0f} GFLOP/s")
         timing = ["--warmup", str(warmup), "--windows", str(windows), "--window", str(window)]
+        if round_index == 1 and memory_steps:
+            timing += ["--memory-steps", str(memory_steps)]
         for mode in modes:
             if batches_per_process:
                 jobs = [(framework, list(batches)) for framework in frameworks]
@@ -182,6 +189,7 @@ def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function
                 "peak_fraction": gflops / peak_gflops if peak_gflops == peak_gflops else None,
                 "peak_rss_mib": statistics.median(row["peak_rss_mib"] for row in measured),
                 "rss_growth_mib": max(row["rss_growth_mib"] for row in measured),
+                "rss_steps": max(row.get("rss_steps", row.get("timed_steps", 0)) for row in measured),
                 "info": measured[0].get("info", {}),
             }
         )
@@ -202,7 +210,7 @@ def markdown_table(result: dict) -> str:
         f"float32 matmul peak ({what}, median of {len(result['matmul_peaks'])} probes): "
         f"{result['matmul_peak_gflops']:.0f} GFLOP/s",
         "",
-        f"| mode | batch | framework | steps/s (median) | min-max | samples/s | x {baseline} | GFLOP/s | % of matmul peak | peak RSS MiB | RSS growth MiB |",
+        f"| mode | batch | framework | steps/s (median) | min-max | samples/s | x {baseline} | GFLOP/s | % of matmul peak | peak RSS MiB | RSS growth MiB (over steps) |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in result["summary"]:
@@ -211,7 +219,7 @@ def markdown_table(result: dict) -> str:
         lines.append(
             f"| {entry['mode']} | {entry['batch']} | {entry['framework']} | {entry['steps_per_s']:.1f} | "
             f"{entry['steps_per_s_min']:.1f}-{entry['steps_per_s_max']:.1f} | {entry['samples_per_s']:,.0f} | {ratio} | "
-            f"{entry['gflops']:.0f} | {share} | {entry['peak_rss_mib']:.0f} | {entry['rss_growth_mib']:.1f} |"
+            f"{entry['gflops']:.0f} | {share} | {entry['peak_rss_mib']:.0f} | {entry['rss_growth_mib']:.1f} ({entry.get('rss_steps', 0):,}) |"
         )
     return "\n".join(lines)
 
@@ -270,6 +278,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     parser.add_argument("--chart", metavar="PATH", help="write a PNG bar chart")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    parser.add_argument("--memory-steps", type=int, help="round 1 measures RSS growth over at least this many steps, up to 20 s more a worker (default 1000; --quick and --gpu: 0)")
 
 
 def run_from_arguments(args) -> int:
@@ -294,6 +303,9 @@ def run_from_arguments(args) -> int:
         timing = {"warmup": 0.5, "windows": 3, "window": 0.3}
     else:
         timing = {"warmup": 2.0, "windows": 5, "window": 1.0}
+    memory_steps = args.memory_steps if getattr(args, "memory_steps", None) is not None else (0 if args.quick or gpu else 1000)
+    if memory_steps < 0:
+        raise ValueError("--memory-steps must be >= 0")
     started = time.time()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run(
@@ -305,9 +317,18 @@ def run_from_arguments(args) -> int:
         peak_probe="cublas-peak" if gpu else "matmul-peak",
         baseline="torch-cuda-eager" if gpu else "tf-function",
         batches_per_process=gpu,
+        memory_steps=memory_steps,
         **timing,
     )
-    result["settings"] = {"frameworks": list(frameworks), "batches": list(batches), "modes": list(modes), "rounds": rounds, **timing, "quick": bool(args.quick)}
+    result["settings"] = {
+        "frameworks": list(frameworks),
+        "batches": list(batches),
+        "modes": list(modes),
+        "rounds": rounds,
+        **timing,
+        "memory_steps": memory_steps,
+        "quick": bool(args.quick),
+    }
     result["elapsed_s"] = time.time() - started
     print(markdown_table(result))
     if args.json:

@@ -29,8 +29,24 @@ def _rss_mib() -> float:
         return float("nan")
 
 
-def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, window: float, seed: int = 0, competitor=None) -> dict:
-    """One measurement; ``competitor`` (already built) lets one process measure several batches."""
+def measure(
+    framework: str,
+    mode: str,
+    batch: int,
+    warmup: float,
+    windows: int,
+    window: float,
+    seed: int = 0,
+    competitor=None,
+    memory_steps: int = 0,
+    memory_seconds: float = 20.0,
+) -> dict:
+    """One measurement; ``competitor`` (already built) lets one process measure several batches.
+
+    The RSS growth is measured from the end of the warm-up over the timed steps and, when
+    ``memory_steps`` is larger, over untimed steps until that many have run or
+    ``memory_seconds`` have passed (``rss_steps`` says how many it covers).
+    """
     from nanoae.benchmark.competitors import FRAMEWORKS, matmul_peak  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -67,6 +83,12 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
         sync()
         rates.append(steps / (time.perf_counter() - window_start))
         timed_steps += steps
+    rss_steps = timed_steps
+    deadline = time.perf_counter() + memory_seconds
+    while rss_steps < memory_steps and time.perf_counter() < deadline:
+        step(pool[rss_steps % len(pool)])
+        rss_steps += 1
+    sync()
     return {
         "framework": competitor.name,
         "mode": mode,
@@ -77,6 +99,7 @@ def measure(framework: str, mode: str, batch: int, warmup: float, windows: int, 
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mib": _rss_mib() - rss_before,
         "timed_steps": timed_steps,
+        "rss_steps": rss_steps,
         "info": dict(competitor.info),
         "seconds": time.perf_counter() - started,
     }
@@ -90,6 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window", type=float, default=1.0)
+    parser.add_argument("--memory-steps", type=int, default=0, help="measure RSS growth over at least this many steps")
+    parser.add_argument("--memory-seconds", type=float, default=20.0, help="time budget for the untimed memory steps")
     args = parser.parse_args(argv)
     batches = args.batch or [256]
     competitor = None
@@ -98,7 +123,17 @@ def main(argv=None) -> int:
 
         competitor = FRAMEWORKS[args.framework](args.mode)
     for batch in batches:
-        result = measure(args.framework, args.mode, batch, args.warmup, args.windows, args.window, competitor=competitor)
+        result = measure(
+            args.framework,
+            args.mode,
+            batch,
+            args.warmup,
+            args.windows,
+            args.window,
+            competitor=competitor,
+            memory_steps=args.memory_steps,
+            memory_seconds=args.memory_seconds,
+        )
         print("NANOAE-BENCH " + json.dumps(result), flush=True)
     return 0
 
