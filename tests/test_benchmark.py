@@ -65,11 +65,11 @@ def test_bench_rejects_unknown_frameworks(capsys):
 def test_profile_splits_the_step_into_matmuls_and_the_rest(capsys):
     from nanoae.benchmark import profile
 
-    result = profile.profile(batch=16, steps=2)
+    result = profile.profile(batch=16, steps=2, rounds=2)
     assert result["step_s"] > 0 and result["matmul_floor_s"] > 0 and result["peak_gflops"] > 0
     assert result["gflop"] == pytest.approx(flops.train_step_flops(16) / 1e9)
     # every kind of work in the step was seen through the ops table
     assert {"dense_forward", "dense_backward", "mse_loss_and_grad", "rmsprop_update"} <= set(result["per_op_s"])
-    assert profile.main(["--batch", "16", "--steps", "2"]) == 0
+    assert profile.main(["--batch", "16", "--steps", "2", "--rounds", "1"]) == 0
     report = capsys.readouterr().out
     assert "its matmuls alone" in report and "% of peak" in report and "rmsprop_update" in report

@@ -2,7 +2,8 @@
 
     python -m nanoae.benchmark.profile --batch 256 [--reference] [--kernels numpy]
 
-Three measurements on the tutorial model, each a median over repeats:
+Three measurements on the tutorial model, each a median over repeats, taken in turn
+in each of several rounds (``--rounds``) and reported as medians over the rounds:
 
 * the whole step (``model._train_step``);
 * the step's 17 matmuls alone, same shapes, into preallocated outputs: the floor any
@@ -37,8 +38,8 @@ def _median_time(function, repeats: int) -> float:
     return float(np.median(times))
 
 
-def matmul_floor(batch: int, repeats: int = 30) -> float:
-    """Seconds for the step's matmuls alone (forward, dW, dx but the first layer's)."""
+def _matmul_jobs(batch: int):
+    """The step's matmuls (forward, dW, dx but the first layer's) on random operands."""
     rng = np.random.default_rng(0)
     jobs = []
     for index, (fan_in, fan_out) in enumerate(layer_shapes(TUTORIAL_WIDTHS)):
@@ -54,7 +55,12 @@ def matmul_floor(batch: int, repeats: int = 30) -> float:
         for a, b, out in jobs:
             np.matmul(a, b, out=out)
 
-    return _median_time(run, repeats)
+    return run
+
+
+def matmul_floor(batch: int, repeats: int = 30) -> float:
+    """Seconds for the step's matmuls alone (forward, dW, dx but the first layer's)."""
+    return _median_time(_matmul_jobs(batch), repeats)
 
 
 class _TimedOps:
@@ -81,36 +87,56 @@ class _TimedOps:
         return timed
 
 
-def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: int = 30) -> dict:
+def _timed_model(backend, timed):
+    """A tutorial model whose layers, loss and arena call ``timed`` instead of the ops table."""
     from dataclasses import replace  # noqa: PLC0415
 
     from nanoae import presets  # noqa: PLC0415
-    from nanoae.backend import get_backend  # noqa: PLC0415
 
-    backend = get_backend("numpy", fast=fast, kernels=kernels)
     model = presets.tutorial(seed=0, backend=backend)
-    x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
-    step_time = _median_time(lambda: model._train_step(x, x), steps)
-    timed = _TimedOps(backend.ops)
     object.__setattr__(model, "backend", replace(backend, ops=timed))
     for module in model.modules():
         module.backend = model.backend
     model.loss.backend = model.backend
     model.arena.backend = model.backend
-    for _ in range(steps):
-        model._train_step(x, x)
-    per_step = {name: seconds / steps for name, seconds in timed.seconds.items()}
-    floor = matmul_floor(batch)
+    return model
+
+
+def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: int = 30, rounds: int = 5) -> dict:
+    """Medians over ``rounds`` rounds; each round measures, one after the other, the whole
+    step, the step through the timed ops table, the matmul floor and the 2048^3 peak, so
+    that a slow phase of a shared machine lands on all four rather than on one."""
+    from nanoae import presets  # noqa: PLC0415
+    from nanoae.backend import get_backend  # noqa: PLC0415
     from nanoae.benchmark.competitors import matmul_peak  # noqa: PLC0415
 
+    backend = get_backend("numpy", fast=fast, kernels=kernels)
+    model = presets.tutorial(seed=0, backend=backend)
+    timed = _TimedOps(backend.ops)
+    timed_model = _timed_model(backend, timed)
+    x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
+    floor_jobs = _matmul_jobs(batch)
+    step_times, floors, peaks, per_op_rounds = [], [], [], []
+    for _ in range(rounds):
+        step_times.append(_median_time(lambda: model._train_step(x, x), steps))
+        timed.seconds.clear()
+        timed_model._train_step(x, x)  # warm
+        timed.seconds.clear()
+        for _ in range(steps):
+            timed_model._train_step(x, x)
+        per_op_rounds.append({name: seconds / steps for name, seconds in timed.seconds.items()})
+        floors.append(_median_time(floor_jobs, steps))
+        peaks.append(matmul_peak(repeats=3))
+    per_op = {name: float(np.median([entry.get(name, 0.0) for entry in per_op_rounds])) for name in per_op_rounds[0]}
     return {
         "batch": batch,
         "ops": backend.ops.name if fast else "reference",
-        "step_s": step_time,
-        "matmul_floor_s": floor,
-        "per_op_s": per_step,
+        "rounds": rounds,
+        "step_s": float(np.median(step_times)),
+        "matmul_floor_s": float(np.median(floors)),
+        "per_op_s": per_op,
         "gflop": train_step_flops(batch) / 1e9,
-        "peak_gflops": matmul_peak(),
+        "peak_gflops": float(np.median(peaks)),
     }
 
 
@@ -119,11 +145,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--kernels", default="auto", choices=("auto", "numba", "numpy"))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (and matmul-floor repeats) per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the four measurements, alternating; medians")
     args = parser.parse_args(argv)
-    result = profile(args.batch, not args.reference, args.kernels, args.steps)
+    result = profile(args.batch, not args.reference, args.kernels, args.steps, args.rounds)
     step, floor = result["step_s"], result["matmul_floor_s"]
-    print(f"tutorial model, batch {result['batch']}, ops {result['ops']}: {1 / step:.1f} steps/s")
+    print(f"tutorial model, batch {result['batch']}, ops {result['ops']}: {1 / step:.1f} steps/s (medians of {result['rounds']} rounds)")
     peak, gflop = result["peak_gflops"], result["gflop"]
     print(f"  float32 matmul peak (2048^3)          {peak:7.1f} GFLOP/s")
     print(f"  whole step            {1e3 * step:8.2f} ms   {gflop / step:7.1f} GFLOP/s = {100 * gflop / step / peak:3.0f} % of peak")
