@@ -20,14 +20,17 @@ def test_summary_medians_ratios_and_peak_share():
     rows = []
     for round_index, (ours, theirs) in enumerate([(300.0, 150.0), (280.0, 160.0), (320.0, 140.0)], start=1):
         for name, rate in (("nanoae", ours), ("tf-function", theirs)):
-            rows.append({"framework": name, "mode": "train", "batch": 256, "round": round_index, "steps_per_s": rate, "peak_rss_mib": 100.0, "rss_growth_mib": 0.0})
+            # round 1 ran the memory steps: its growth is the one reported, with its step count
+            memory = {"rss_growth_mib": 0.25, "rss_steps": 1000} if round_index == 1 else {"rss_growth_mib": 1.5, "rss_steps": 300}
+            rows.append({"framework": name, "mode": "train", "batch": 256, "round": round_index, "steps_per_s": rate, "peak_rss_mib": 100.0, **memory})
     summary = {entry["framework"]: entry for entry in runner.summarize(rows, peak_gflops=500.0)}
     assert summary["nanoae"]["steps_per_s"] == 300.0 and summary["nanoae"]["steps_per_s_min"] == 280.0
     assert summary["nanoae"]["vs_tf_function"] == pytest.approx(2.0)
     assert summary["nanoae"]["gflops"] == pytest.approx(300.0 * 1.371799552)
     assert summary["nanoae"]["peak_fraction"] == pytest.approx(300.0 * 1.371799552 / 500.0)
+    assert summary["nanoae"]["rss_growth_mib"] == 0.25 and summary["nanoae"]["rss_steps"] == 1000
     table = runner.markdown_table({"summary": list(summary.values()), "matmul_peak_gflops": 500.0, "matmul_peaks": [500.0]})
-    assert "| train | 256 | nanoae | 300.0 | 280.0-320.0 |" in table and "2.00" in table
+    assert "| train | 256 | nanoae | 300.0 | 280.0-320.0 |" in table and "2.00" in table and "| 0.2 (1,000) |" in table
 
 
 def test_worker_measures_nanoae_in_its_own_process():

@@ -119,7 +119,6 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
     step_times, floors, peaks, per_op_rounds = [], [], [], []
     for _ in range(rounds):
         step_times.append(_median_time(lambda: model._train_step(x, x), steps))
-        timed.seconds.clear()
         timed_model._train_step(x, x)  # warm
         timed.seconds.clear()
         for _ in range(steps):

@@ -165,6 +165,10 @@ def _finish_rows(rows: list[dict], peak_gflops: float) -> list[dict]:
     return rows
 
 
+def _rss_steps(row: dict) -> int:
+    return row.get("rss_steps", row.get("timed_steps", 0))
+
+
 def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function") -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -173,6 +177,7 @@ def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function
     summary = []
     for (mode, batch, framework), measured in groups.items():
         rates = [row["steps_per_s"] for row in measured]
+        memory = max(measured, key=_rss_steps)
         median = statistics.median(rates)
         gflops = median * _flops(mode, batch) / 1e9
         summary.append(
@@ -188,8 +193,9 @@ def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function
                 "gflops": gflops,
                 "peak_fraction": gflops / peak_gflops if peak_gflops == peak_gflops else None,
                 "peak_rss_mib": statistics.median(row["peak_rss_mib"] for row in measured),
-                "rss_growth_mib": max(row["rss_growth_mib"] for row in measured),
-                "rss_steps": max(row.get("rss_steps", row.get("timed_steps", 0)) for row in measured),
+                # from the measurement that covers the most steps (round 1's memory run)
+                "rss_growth_mib": memory["rss_growth_mib"],
+                "rss_steps": _rss_steps(memory),
                 "info": measured[0].get("info", {}),
             }
         )

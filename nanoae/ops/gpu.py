@@ -6,7 +6,7 @@ microseconds, so what decides the speed is the number of kernel launches and hos
 round trips, not arithmetic:
 
 * bias-add + activation: one elementwise kernel, in place on the matmul's output;
-* activation' and the bias gradient: one kernel (:data:`_SLOPE_COLSUM_SOURCE`) that
+* activation' and the bias gradient: one kernel (:data:`_RAW_SOURCE`) that
   writes dz and sums its columns in a fixed order (deterministic, no atomics); a big
   batch is cut into row chunks whose partial sums a second, tiny kernel adds;
 * the MSE loss and its gradient: one elementwise kernel and one reduction into a
@@ -60,13 +60,14 @@ _SLOPE_SOURCE = """
     else { dz = dy; }
 """
 
-# dz = f'(y) * dy for a (rows, cols) C-contiguous block, and the column sums of dz.
+# nanoae's raw CUDA kernels, each templated on float and double (see _KERNEL_NAMES).
+# nanoae_slope_colsum: dz = f'(y) * dy for a (rows, cols) C-contiguous block, and the column sums of dz.
 # Block (32, 32): threadIdx.x picks a column of a 32-wide tile, threadIdx.y strides over
 # the rows of this block's chunk. Each thread adds its rows in order, then the 32 partial
 # sums of a column are added by a fixed tree: the result does not depend on timing.
 # With one chunk the sums go straight to the bias gradient; with several, each chunk
 # writes a row of `partial` and nanoae_sum_chunks adds those rows in order.
-_SLOPE_COLSUM_SOURCE = r"""
+_RAW_SOURCE = r"""
 template<typename T>
 __device__ __forceinline__ T nanoae_slope(T dy, T y, int code, T alpha) {
     if (code == 1) return y > (T)0 ? dy : dy * (T)0;
@@ -435,12 +436,11 @@ class GpuOps:
         )
         self._adam_scalars = cupy.RawKernel(_ADAM_SCALARS_SOURCE, "nanoae_adam_scalars")
         names = [f"{kernel}<{ctype}>" for kernel in _KERNEL_NAMES for ctype in ("float", "double")]
-        self._colsum_module = cupy.RawModule(code=_SLOPE_COLSUM_SOURCE, name_expressions=names)
-        self._colsum_kernels: dict = {}
-        # NANOAE_GPU_FUSED_SLOPE=0 uses the two-kernel form (slope, then a CuPy column reduction).
-        self.fused_slope = os.environ.get("NANOAE_GPU_FUSED_SLOPE", "1") != "0"
+        self._raw_module = cupy.RawModule(code=_RAW_SOURCE, name_expressions=names)
+        self._raw_kernels: dict = {}
         self._sm_count = None
-        # Matmuls: libcublas directly (capturable in a CUDA graph), else cupy.matmul.
+        # Matmuls: libcublas directly (capturable in a CUDA graph), else cupy.matmul
+        # (NANOAE_GPU_CUBLAS=cupy forces the latter; the step then runs without a graph).
         self.blas_error = ""
         self._blas = None
         if os.environ.get("NANOAE_GPU_CUBLAS", "direct") != "cupy":
@@ -459,13 +459,13 @@ class GpuOps:
             workspace[key] = array
         return array
 
-    def _colsum_kernel(self, kernel: str, dtype):
+    def _raw_kernel(self, kernel: str, dtype):
         key = (kernel, numpy.dtype(dtype).char)
-        function = self._colsum_kernels.get(key)
+        function = self._raw_kernels.get(key)
         if function is None:
             ctype = {"f": "float", "d": "double"}[key[1]]
-            function = self._colsum_module.get_function(f"{kernel}<{ctype}>")
-            self._colsum_kernels[key] = function
+            function = self._raw_module.get_function(f"{kernel}<{ctype}>")
+            self._raw_kernels[key] = function
         return function
 
     def _multiprocessors(self) -> int:
@@ -507,8 +507,7 @@ class GpuOps:
         """dz = f'(y) dy and grad_bias = column sums of dz."""
         rows, cols = y.shape
         fusable = (
-            self.fused_slope
-            and y.dtype.char in "fd"
+            y.dtype.char in "fd"
             and grad_output.dtype == y.dtype
             and grad_output.flags.c_contiguous
             and y.flags.c_contiguous
@@ -525,13 +524,13 @@ class GpuOps:
         chunks = -(-rows // rows_per_chunk)
         sums = grad_bias if chunks == 1 else self._buffer(workspace, "bias_partials", (chunks, cols), y.dtype)
         numpy_int = numpy.int32
-        self._colsum_kernel("nanoae_slope_colsum", y.dtype)(
+        self._raw_kernel("nanoae_slope_colsum", y.dtype)(
             (tiles, chunks),
             (32, 32),
             (grad_output, y, dz, sums, numpy_int(rows), numpy_int(cols), numpy_int(rows_per_chunk), numpy_int(code), alpha),
         )
         if chunks > 1:
-            self._colsum_kernel("nanoae_sum_chunks", y.dtype)(
+            self._raw_kernel("nanoae_sum_chunks", y.dtype)(
                 (-(-cols // 128),), (128,), (sums, grad_bias, numpy_int(chunks), numpy_int(cols))
             )
 
@@ -579,8 +578,8 @@ class GpuOps:
         size = prediction.size
         blocks = max(1, min(-(-size // 256), 4 * self._multiprocessors()))
         partial = self._buffer(workspace, "mse_partials", (blocks,), dtype)
-        self._colsum_kernel("nanoae_mse_grad_partial", dtype)((blocks,), (256,), (prediction, target, grad, partial, numpy.int64(size), scale))
-        self._colsum_kernel("nanoae_mean_partials", dtype)((1,), (256,), (partial, loss, numpy.int32(blocks), dtype.type(size)))
+        self._raw_kernel("nanoae_mse_grad_partial", dtype)((blocks,), (256,), (prediction, target, grad, partial, numpy.int64(size), scale))
+        self._raw_kernel("nanoae_mean_partials", dtype)((1,), (256,), (partial, loss, numpy.int32(blocks), dtype.type(size)))
         return loss, grad
 
     def bce_loss(self, probability, target, eps: float = 1e-7):
