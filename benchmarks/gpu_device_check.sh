@@ -59,10 +59,6 @@ if [[ " $STEPS " == *" profile "* ]]; then
     stamp "profile"
     timeout 90 "$PYTHON" benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.txt"
     echo "profile exit: ${PIPESTATUS[0]}"
-    if [[ -n "${PROFILE_AB:-}" ]]; then  # the two-kernel slope + column sum, for comparison
-        NANOAE_GPU_FUSED_SLOPE=0 timeout 60 "$PYTHON" benchmarks/gpu_profile.py --batch 256 --batch 8192 2>&1 \
-            | sed 's/NANOAE-PROFILE/NANOAE-PROFILE-UNFUSED/' | tee -a "$OUT/profile.txt"
-    fi
 fi
 
 if [[ " $STEPS " == *" bench "* ]]; then
