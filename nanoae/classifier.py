@@ -29,7 +29,7 @@ import numpy as np
 
 from nanoae.layers import Dense, Module
 from nanoae.losses import SoftmaxCrossEntropy
-from nanoae.models import Model, Sequential, clone_module, module_from_config
+from nanoae.models import Model, as_module, clone_module, module_from_config
 from nanoae.optim import Adam
 from nanoae.params import ParamSpec
 from nanoae.validation import as_batch, positive_int
@@ -63,8 +63,7 @@ class Classifier(Model):
         super().__init__(SoftmaxCrossEntropy(), optimizer if optimizer is not None else Adam(0.001), backend, dtype, seed, fast)
         if hasattr(encoder, "encoder") and isinstance(getattr(encoder, "encoder"), Module):
             encoder = encoder.encoder  # an autoencoder: use its encoder
-        if not isinstance(encoder, Module):
-            encoder = Sequential(encoder)
+        encoder = as_module(encoder)
         self.encoder = clone_module(encoder) if encoder.built else encoder
         self.n_classes = positive_int(n_classes, "n_classes")
         if self.n_classes < 2:

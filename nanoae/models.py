@@ -249,6 +249,11 @@ class Sequential(Model):
         return f"Sequential([\n  {inner}\n])"
 
 
+def as_module(layers) -> Module:
+    """A Module as given, or a list of layers wrapped in a :class:`Sequential`."""
+    return layers if isinstance(layers, Module) else Sequential(layers)
+
+
 class Autoencoder(Model):
     """reconstruct(x) = decode(encode(x)), trained to reproduce x.
 
@@ -282,8 +287,8 @@ class Autoencoder(Model):
 
         super().__init__(loss, optimizer if optimizer is not None else RMSProp(), backend, dtype, seed, fast)
         self.corruption = get_corruption(corruption)
-        self.encoder = encoder if isinstance(encoder, Module) else Sequential(encoder)
-        self.decoder = decoder if isinstance(decoder, Module) else Sequential(decoder)
+        self.encoder = as_module(encoder)
+        self.decoder = as_module(decoder)
         if self.encoder.out_features != self.decoder.in_features:
             raise ValueError(
                 f"the encoder outputs {self.encoder.out_features} features but the decoder expects "

@@ -39,7 +39,7 @@ import contextlib
 import numpy as np
 
 from nanoae.layers import Module
-from nanoae.models import Model, Sequential
+from nanoae.models import Model, as_module
 from nanoae.optim import Adam
 from nanoae.params import ParamSpec
 from nanoae.validation import as_batch, non_negative_float, positive_int
@@ -168,8 +168,8 @@ class VariationalAutoencoder(Model):
         fast=None,
     ) -> None:
         super().__init__(loss, optimizer if optimizer is not None else Adam(0.001), backend, dtype, seed, fast)
-        self.encoder = encoder if isinstance(encoder, Module) else Sequential(encoder)
-        self.decoder = decoder if isinstance(decoder, Module) else Sequential(decoder)
+        self.encoder = as_module(encoder)
+        self.decoder = as_module(decoder)
         latent = self.decoder.in_features
         if self.encoder.out_features != 2 * latent:
             raise ValueError(
