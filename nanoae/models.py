@@ -17,7 +17,7 @@ from nanoae.layers import Dense, Module
 from nanoae.losses import get_loss
 from nanoae.optim import RMSProp, get_optimizer
 from nanoae.params import ParamSpec
-from nanoae.validation import as_batch, check_same_shape, positive_int
+from nanoae.validation import as_batch, check_same_shape
 
 _BUILD_OPTIONS = ("backend", "dtype", "seed", "fast")
 

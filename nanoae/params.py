@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nanoae.init import Initializer, get_initializer
+from nanoae.init import get_initializer
 
 ALIGNMENT = 16
 

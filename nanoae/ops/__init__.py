@@ -12,8 +12,6 @@ layer, model or training loop ever branches on the array library.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 #: Names every ops table must define (checked by the tests).
 OPS_API = (
     "ACTIVATIONS",
