@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="throughput of the tutorial model against TensorFlow and PyTorch",
+        help="throughput of the tutorial model against TensorFlow, PyTorch and (--gpu) JAX",
         description="Each competitor runs in its own process, alternating, for several rounds; "
         "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every one.",
     )
@@ -170,14 +170,12 @@ def _say(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_out_dir(path: Path, allow_existing_run: bool) -> None:
+def _check_out_dir(path: Path, allow_existing_run: bool, can_resume: bool = True) -> None:
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {path} exists and is not a directory")
     if path.is_dir() and (path / "checkpoint.npz").exists() and not allow_existing_run:
-        raise CLIError(
-            f"{path} already holds a run; continue it with --resume {path / 'checkpoint.npz'}, "
-            "choose another --out, or pass --overwrite"
-        )
+        resume = f"continue it with --resume {path / 'checkpoint.npz'}, " if can_resume else ""
+        raise CLIError(f"{path} already holds a run; {resume}choose another --out, or pass --overwrite")
 
 
 def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
@@ -218,7 +216,8 @@ def _load_split(dataset: str, split: str, args) -> object:
 
 
 def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
-    """reconstructions.png (16 test digits beside the model's output) and loss.png."""
+    """reconstructions.png (16 test digits beside the model's output), samples.png (a VAE:
+    64 draws from the prior) and loss.png (when the metrics file has rows); returns the paths."""
     from nanoae import plot  # noqa: PLC0415
 
     originals = test_images[:16]
@@ -285,10 +284,8 @@ def command_train(args) -> int:
         options = {"seed": args.seed, "backend": args.backend}
         if args.output_activation:
             options["output_activation"] = args.output_activation
-        if getattr(args, "code_size", None):
-            import inspect  # noqa: PLC0415
-
-            if "code_size" not in inspect.signature(factory).parameters:
+        if args.code_size:
+            if _preset_default(args.preset, "code_size", None) is None:
                 raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
             options["code_size"] = args.code_size
         model = factory(**options)
@@ -447,7 +444,7 @@ def command_classify(args) -> int:
             raise CLIError(f"--from {path}: holds a {type(source).__name__}, not an autoencoder; train one with nanoae train")
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
-        _check_out_dir(out_dir, args.overwrite)
+        _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
     dataset = args.dataset or "mnist"
     train_set = _load_split(dataset, "train", args)
     test_set = _load_split(dataset, "test", args)

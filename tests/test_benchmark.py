@@ -33,6 +33,34 @@ def test_summary_medians_ratios_and_peak_share():
     assert "| train | 256 | nanoae | 300.0 | 280.0-320.0 |" in table and "2.00" in table and "| 0.2 (1,000) |" in table
 
 
+def test_a_worker_that_dies_part_way_reports_the_batches_it_did_not_reach(monkeypatch):
+    # A several-batch GPU worker that measured batch 256 and then ran out of memory.
+    measured = {"steps_per_s": 10.0, "peak_rss_mib": 1.0, "rss_growth_mib": 0.0, "rss_steps": 5}
+    stdout = "NANOAE-BENCH " + json.dumps(measured) + "\n"
+    died = subprocess.CompletedProcess([], 1, stdout=stdout, stderr="Traceback ...\nMemoryError: out of memory\n")
+    monkeypatch.setattr(runner.subprocess, "run", lambda *args, **kwargs: died)
+    monkeypatch.setattr(runner, "available", lambda name: True)
+    logged = []
+    result = runner.run(["nanoae"], batches=(256, 1024, 8192), rounds=1, log=logged.append, batches_per_process=True)
+    rows = [row for row in result["rows"] if row["framework"] == "nanoae"]
+    assert [row["batch"] for row in rows] == [256, 1024, 8192]
+    assert rows[0]["steps_per_s"] == 10.0 and "error" not in rows[0]
+    assert all("exit 1" in row["error"] and "out of memory" in row["error"] for row in rows[1:])
+    assert sum("FAILED" in line for line in logged) == 2
+    assert [entry["batch"] for entry in result["summary"]] == [256]
+
+
+def test_summary_ratios_against_another_baseline():
+    rows = [
+        {"framework": name, "mode": "train", "batch": 256, "round": 1, "steps_per_s": rate, "peak_rss_mib": 1.0, "rss_growth_mib": 0.0, "rss_steps": 1}
+        for name, rate in (("nanoae-cupy", 300.0), ("torch-cuda-eager", 100.0))
+    ]
+    summary = {entry["framework"]: entry for entry in runner.summarize(rows, 1000.0, baseline="torch-cuda-eager")}
+    assert summary["nanoae-cupy"]["vs_baseline"] == pytest.approx(3.0)
+    assert summary["torch-cuda-eager"]["vs_baseline"] == pytest.approx(1.0)
+    assert summary["nanoae-cupy"]["vs_tf_function"] is None
+
+
 def test_worker_measures_nanoae_in_its_own_process():
     command = [sys.executable, "-m", "nanoae.benchmark.worker", "--framework", "nanoae", "--batch", "32", "--warmup", "0.1", "--windows", "2", "--window", "0.1", "--memory-steps", "200"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -58,11 +58,6 @@ def _matmul_jobs(batch: int):
     return run
 
 
-def matmul_floor(batch: int, repeats: int = 30) -> float:
-    """Seconds for the step's matmuls alone (forward, dW, dx but the first layer's)."""
-    return _median_time(_matmul_jobs(batch), repeats)
-
-
 class _TimedOps:
     """Forwards to an ops table, adding up the time spent in each function."""
 

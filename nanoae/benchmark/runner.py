@@ -1,12 +1,14 @@
 """Run the benchmark: competitors in separate processes, alternating, several rounds.
 
-For each round and each batch size, every competitor runs once in its own process
-(order A B C ..., the same each round, so neighbours alternate), plus a float32
-matmul-peak probe. The environment of every process has ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_L2_SIZE`` removed (they force a slower OpenBLAS kernel on some CPUs). The
-report gives, per competitor and batch: the median steps/s over rounds and its
-min-max, samples/s, the ratio to TensorFlow's ``tf.function``, the achieved GFLOP/s and
-its share of the measured matmul peak, and peak memory.
+For each round, every competitor runs in its own process, in the same order each
+round so that neighbours alternate, plus a float32 matmul-peak probe. On the CPU a
+process measures one batch size; with ``batches_per_process`` (the GPU benchmark) one
+process per competitor measures every batch size. The environment of every process
+has ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed (they force a slower
+OpenBLAS kernel on some CPUs). The report gives, per competitor and batch: the median
+steps/s over rounds and its min-max, samples/s, the ratio to the baseline competitor
+(TensorFlow's ``tf.function`` on the CPU, PyTorch CUDA eager on the GPU), the achieved
+GFLOP/s and its share of the measured matmul peak, and peak memory.
 """
 
 from __future__ import annotations
@@ -46,19 +48,22 @@ def available(framework: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def _worker_results(arguments: list[str], timeout: float) -> list[dict]:
-    """Every NANOAE-BENCH line of one worker process, or one {"error": ...}."""
+def _worker_results(arguments: list[str], timeout: float, expected: int = 1) -> list[dict]:
+    """The NANOAE-BENCH lines of one worker process, padded to ``expected`` entries with
+    {"error": ...} for the measurements it did not report (a crash part-way through a
+    several-batch worker loses only the batches it had not reached)."""
     environment = {key: value for key, value in os.environ.items() if key not in _UNSET}
     command = [sys.executable, "-m", "nanoae.benchmark.worker", *arguments]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [{"error": f"timed out after {timeout:.0f} s"}]
+        return [{"error": f"timed out after {timeout:.0f} s"} for _ in range(expected)]
     found = [json.loads(line[len("NANOAE-BENCH ") :]) for line in result.stdout.splitlines() if line.startswith("NANOAE-BENCH ")]
-    if found:
-        return found
-    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-    return [{"error": f"exit {result.returncode}: " + " | ".join(tail)}]
+    if len(found) < expected:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        error = f"exit {result.returncode}: " + " | ".join(tail)
+        found += [{"error": error} for _ in range(expected - len(found))]
+    return found
 
 
 def _worker(arguments: list[str], timeout: float) -> dict:
@@ -128,9 +133,7 @@ def run(
                 jobs = [(framework, [batch]) for batch in batches for framework in frameworks]
             for framework, job_batches in jobs:
                 arguments = ["--framework", framework, "--mode", mode, *[part for batch in job_batches for part in ("--batch", str(batch))], *timing]
-                results = _worker_results(arguments, timeout=600)
-                if len(results) == 1 and "error" in results[0]:
-                    results = [dict(results[0]) for _ in job_batches]
+                results = _worker_results(arguments, timeout=600, expected=len(job_batches))
                 for batch, result in zip(job_batches, results):
                     result.update({"framework": framework, "mode": mode, "batch": batch, "round": round_index})
                     rows.append(result)
@@ -165,10 +168,6 @@ def _finish_rows(rows: list[dict], peak_gflops: float) -> list[dict]:
     return rows
 
 
-def _rss_steps(row: dict) -> int:
-    return row.get("rss_steps", row.get("timed_steps", 0))
-
-
 def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function") -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -177,7 +176,7 @@ def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function
     summary = []
     for (mode, batch, framework), measured in groups.items():
         rates = [row["steps_per_s"] for row in measured]
-        memory = max(measured, key=_rss_steps)
+        memory = max(measured, key=lambda row: row["rss_steps"])
         median = statistics.median(rates)
         gflops = median * _flops(mode, batch) / 1e9
         summary.append(
@@ -195,7 +194,7 @@ def summarize(rows: list[dict], peak_gflops: float, baseline: str = "tf-function
                 "peak_rss_mib": statistics.median(row["peak_rss_mib"] for row in measured),
                 # from the measurement that covers the most steps (round 1's memory run)
                 "rss_growth_mib": memory["rss_growth_mib"],
-                "rss_steps": _rss_steps(memory),
+                "rss_steps": memory["rss_steps"],
                 "info": measured[0].get("info", {}),
             }
         )
@@ -256,7 +255,12 @@ def chart(result: dict, path) -> Path:
     axis.set_xlabel("batch size")
     axis.set_ylabel("training samples / s (median, min-max)")
     machine = result["machine"]
-    axis.set_title(f"tutorial autoencoder, float32, {machine.get('cpus')} CPUs ({machine.get('cpu', '?')}, {machine.get('simd', '?')})")
+    if result.get("peak_probe") == "cublas-peak":
+        devices = {entry.get("info", {}).get("device") for entry in result["summary"]} - {None}
+        where = ", ".join(sorted(devices)) or "GPU"
+    else:
+        where = f"{machine.get('cpus')} CPUs ({machine.get('cpu', '?')}, {machine.get('simd', '?')})"
+    axis.set_title(f"tutorial autoencoder, float32, {where}")
     axis.legend(fontsize=8, ncol=2)
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
@@ -269,7 +273,7 @@ def chart(result: dict, path) -> Path:
 def main(argv=None) -> int:
     import argparse  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="nanoae bench", description="nanoae against TensorFlow and PyTorch on the tutorial model")
+    parser = argparse.ArgumentParser(prog="nanoae bench", description="nanoae against TensorFlow, PyTorch and (on a GPU) JAX on the tutorial model")
     add_arguments(parser)
     return run_from_arguments(parser.parse_args(argv))
 
