@@ -3,9 +3,11 @@
 #
 # Here (this machine), once:  mkdir -p .device-data && cp ../shared/data/mnist/*.gz .device-data/
 #                             echo /.device-data/ >> .git/info/exclude
-# Then run this script on the device with `.device-data` carried (about 5.5 minutes in all;
-# give the call a 480 s timeout). Steps, each under its own `timeout` so that one failing
-# step hides nothing of the others:
+# Then run this script on the device with `.device-data` carried (about 5.5 minutes in all
+# when nothing hangs). Steps, each under its own `timeout` so that one failing step hides
+# nothing of the others; those limits add up to 240 + 90 + 330 = 660 s, over one call's
+# 600 s, so where a step may run to its limit split the run in two calls:
+# GPU_STEPS="tests profile", then GPU_STEPS=bench.
 #   1. versions (nvidia-smi, numpy, cupy, torch, jax);
 #   2. the test suite's GPU part: every backend_name test's cupy case, tests/test_gpu.py
 #      (fused kernels against the reference, the CUDA graph against eager launches,

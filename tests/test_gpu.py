@@ -62,6 +62,7 @@ def test_gpu_float32_forward_and_gradients_match_reference():
     np.testing.assert_allclose(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("error::nanoae.ops.gpu_graph.GraphCaptureUnavailable")  # a graph, not eager vs eager
 def test_captured_graph_equals_eager_launches(monkeypatch):
     data = np.random.default_rng(0).random((1024, 784), dtype=np.float32)
     results = []
@@ -75,6 +76,7 @@ def test_captured_graph_equals_eager_launches(monkeypatch):
     assert results[0][0] == results[1][0]
 
 
+@pytest.mark.filterwarnings("error::nanoae.ops.gpu_graph.GraphCaptureUnavailable")  # a graph, not eager vs eager
 def test_adam_under_a_graph_advances_its_bias_correction():
     data = np.random.default_rng(0).random((256, 20), dtype=np.float32)
     cpu_model, gpu_model = _pair("adam-torch", dtype="float64")

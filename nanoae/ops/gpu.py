@@ -9,15 +9,25 @@ round trips, not arithmetic:
 * activation' and the bias gradient: one kernel (:data:`_RAW_SOURCE`) that
   writes dz and sums its columns in a fixed order (deterministic, no atomics); a big
   batch is cut into row chunks whose partial sums a second, tiny kernel adds;
-* the MSE loss and its gradient: one elementwise kernel and one reduction into a
-  preallocated 0-d array (no host sync: the loss stays on the device until logged);
-* each optimizer step: one elementwise kernel over the whole flat arena;
+* the MSE loss and its gradient: one kernel that writes the gradient and per-block
+  partial sums, and a second, tiny one that adds them in a fixed order into a
+  preallocated 0-d array (deterministic; no host sync: the loss stays on the device
+  until logged); non-contiguous or empty inputs take an elementwise kernel and a
+  reduction instead;
+* each optimizer step: one elementwise kernel over the whole flat arena (Adam: plus a
+  one-thread kernel that advances its bias corrections);
 * the mini-batch: one gather kernel from the dataset already on the device;
-* matmuls through cuBLAS into preallocated outputs (``cupy.matmul(..., out=)``; a
-  transposed operand is a cuBLAS flag, not a copy), float32 unless TF32 is asked for
+* matmuls: ``cublasGemmEx`` called directly through ctypes (:class:`_Cublas`: its own
+  handle and workspace, so that a CUDA graph can capture them; CuPy refuses cuBLAS
+  calls during capture) into preallocated outputs, a transposed operand being a cuBLAS
+  flag, not a copy; ``cupy.matmul(..., out=)`` when direct cuBLAS is unavailable or
+  ``NANOAE_GPU_CUBLAS=cupy``; float32 unless TF32 is asked for
   (``get_backend("cupy", allow_tf32=True)``);
-* a steady step allocates nothing, and :mod:`nanoae.ops.gpu_graph` captures the whole
-  training step as one CUDA graph and replays it.
+* a steady step of a model whose functions are all fused here (dense layers, MSE,
+  every optimizer) allocates nothing, and :mod:`nanoae.ops.gpu_graph` captures the
+  whole training step as one CUDA graph and replays it. What this table passes to the
+  reference (BCE, softmax, the VAE's sampler and KL, the L2 and L1 penalties) allocates
+  temporaries each step; the graph's capture-time allocator keeps those blocks alive.
 
 Adam's bias corrections change every step; a captured graph cannot take new scalar
 arguments, so they live in a small float64 device array that a one-thread kernel
@@ -37,10 +47,11 @@ import numpy
 
 from nanoae.ops import reference
 
-ACTIVATIONS = reference.ACTIVATIONS
-_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+from nanoae.ops.cpu import _code
 
-# y = f(z) for z = x + b, the activation chosen by `code` (see _CODES).
+ACTIVATIONS = reference.ACTIVATIONS
+
+# y = f(z) for z = x + b, the activation chosen by `code` (see nanoae.ops.cpu._CODES).
 _ACTIVATION_SOURCE = """
     if (code == 1) { y = z > (T)0 ? z : (T)0; if (z != z) y = z; }
     else if (code == 2) { y = z > (T)0 ? z : alpha * z; }
@@ -386,13 +397,6 @@ class _Cublas:
         return True
 
 
-def _code(activation: str) -> int:
-    try:
-        return _CODES[activation]
-    except KeyError:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}") from None
-
-
 class GpuOps:
     """An ops table (see :mod:`nanoae.ops`) of CuPy kernels."""
 
@@ -561,9 +565,6 @@ class GpuOps:
         return dx
 
     # ---- losses --------------------------------------------------------------------
-    def mse_loss(self, prediction, target):
-        return reference.mse_loss(prediction, target)
-
     def mse_loss_and_grad(self, prediction, target, workspace=None):
         if workspace is None or prediction.dtype.char not in "fd" or target.dtype != prediction.dtype:
             return reference.mse_loss_and_grad(prediction, target)
@@ -581,18 +582,6 @@ class GpuOps:
         self._raw_kernel("nanoae_mse_grad_partial", dtype)((blocks,), (256,), (prediction, target, grad, partial, numpy.int64(size), scale))
         self._raw_kernel("nanoae_mean_partials", dtype)((1,), (256,), (partial, loss, numpy.int32(blocks), dtype.type(size)))
         return loss, grad
-
-    def bce_loss(self, probability, target, eps: float = 1e-7):
-        return reference.bce_loss(probability, target, eps)
-
-    def bce_loss_and_grad(self, probability, target, eps: float = 1e-7, workspace=None):
-        return reference.bce_loss_and_grad(probability, target, eps)
-
-    def bce_logits_loss(self, logits, target):
-        return reference.bce_logits_loss(logits, target)
-
-    def bce_logits_loss_and_grad(self, logits, target, workspace=None):
-        return reference.bce_logits_loss_and_grad(logits, target)
 
     # ---- data ----------------------------------------------------------------------
     def gather_rows(self, data, indices, workspace=None):
