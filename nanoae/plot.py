@@ -49,6 +49,16 @@ def tile_images(images: np.ndarray, rows: int, cols: int, side: int | None = Non
     return canvas
 
 
+def _save(figure, path, plt, tight_layout: bool = True, **savefig_options) -> Path:
+    """Lay out (unless told not to), write the PNG, free the figure; return the path."""
+    if tight_layout:
+        figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110, **savefig_options)
+    plt.close(figure)
+    return path
+
+
 def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: int = 4, title: str | None = None) -> Path:
     """The tutorial's figure, done right: a grid of test digits beside the model's output.
 
@@ -65,11 +75,7 @@ def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: 
         axis.set_axis_off()
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path, plt)
 
 
 def read_metrics(path) -> dict:
@@ -107,19 +113,7 @@ def plot_loss(steps, losses, path, test_steps=(), test_values=(), title: str | N
     axis.legend()
     if title:
         axis.set_title(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def _save(figure, path, plt) -> Path:
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path, plt)
 
 
 def plot_image_grid(images, path, rows: int = 8, cols: int = 8, title: str | None = None) -> Path:
@@ -176,10 +170,7 @@ def plot_latent_maps(panels, path, title: str | None = None) -> Path:
     colorbar.set_label("digit")
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(figure, path, plt, tight_layout=False, bbox_inches="tight")  # a colorbar beside the axes
 
 
 def plot_curves(x, curves, path, xlabel: str, ylabel: str, title: str | None = None, log_x: bool = True, log_y: bool = True) -> Path:
