@@ -451,8 +451,8 @@ def clone_module(module: Module, **build_options) -> Module:
     """
     if not module.built:
         return module_from_config(module.config())
-    copy = module_from_config(module.config())
     options = {"backend": module.backend, "dtype": module.backend.dtype, **build_options}
+    copy = module_from_config(module.config(), **options)  # models that build at once do so with them
     if not copy.built:
         copy.build(**options)
     source = module.parameters()

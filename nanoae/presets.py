@@ -54,7 +54,7 @@ def tutorial(seed=None, backend=None, dtype=None, output_activation: str = "relu
     output_activation: "relu" as in the tutorial; "sigmoid", "identity" or
     "leaky_relu" avoid output pixels stuck at zero (a known defect of the original).
     """
-    encoder = _stack(TUTORIAL_ENCODER_WIDTHS, "relu", "relu", "glorot_uniform")
+    encoder = tutorial_encoder(TUTORIAL_ENCODER_WIDTHS[-1])
     decoder = _stack(TUTORIAL_DECODER_WIDTHS, "relu", output_activation, "glorot_uniform")
     return Autoencoder(
         encoder,
@@ -77,9 +77,8 @@ def _widths(code_size: int):
 
 
 def _variant(seed, backend, dtype, output_activation, lr, fast, code_size, **options) -> Autoencoder:
-    encoder_widths, decoder_widths = _widths(code_size)
-    encoder = _stack(encoder_widths, "relu", "relu", "glorot_uniform")
-    decoder = _stack(decoder_widths, "relu", output_activation, "glorot_uniform")
+    encoder = tutorial_encoder(code_size)
+    decoder = _stack(_widths(code_size)[1], "relu", output_activation, "glorot_uniform")
     regulariser = options.pop("code_regulariser", None)
     if regulariser is not None:
         encoder = Sequential([*encoder.layers, regulariser])

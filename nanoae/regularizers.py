@@ -30,20 +30,22 @@ class ActivityL1(Module):
 
     h: (batch, units) -> h. Backward returns dy + strength * sign(h) / h.size.
     Place it after the code layer: ``Sequential([Dense(784, 128, "relu"), ActivityL1(1e-3)])``.
+
+    Forward only keeps h (inference pays nothing for the term); backward and
+    :meth:`penalty` compute the gradient and the value from it, one call to the ops
+    table's ``l1_penalty_and_grad`` per forward pass between them.
     """
 
     def __init__(self, strength: float) -> None:
         super().__init__()
         self.strength = non_negative_float(strength, "strength")
         self._input = None
-        self._penalty = 0.0
-        self._grad = None
+        self._penalty = None  # the last forward pass's term, once computed
 
     def forward(self, x):
-        """x: (batch, units) -> x itself; keeps the penalty and its gradient."""
+        """x: (batch, units) -> x itself; keeps x for backward and penalty."""
         self._input = x
-        if self.strength:
-            self._penalty, self._grad = self.backend.ops.l1_penalty_and_grad(x, self.strength)
+        self._penalty = None
         return x
 
     def backward(self, grad_output, need_input_grad: bool = True):
@@ -51,17 +53,18 @@ class ActivityL1(Module):
             raise RuntimeError("ActivityL1.backward called before forward")
         if not need_input_grad:
             return None
-        return grad_output + self._grad if self.strength else grad_output
+        if not self.strength:
+            return grad_output
+        self._penalty, grad = self.backend.ops.l1_penalty_and_grad(self._input, self.strength)
+        return grad_output + grad
 
     def penalty(self):
         """strength * mean(|h|) of the last forward pass (0.0 before any)."""
-        return self._penalty if self.strength else 0.0
-
-    def __call__(self, x):
-        self._ensure_built()
-        from nanoae.validation import as_batch  # noqa: PLC0415
-
-        return self.forward(as_batch(x, None, self.backend))
+        if not self.strength or self._input is None:
+            return 0.0
+        if self._penalty is None:
+            self._penalty, _ = self.backend.ops.l1_penalty_and_grad(self._input, self.strength)
+        return self._penalty
 
     def config(self) -> dict:
         return {"type": "ActivityL1", "strength": self.strength}

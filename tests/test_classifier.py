@@ -214,7 +214,12 @@ def test_labelled_subset_is_balanced_and_seeded():
     uneven = labelled_subset(labels, 105, np.random.default_rng(1))
     assert sorted(np.bincount(labels[uneven]).tolist()) == [10] * 5 + [11] * 5
     np.testing.assert_array_equal(labelled_subset(labels, 500, np.random.default_rng(0)), np.arange(500))
-    assert len(labelled_subset(labels, 499, np.random.default_rng(0))) == 499  # more than a class holds: uniform
+    almost_all = labelled_subset(labels, 499, np.random.default_rng(0))  # 49 or 50 a class: still balanced
+    assert len(almost_all) == 499 and sorted(np.bincount(labels[almost_all]).tolist()) == [49] + [50] * 9
+    # class 9 holds 5 examples but 100 // 10 = 10 are wanted from each: a uniform draw instead
+    short = np.concatenate([np.repeat(np.arange(9), 50), np.full(5, 9)])
+    uniform = labelled_subset(short, 100, np.random.default_rng(0))
+    np.testing.assert_array_equal(uniform, np.sort(np.random.default_rng(0).choice(455, size=100, replace=False)))
     with pytest.raises(ValueError, match="only 500"):
         labelled_subset(labels, 501, np.random.default_rng(0))
 

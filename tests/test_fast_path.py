@@ -197,9 +197,12 @@ class AllocationMeter(Callback):
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("preset", ["tutorial", "weight-decay"])  # weight decay: an L2 term on every Dense layer
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_steady_state_allocates_nothing_per_step(kernels):
-    model = presets.tutorial(seed=0, backend=fast_backend(kernels))
+def test_steady_state_allocates_nothing_per_step(kernels, preset):
+    model = presets.get_preset(preset)(seed=0, backend=fast_backend(kernels))
+    if preset == "weight-decay":
+        assert all(layer.weight_decay for layer in model.modules() if isinstance(layer, Dense))
     data = np.random.default_rng(0).random((2048, 784), dtype=np.float32)
     meter = AllocationMeter(skip_steps=3)  # warm-up: buffers, kernel compilation
     model.fit(data, steps=13, batch_size=256, log_every=5, callbacks=[meter])

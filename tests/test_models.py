@@ -5,7 +5,7 @@ import pytest
 
 import nanoae
 from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
-from nanoae.models import count_parameters, module_from_config
+from nanoae.models import clone_module, count_parameters, module_from_config
 
 FLOAT32_OPTIMIZERS = [
     RMSProp(flavor="tf1"),
@@ -171,6 +171,17 @@ def test_config_round_trip_rebuilds_the_same_architecture():
     rebuilt = module_from_config(model.config())
     assert rebuilt.config() == model.config()
     assert rebuilt.arena.size == model.arena.size
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_clone_keeps_the_backend_and_dtype_of_a_model_that_builds_at_once(fast):
+    model = Autoencoder([Dense(20, 3, "tanh")], [Dense(3, 20, "sigmoid")], backend="numpy", dtype="float64", fast=fast, seed=0)
+    copy = clone_module(model)
+    assert copy.backend.dtype == np.float64 and copy.arena.values.dtype == np.float64
+    assert copy.backend.fast == model.backend.fast and copy.backend.ops is model.backend.ops
+    np.testing.assert_array_equal(copy.arena.values, model.arena.values)  # every float64 bit, not a float32 round trip
+    assert not np.shares_memory(copy.arena.values, model.arena.values)
+    assert clone_module(model, dtype="float32").arena.values.dtype == np.float32  # an explicit option still wins
 
 
 # ---- bad input -------------------------------------------------------------------

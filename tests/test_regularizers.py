@@ -201,21 +201,23 @@ def test_denoising_autoencoder_learns_on_mnist(mnist_dir):
 
 
 def test_fast_cpu_ops_compute_the_reference_functions():
+    """The CPU table's own L2 code (the rest of its regulariser ops are the reference's)."""
     from nanoae.ops import cpu
 
     rng = np.random.default_rng(0)
-    weights = rng.normal(size=(7, 5)).astype(np.float32)
-    start = rng.normal(size=(7, 5)).astype(np.float32)
-    expected = start.copy()
-    reference.l2_penalty_grad(weights, expected, 0.3)
-    for table in [cpu.load("numpy")] + ([cpu.load("numba")] if cpu.numba_available()[0] else []):
-        for workspace in (None, {}):
-            got = start.copy()
-            table.l2_penalty_grad(weights, got, 0.3, workspace)
-            np.testing.assert_allclose(got, expected, rtol=1e-6)
-            assert got.dtype == np.float32
-        h = rng.normal(size=(4, 6)).astype(np.float32)
-        for name, arguments in (("l1_penalty_and_grad", (h, 0.2)), ("gaussian_kl_loss_and_grad", (h, h[::-1].copy())),
-                                ("softmax_cross_entropy_loss_and_grad", (h, np.array([0, 5, 2, 1])))):
-            for got, want in zip(getattr(table, name)(*arguments), getattr(reference, name)(*arguments)):
-                np.testing.assert_allclose(got, want, rtol=1e-6)
+    for dtype in (np.float32, np.float64):
+        weights = rng.normal(size=(7, 5)).astype(dtype)
+        start = rng.normal(size=(7, 5)).astype(dtype)
+        expected = start.copy()
+        reference.l2_penalty_grad(weights, expected, 0.3)
+        want = reference.l2_penalty(weights, 0.3)
+        for table in [cpu.load("numpy")] + ([cpu.load("numba")] if cpu.numba_available()[0] else []):
+            for workspace in (None, {}):
+                got = start.copy()
+                table.l2_penalty_grad(weights, got, 0.3, workspace)
+                np.testing.assert_allclose(got, expected, rtol=1e-6)
+                assert got.dtype == dtype
+            penalty = table.l2_penalty(weights, 0.3)
+            assert type(penalty) is type(want) and penalty.dtype == dtype
+            np.testing.assert_allclose(penalty, want, rtol=1e-6)
+            assert float(penalty) == pytest.approx(0.15 * float((weights.astype(np.float64) ** 2).sum()), rel=1e-6)

@@ -1,10 +1,15 @@
 """The fast CPU path: the reference math with reused buffers and fused kernels.
 
 Same functions and signatures as :mod:`nanoae.ops.reference`; the differences are
-all about memory traffic:
+all about memory traffic, and only some functions have them:
 
-* every output lives in a buffer kept in the caller's ``workspace`` dict and reused
-  while the batch shape stays the same, so a steady training step allocates nothing;
+* workspace-backed (given a ``workspace`` dict; without one they run the reference):
+  ``activation_forward``/``activation_backward``, ``dense_forward``/``dense_backward``,
+  ``mse_loss_and_grad`` (2-D inputs), ``l2_penalty_grad`` and ``gather_rows``. Their
+  outputs and scratch arrays live in the workspace and are reused while the shapes stay
+  the same, so after the first step they allocate nothing;
+* ``l2_penalty`` is one BLAS dot (a scalar, no temporary), and the optimizer updates
+  work in place on the parameter arena with scratch kept in their own workspace;
 * matmuls write into those buffers (``np.matmul(..., out=)``), including the weight
   gradients, which go straight into the parameter arena's gradient views;
 * bias-add + activation is one pass; activation' + the bias gradient is one pass;
@@ -13,9 +18,17 @@ all about memory traffic:
 * those passes run as Numba kernels when Numba is installed (``nanoae[fast]``), else
   as vectorised NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
 
-Arrays returned here are workspace buffers: the next call with the same workspace
-overwrites them. Layers and models own their workspaces and copy what they hand to
-users (``Model.predict``/``reconstruct``/``encode``/``decode`` return fresh arrays).
+Everything else hands off to the reference and allocates its results afresh on every
+call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy, the VAE's
+sampling and KL, ``l1_penalty_and_grad`` and the corruptions. So a steady training
+step of a plain autoencoder on MSE (with or without weight decay) allocates nothing
+per step beyond small bookkeeping, while models using those ops (BCE, a classifier, a
+VAE, an L1 code penalty, denoising) allocate their arrays each step.
+
+Arrays returned by the workspace-backed functions are workspace buffers: the next call
+with the same workspace overwrites them. Layers and models own their workspaces and
+copy what they hand to users (``Model.predict``/``reconstruct``/``encode``/``decode``
+return fresh arrays).
 
 ``CpuOps(kernels)`` builds a table on a given kernel set; ``load("auto")`` picks Numba
 when it imports, unless ``NANOAE_NUMBA=0``.
@@ -179,10 +192,18 @@ class CpuOps:
         return reference.gaussian_kl_loss_and_grad(mean, log_variance)
 
     def l2_penalty(self, weights, strength: float):
-        return reference.l2_penalty(weights, strength)
+        """strength / 2 * sum(W^2) as one BLAS dot of W with itself (no W-sized temporary).
+
+        A scalar of the weights' dtype, as the reference's; the dot sums in another order
+        than the reference's pairwise sum, so the two agree to rounding, not bit for bit.
+        """
+        flat = weights.reshape(-1)  # a view: arena views are contiguous
+        return np.dot(flat, flat) * weights.dtype.type(0.5 * strength)
 
     def l2_penalty_grad(self, weights, grad_weights, strength: float, workspace=None):
-        """grad_weights += strength * W without a temporary: one BLAS-free pass."""
+        """grad_weights += strength * W without a temporary per call: two passes through a
+        scratch buffer kept in ``workspace`` (scratch = strength * W; grad_weights += scratch).
+        Without a workspace, the reference (which allocates strength * W)."""
         if workspace is None:
             return reference.l2_penalty_grad(weights, grad_weights, strength)
         scratch = _buffer(workspace, "l2", weights.shape, weights.dtype)
