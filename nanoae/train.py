@@ -2,13 +2,19 @@
 
 ``train(model, x, ...)`` (and ``model.fit``, which calls it) runs::
 
-    for each step:
-        indices = sampler.next_indices()          # TF1 next_batch order
-        loss = model._train_step(x[indices], target[indices])
-        every log_every steps: read the loss on the host, call on_log callbacks
+    for each block of steps (up to the next log step, MAX_INDEX_BLOCK at most):
+        draw the block's indices with sampler.next_indices()   # TF1 next_batch order
+        for each step of the block:
+            loss = model._train_step(x[indices], target[indices])
+        at a log step (a multiple of log_every, or the last step):
+            read the loss on the host, call on_log callbacks
 
 The loss is read back to the host only on log steps, so a GPU is never made to wait
-per step unless you log every step (the tutorial does).
+per step unless you log every step (the tutorial does). Each block's indices are
+drawn at once, so inside a block (in ``on_step_end``) the sampler is already past the
+step being trained; at a log step, and after ``train`` returns or raises, it is
+exactly where the steps taken leave it, so a stopped run continues with the batches
+it would have had (see :func:`train`).
 
 Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state)``,
 ``on_log(state)``, ``on_train_end(state)``; they may set ``state.stop`` (with a
@@ -24,6 +30,7 @@ Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import sys
@@ -277,6 +284,53 @@ class StopOnNonFinite(Callback):
             )
 
 
+def _same_rng_state(a, b) -> bool:
+    """Equal ``bit_generator.state`` values (dicts that may hold arrays, as MT19937's do)."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same_rng_state(a[key], b[key]) for key in a
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+class _BlockStart:
+    """Where the sampler stood before a block of indices was drawn, so that a run that
+    stops (or fails) part-way through the block can put it where the steps taken leave it.
+
+    Cheap enough to take every block: a shallow copy of the sampler (it rebinds its
+    permutation at each reshuffle and never writes into it) and the generator's state.
+    """
+
+    def __init__(self, sampler, step: int) -> None:
+        self.step = step
+        self.sampler = copy.copy(sampler)
+        self.rng_before = sampler._rng.bit_generator.state
+        self.rng_after = None
+
+    def drawn(self, sampler) -> None:
+        self.rng_after = sampler._rng.bit_generator.state
+
+    def rewind(self, sampler, taken: int) -> None:
+        """Leave ``sampler`` as if it had handed out only ``taken`` batches of the block."""
+        rng = sampler._rng
+        if _same_rng_state(rng.bit_generator.state, self.rng_after):
+            # Only the block's draws used the generator: give back the reshuffles of steps
+            # not taken too, so continuing draws the very batches an unstopped run would.
+            replay_rng = rng
+        else:
+            # Something else drew from it since (a VAE's noise, a denoiser's corruption):
+            # leave it be, never hand out those numbers twice; replay on a copy.
+            replay_rng = np.random.Generator(copy.deepcopy(rng.bit_generator))
+        replay_rng.bit_generator.state = self.rng_before
+        replay = self.sampler
+        replay._rng = replay_rng
+        for _ in range(taken):
+            replay.next_indices()
+        sampler.load_state_dict(replay.state_dict())
+
+
 def train(
     model,
     x,
@@ -297,6 +351,14 @@ def train(
     ``model.step``, so a model restored from a checkpoint counts on from there.
     sampler: a :class:`~nanoae.data.BatchSampler` to continue (from a checkpoint);
     by default a new one shuffled by the model's generator.
+
+    The loss is logged (and on_log called) at multiples of log_every and at the last
+    step. When a callback stops training, or a step raises, part-way through a block
+    of drawn indices, the sampler is put back to exactly the steps taken: its batches
+    not trained are handed out again next time (``history.sampler``, which
+    ``model.fit`` keeps, continues from the stop). Reshuffles drawn for the untaken
+    steps are given back to the generator too, unless something else drew from it
+    meanwhile; then it is left alone and later epochs get fresh shuffles.
     """
     from nanoae.data.batching import BatchSampler  # noqa: PLC0415
 
@@ -334,12 +396,19 @@ def train(
     last_log_time, last_log_step = start_time, model.step
     for callback in callbacks:
         callback.on_train_begin(state)
+    rewindable = isinstance(sampler, BatchSampler)
+    block_start, block_end = None, model.step
     try:
         while model.step < total_steps and not state.stop:
-            # The row numbers of every step up to the next log step, sent to the device in
-            # one copy: the sampler's state at a log step is exactly the trained state.
-            next_log = min(total_steps, (model.step // log_every + 1) * log_every, model.step + MAX_INDEX_BLOCK)
-            block = np.stack([sampler.next_indices() for _ in range(next_log - model.step)])
+            # The row numbers of every step up to the next log step (MAX_INDEX_BLOCK steps
+            # at most), sent to the device in one copy. Blocks end at every log step, so
+            # there the sampler's state is exactly the trained state; a stop inside a
+            # block is undone in the finally below.
+            block_end = min(total_steps, (model.step // log_every + 1) * log_every, model.step + MAX_INDEX_BLOCK)
+            block_start = _BlockStart(sampler, model.step) if rewindable else None
+            block = np.stack([sampler.next_indices() for _ in range(block_end - model.step)])
+            if block_start is not None:
+                block_start.drawn(sampler)
             block = model.backend.asarray(block)
             for row in range(block.shape[0]):
                 state.loss_array = run_step(block[row])
@@ -349,8 +418,8 @@ def train(
                     callback.on_step_end(state)
                 if state.stop:
                     break
-            if state.stop and state.step % log_every and state.step != total_steps:
-                break
+            if state.step % log_every and state.step != total_steps:
+                continue  # a block cut at MAX_INDEX_BLOCK or by a stop: not a log step
             state.loss = float(state.loss_array)  # the one host sync per log step
             now = time.perf_counter()
             state.samples_per_s = (state.step - last_log_step) * batch_size / max(now - last_log_time, 1e-12)
@@ -362,6 +431,9 @@ def train(
             for callback in callbacks:
                 callback.on_log(state)
     finally:
+        if block_start is not None and model.step < block_end:
+            block_start.rewind(sampler, model.step - block_start.step)
+        state.epoch = sampler.progress
         for callback in callbacks:
             callback.on_train_end(state)
     if state.stop:

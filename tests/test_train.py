@@ -141,3 +141,93 @@ def test_bad_training_arguments():
 
     with pytest.raises(ValueError, match="batch sampler was made for 10 rows"):
         train(model, data(), steps=3, batch_size=32, sampler=BatchSampler(10, 5, np.random.default_rng(0)))
+
+
+class LogSteps(Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_log(self, state):
+        self.steps.append(state.step)
+
+
+def test_logs_only_at_log_steps_when_log_every_exceeds_the_index_block():
+    from nanoae.train import MAX_INDEX_BLOCK
+
+    log_every = MAX_INDEX_BLOCK + 76  # index blocks are cut at 1024 and 2124 too: no logs there
+    model = Autoencoder([Dense(16, 4, "tanh")], [Dense(4, 16, "sigmoid")], optimizer=RMSProp(0.01), seed=0)
+    logs = LogSteps()
+    history = train(model, data(40), steps=2 * log_every - 200, batch_size=4, log_every=log_every, callbacks=[logs])
+    assert history.steps == logs.steps == [log_every, 2 * log_every - 200]
+    assert len(history) == 2 and not history.stopped
+
+
+class StopAt(Callback):
+    def __init__(self, step, draw_from_model_rng=False):
+        self.step = step
+        self.draw = draw_from_model_rng
+        self.rng_state = None
+
+    def on_step_end(self, state):
+        if self.draw:
+            state.model.rng.random()  # another user of the generator, like a VAE's noise
+        if state.step == self.step:
+            state.stop, state.stop_reason = True, "enough"
+            self.rng_state = state.model.rng.bit_generator.state
+
+
+def params(model):
+    return np.array(model.arena.values, copy=True)
+
+
+@pytest.mark.parametrize("stop_at", [3, 7, 12, 23])
+def test_an_early_stop_leaves_the_sampler_at_the_steps_taken_and_resumes_exactly(stop_at):
+    # 40 rows in batches of 4: an epoch is 10 steps, so the 25-step index block holds
+    # reshuffles that the stopped run never reaches.
+    x = data(40)
+    model = small_model()
+    history = model.fit(x, steps=60, batch_size=4, log_every=25, callbacks=[StopAt(stop_at)])
+    assert history.stopped and model.step == stop_at and history.steps == ([] if stop_at < 25 else [25])
+    sampler = history.sampler
+    assert (sampler.epoch, sampler.position) == divmod(stop_at * 4, 40)
+    model.fit(x, steps=60 - stop_at, batch_size=4, log_every=25)  # continues with model._sampler
+
+    straight = small_model()
+    straight.fit(x, steps=60, batch_size=4, log_every=25)
+    assert model.step == straight.step == 60
+    np.testing.assert_array_equal(params(model), params(straight))
+    assert model._sampler.state_dict()["position"] == straight._sampler.state_dict()["position"]
+    np.testing.assert_array_equal(model._sampler.state_dict()["permutation"], straight._sampler.state_dict()["permutation"])
+    assert model.rng.bit_generator.state == straight.rng.bit_generator.state
+
+
+def test_an_early_stop_never_rewinds_a_generator_someone_else_drew_from():
+    from nanoae.data import BatchSampler
+
+    x = data(40)
+    model = small_model()
+    stop = StopAt(13, draw_from_model_rng=True)
+    history = train(model, x, steps=60, batch_size=4, log_every=25, callbacks=[stop])
+    assert (history.sampler.epoch, history.sampler.position) == (1, 12)
+    assert model.rng.bit_generator.state == stop.rng_state  # those numbers are not handed out again
+    # the permutation of epoch 1 is the one the 13 steps trained on
+    reference = small_model()
+    sampler = BatchSampler(40, 4, reference.rng)
+    for _ in range(13):
+        sampler.next_indices()
+    np.testing.assert_array_equal(history.sampler.state_dict()["permutation"], sampler.state_dict()["permutation"])
+
+
+def test_a_failing_step_leaves_the_sampler_at_the_steps_taken():
+    class Boom(Callback):
+        def on_step_end(self, state):
+            if state.step == 5:
+                raise RuntimeError("boom")
+
+    from nanoae.data import BatchSampler
+
+    model = small_model()
+    sampler = BatchSampler(40, 4, model.rng)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(model, data(40), steps=60, batch_size=4, log_every=25, callbacks=[Boom()], sampler=sampler)
+    assert model.step == 5 and (sampler.epoch, sampler.position) == (0, 20)
