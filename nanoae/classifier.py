@@ -104,6 +104,9 @@ class Classifier(Model):
 
     @property
     def mode(self) -> str:
+        """How it trains: "probe" (the encoder frozen) or "finetune" (every weight trains).
+        A "scratch" classifier differs from "finetune" only in its starting weights, so it
+        reports "finetune" too."""
         return "probe" if self.freeze_encoder else "finetune"
 
     def _zero_encoder_grads(self) -> None:

@@ -130,6 +130,12 @@ class Model(Module):
         """
         return self.forward(x)
 
+    def _to_data_space(self, output):
+        """Model output -> data space: sigmoid when the loss works on logits, else as is."""
+        from nanoae.losses import BCEWithLogits  # noqa: PLC0415
+
+        return self.backend.ops.activation_forward(output, "sigmoid") if isinstance(self.loss, BCEWithLogits) else output
+
     def fit(
         self,
         x,
@@ -326,12 +332,6 @@ class Autoencoder(Model):
         if self.corruption is not None:
             x = self.corruption.corrupt(x, self.rng, self.backend)  # target stays clean
         return super()._train_step(x, target)
-
-    def _to_data_space(self, output):
-        """Decoder output -> images: sigmoid when the loss works on logits."""
-        from nanoae.losses import BCEWithLogits  # noqa: PLC0415
-
-        return self.backend.ops.activation_forward(output, "sigmoid") if isinstance(self.loss, BCEWithLogits) else output
 
     def inference(self, x):
         """Reconstructions in data space (probabilities for a logits loss)."""

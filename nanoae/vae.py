@@ -184,10 +184,20 @@ class VariationalAutoencoder(Model):
         self.in_features = self.encoder.in_features
         self.out_features = self.decoder.out_features
         self.latent_size = self.code_size = latent
-        self.beta = non_negative_float(beta, "beta")
-        self.sampler = GaussianSample(latent, kl_weight=self.beta / self.in_features)
+        self.sampler = GaussianSample(latent)
+        self.beta = beta  # sets the sampler's kl_weight = beta / D
         self.sampler.noise_owner = self
         self.build()
+
+    @property
+    def beta(self) -> float:
+        """The KL's weight; the sampler adds beta / D * KL (the per-feature scale)."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = non_negative_float(value, "beta")
+        self.sampler.kl_weight = self._beta / self.in_features
 
     # ---- structure -------------------------------------------------------------------
     def children(self, prefix: str = "") -> list[tuple[str, Module]]:
@@ -221,11 +231,6 @@ class VariationalAutoencoder(Model):
         return self.sampler.hold_noise(batch, noise, rng)
 
     # ---- inference -----------------------------------------------------------------------
-    def _to_data_space(self, output):
-        from nanoae.losses import BCEWithLogits  # noqa: PLC0415
-
-        return self.backend.ops.activation_forward(output, "sigmoid") if isinstance(self.loss, BCEWithLogits) else output
-
     def _distribution(self, x):
         h = self.encoder.forward(x)
         return h[:, : self.latent_size], h[:, self.latent_size :]

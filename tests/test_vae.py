@@ -243,3 +243,13 @@ def test_vae_learns_on_mnist(mnist_dir):
     # sample) can do no better than the mean image: the code would carry no information.
     assert errors["mse"] < 0.7 * baseline
     assert 1.0 < terms["kl"] < 100.0  # the code carries information, and the prior pulls on it
+
+
+def test_changing_beta_changes_the_kl_weight_the_sampler_adds():
+    model = presets.vae(seed=0, code_size=2, beta=1.0)
+    assert model.sampler.kl_weight == pytest.approx(1.0 / 784)
+    model.beta = 4.0
+    assert model.beta == 4.0 and model.sampler.kl_weight == pytest.approx(4.0 / 784)
+    assert model.config()["beta"] == 4.0
+    with pytest.raises(ValueError, match="beta"):
+        model.beta = -1.0
