@@ -148,16 +148,21 @@ def _pick(size: int, max_entries: int | None, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(size, size=max_entries, replace=False))
 
 
+def _on_host(array, backend):
+    """A NumPy array of ``array`` (copied from the device when it lives there)."""
+    return np.asarray(backend.to_host(array) if hasattr(array, "__cuda_array_interface__") else array)
+
+
 def _as_target(array, backend):
     """A target in float64, or integer class labels as they are (int64)."""
-    host = np.asarray(backend.to_host(array) if hasattr(array, "__cuda_array_interface__") else array)
+    host = _on_host(array, backend)
     if host.dtype.kind in "iu":
         return backend.asarray(host.astype(np.int64))
     return _as_float64(host, backend)
 
 
 def _as_float64(array, backend):
-    host = np.asarray(backend.to_host(array) if hasattr(array, "__cuda_array_interface__") else array)
+    host = _on_host(array, backend)
     if host.dtype.kind != "f":
         raise TypeError(f"gradcheck needs floating-point arrays, got dtype {host.dtype}")
     return backend.asarray(host.astype(np.float64))

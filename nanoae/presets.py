@@ -98,7 +98,7 @@ def denoising(seed=None, backend=None, dtype=None, output_activation: str = "sig
     """
     from nanoae.regularizers import get_corruption  # noqa: PLC0415
 
-    corruption = get_corruption({"kind": noise, ("std" if noise == "gaussian" else "p"): level})
+    corruption = get_corruption(f"{noise}:{level}")
     return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, corruption=corruption)
 
 
