@@ -19,11 +19,13 @@ The backend is chosen by argument or by ``$NANOAE_BACKEND``: ``"numpy"``, ``"cup
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from nanoae.ops import OpsTable, load_ops
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -75,10 +77,9 @@ class Backend:
 
     name: str
     xp: ModuleType
-    ops: ModuleType
+    ops: OpsTable
     dtype: Any
     fast: bool = False
-    _ops_name: str = field(default="reference", repr=False)
 
     # ---- host <-> device -------------------------------------------------------
     def asarray(self, array, dtype=None):
@@ -91,9 +92,6 @@ class Backend:
             return self.xp.asnumpy(array)
         return np.asarray(array)
 
-    def is_device_array(self, array) -> bool:
-        return isinstance(array, self.xp.ndarray)
-
     # ---- allocation ------------------------------------------------------------
     def zeros(self, shape, dtype=None):
         return self.xp.zeros(shape, dtype=dtype or self.dtype)
@@ -103,7 +101,7 @@ class Backend:
 
     def with_dtype(self, dtype) -> "Backend":
         """The same library and ops with another floating dtype (e.g. float64 checks)."""
-        return Backend(self.name, self.xp, self.ops, _resolve_dtype(dtype), self.fast, self._ops_name)
+        return Backend(self.name, self.xp, self.ops, _resolve_dtype(dtype), self.fast)
 
     def synchronize(self) -> None:
         """Wait for all queued device work, on every stream (a no-op on NumPy)."""
@@ -111,7 +109,7 @@ class Backend:
             self.xp.cuda.Device().synchronize()
 
     def __repr__(self) -> str:
-        return f"Backend(name={self.name!r}, dtype={np.dtype(self.dtype).name}, ops={self._ops_name!r})"
+        return f"Backend(name={self.name!r}, dtype={np.dtype(self.dtype).name}, ops={self.ops.name!r})"
 
 
 def _resolve_dtype(dtype) -> Any:
@@ -166,16 +164,12 @@ def get_backend(
             if requested == "cupy":
                 raise BackendUnavailable(f"backend 'cupy' was requested but cannot run: {why}")
         else:
-            from nanoae.ops import load_ops  # noqa: PLC0415 (avoid an import cycle)
-
             _set_tf32(cupy, allow_tf32)
             ops, ops_name = load_ops("cupy", fast)
-            return Backend("cupy", cupy, ops, resolved_dtype, ops_name != "reference", ops_name)
-
-    from nanoae.ops import load_ops  # noqa: PLC0415
+            return Backend("cupy", cupy, ops, resolved_dtype, ops_name != "reference")
 
     ops, ops_name = load_ops("numpy", fast, kernels)
-    return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference", ops_name)
+    return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference")
 
 
 def _set_tf32(cupy, allow: bool) -> None:
@@ -205,12 +199,3 @@ def make_rng(seed=None) -> np.random.Generator:
     if seed is not None and seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     return np.random.default_rng(seed)
-
-
-def array_module(array) -> ModuleType:
-    """numpy or cupy, whichever owns ``array`` (without importing CuPy needlessly)."""
-    if type(array).__module__.startswith("cupy"):
-        import cupy  # noqa: PLC0415
-
-        return cupy
-    return np

@@ -49,7 +49,7 @@ def nanoae_competitor(mode: str, fast: bool, kernels: str = "auto") -> Competito
 
     backend = get_backend("numpy", fast=fast, kernels=kernels)
     model = presets.tutorial(seed=0, backend=backend)
-    info = {"ops": backend.ops.name if fast else "reference"}
+    info = {"ops": backend.ops.name}
     try:
         from threadpoolctl import threadpool_info  # noqa: PLC0415
 

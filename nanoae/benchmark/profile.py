@@ -124,7 +124,7 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
     per_op = {name: float(np.median([entry.get(name, 0.0) for entry in per_op_rounds])) for name in per_op_rounds[0]}
     return {
         "batch": batch,
-        "ops": backend.ops.name if fast else "reference",
+        "ops": backend.ops.name,
         "rounds": rounds,
         "step_s": float(np.median(step_times)),
         "matmul_floor_s": float(np.median(floors)),

@@ -1,10 +1,15 @@
 """The math of nanoae, as interchangeable tables of functions.
 
-Every ops module offers the same functions with the same signatures:
-
-* ``reference`` -- plain array code that reads like a textbook; runs on NumPy or CuPy.
-* fast paths (added beside it) compute the same functions with fused kernels and
-  reused buffers, and are tested against the reference.
+* :mod:`nanoae.ops.reference` -- the math as plain array code that reads like a
+  textbook; runs on NumPy or CuPy.
+* :mod:`nanoae.ops.table` -- :class:`OpsTable`, the calling convention every table
+  shares; the plain class is the reference table.
+* :mod:`nanoae.ops.cpu` (with :mod:`~nanoae.ops.kernels_numba` or
+  :mod:`~nanoae.ops.kernels_numpy`) and :mod:`nanoae.ops.gpu` (with
+  :mod:`~nanoae.ops.gpu_kernels`, :mod:`~nanoae.ops.gpu_cublas` and
+  :mod:`~nanoae.ops.gpu_graph`) -- the fast tables: fused kernels and reused buffers,
+  tested to compute the reference functions.
+* :mod:`nanoae.ops.codes` -- the activation codes the fused kernels share.
 
 A :class:`nanoae.backend.Backend` holds one table; layers call only that table, so no
 layer, model or training loop ever branches on the array library.
@@ -12,56 +17,24 @@ layer, model or training loop ever branches on the array library.
 
 from __future__ import annotations
 
-#: Names every ops table must define (checked by the tests).
-OPS_API = (
-    "ACTIVATIONS",
-    "activation_forward",
-    "activation_backward",
-    "dense_forward",
-    "dense_backward",
-    "mse_loss",
-    "mse_loss_and_grad",
-    "bce_loss",
-    "bce_loss_and_grad",
-    "bce_logits_loss",
-    "bce_logits_loss_and_grad",
-    "softmax",
-    "softmax_cross_entropy_loss",
-    "softmax_cross_entropy_loss_and_grad",
-    "gaussian_sample",
-    "gaussian_sample_backward",
-    "gaussian_kl_loss",
-    "gaussian_kl_loss_and_grad",
-    "l2_penalty",
-    "l2_penalty_grad",
-    "l1_penalty_and_grad",
-    "gaussian_corruption",
-    "masking_corruption",
-    "gather_rows",
-    "compile_train_step",
-    "rmsprop_update",
-    "sgd_update",
-    "adam_update",
-)
+from nanoae.ops import cpu, gpu
+from nanoae.ops.table import OPS_API, OpsTable
+
+#: The reference math in the table calling convention.
+REFERENCE_TABLE = OpsTable()
+
+__all__ = ["OPS_API", "REFERENCE_TABLE", "OpsTable", "load_ops"]
 
 
-def load_ops(library: str, fast: bool | None, kernels: str = "auto"):
+def load_ops(library: str, fast: bool | None, kernels: str = "auto") -> tuple[OpsTable, str]:
     """Return (ops table, its name) for ``library`` ("numpy" or "cupy").
 
     fast=False: the reference table. fast=None or True: the library's fast table
-    (for CuPy, :mod:`nanoae.ops.gpu`; for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels when Numba is installed, else
-    on NumPy kernels; ``$NANOAE_NUMBA=0`` or kernels="numpy" forces the latter).
+    (for CuPy, :mod:`nanoae.ops.gpu`; for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels
+    when Numba is installed, else on NumPy kernels; ``$NANOAE_NUMBA=0`` or
+    kernels="numpy" forces the latter).
     """
-    from nanoae.ops import reference  # noqa: PLC0415
-
     if fast is False:
-        return reference, "reference"
-    if library == "cupy":
-        from nanoae.ops import gpu  # noqa: PLC0415
-
-        table = gpu.load()
-        return table, table.name
-    from nanoae.ops import cpu  # noqa: PLC0415
-
-    table = cpu.load(kernels)
+        return REFERENCE_TABLE, REFERENCE_TABLE.name
+    table = gpu.load() if library == "cupy" else cpu.load(kernels)
     return table, table.name

@@ -1,13 +1,15 @@
 """The fast CPU path: the reference math with reused buffers and fused kernels.
 
-Same functions and signatures as :mod:`nanoae.ops.reference`; the differences are
-all about memory traffic, and only some functions have them:
+:class:`CpuOps` is an :class:`~nanoae.ops.table.OpsTable` that overrides the functions
+below and inherits the rest (the reference math). What it overrides is all about
+memory traffic:
 
 * workspace-backed (given a ``workspace`` dict; without one they run the reference):
   ``activation_forward``/``activation_backward``, ``dense_forward``/``dense_backward``,
   ``mse_loss_and_grad`` (2-D inputs), ``l2_penalty_grad`` and ``gather_rows``. Their
   outputs and scratch arrays live in the workspace and are reused while the shapes stay
-  the same, so after the first step they allocate nothing;
+  the same, so after the first step they allocate nothing (``gather_rows`` checks its
+  indices first and raises IndexError for one out of range, as the reference does);
 * ``l2_penalty`` is one BLAS dot (a scalar, no temporary), and the optimizer updates
   work in place on the parameter arena with scratch kept in their own workspace;
 * matmuls write into those buffers (``np.matmul(..., out=)``), including the weight
@@ -18,8 +20,8 @@ all about memory traffic, and only some functions have them:
 * those passes run as Numba kernels when Numba is installed (``nanoae[fast]``), else
   as vectorised NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
 
-Everything else hands off to the reference and allocates its results afresh on every
-call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy, the VAE's
+Everything else is inherited from the reference table and allocates its results
+afresh on every call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy, the VAE's
 sampling and KL, ``l1_penalty_and_grad`` and the corruptions. So a steady training
 step of a plain autoencoder on MSE (with or without weight decay) allocates nothing
 per step beyond small bookkeeping, while models using those ops (BCE, a classifier, a
@@ -40,10 +42,9 @@ import os
 
 import numpy as np
 
-from nanoae.ops import reference
-
-ACTIVATIONS = reference.ACTIVATIONS
-_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+from nanoae.ops import kernels_numpy
+from nanoae.ops.codes import activation_code
+from nanoae.ops.table import OpsTable
 
 
 def _buffer(workspace: dict, key: str, shape, dtype) -> np.ndarray:
@@ -55,24 +56,12 @@ def _buffer(workspace: dict, key: str, shape, dtype) -> np.ndarray:
     return array
 
 
-def _code(activation: str) -> int:
-    try:
-        return _CODES[activation]
-    except KeyError:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}") from None
-
-
-class CpuOps:
-    """An ops table (see :mod:`nanoae.ops`) on one kernel set: numba or numpy."""
-
-    ACTIVATIONS = ACTIVATIONS
+class CpuOps(OpsTable):
+    """An ops table on one kernel set (a module: kernels_numba or kernels_numpy)."""
 
     def __init__(self, kernels) -> None:
         self.kernels = kernels
         self.name = f"cpu-{kernels.NAME}"
-
-    def __repr__(self) -> str:
-        return f"<nanoae ops {self.name}>"
 
     def _elementwise_scratch(self, workspace, shape, dtype):
         """A float and a boolean scratch array for the NumPy kernels (Numba needs none)."""
@@ -83,33 +72,33 @@ class CpuOps:
     # ---- activations --------------------------------------------------------------
     def activation_forward(self, z, activation: str, alpha: float = 0.0, workspace=None):
         if workspace is None:
-            return reference.activation_forward(z, activation, alpha)
+            return super().activation_forward(z, activation, alpha)
         dtype = z.dtype.type
         out = _buffer(workspace, "activation", z.shape, z.dtype)
         scratch, mask = self._elementwise_scratch(workspace, z.shape, z.dtype)
-        self.kernels.activation(z, out, _code(activation), dtype(alpha), dtype(1), scratch, mask)
+        self.kernels.activation(z, out, activation_code(activation), dtype(alpha), dtype(1), scratch, mask)
         return out
 
     def activation_backward(self, grad_output, y, activation: str, alpha: float = 0.0, workspace=None):
         if workspace is None:
-            return reference.activation_backward(grad_output, y, activation, alpha)
+            return super().activation_backward(grad_output, y, activation, alpha)
         dtype = y.dtype.type
         out = _buffer(workspace, "activation_grad", y.shape, y.dtype)
         scratch, mask = self._elementwise_scratch(workspace, y.shape, y.dtype)
-        self.kernels.activation_grad(grad_output, y, _code(activation), dtype(alpha), dtype(1), out, scratch, mask)
+        self.kernels.activation_grad(grad_output, y, activation_code(activation), dtype(alpha), dtype(1), out, scratch, mask)
         return out
 
     # ---- dense ---------------------------------------------------------------------
     def dense_forward(self, x, weights, bias, activation: str, alpha: float = 0.0, workspace=None):
         """y = act(x @ W + b) into the workspace's "y" buffer (batch, out)."""
         if workspace is None:
-            return reference.dense_forward(x, weights, bias, activation, alpha)
+            return super().dense_forward(x, weights, bias, activation, alpha)
         dtype = weights.dtype.type
         shape = (x.shape[0], weights.shape[1])
         y = _buffer(workspace, "y", shape, weights.dtype)
         np.matmul(x, weights, out=y)
         scratch, mask = self._elementwise_scratch(workspace, shape, weights.dtype)
-        self.kernels.bias_activation(y, bias, _code(activation), dtype(alpha), dtype(1), scratch, mask)
+        self.kernels.bias_activation(y, bias, activation_code(activation), dtype(alpha), dtype(1), scratch, mask)
         return y
 
     def dense_backward(
@@ -127,14 +116,14 @@ class CpuOps:
     ):
         """dz = act'(y) dy and db in one pass; dW = x^T dz and dx = dz W^T by BLAS into buffers."""
         if workspace is None:
-            return reference.dense_backward(
+            return super().dense_backward(
                 grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad
             )
         dtype = weights.dtype.type
         grad_pre_activation = _buffer(workspace, "dz", y.shape, y.dtype)
         scratch, mask = self._elementwise_scratch(workspace, y.shape, y.dtype)
         self.kernels.activation_grad_bias(
-            grad_output, y, _code(activation), dtype(alpha), dtype(1), grad_pre_activation, grad_bias, scratch, mask
+            grad_output, y, activation_code(activation), dtype(alpha), dtype(1), grad_pre_activation, grad_bias, scratch, mask
         )
         np.matmul(x.T, grad_pre_activation, out=grad_weights)
         if not need_input_grad:
@@ -143,53 +132,16 @@ class CpuOps:
         np.matmul(grad_pre_activation, weights.T, out=grad_input)
         return grad_input
 
-    # ---- losses --------------------------------------------------------------------
-    def mse_loss(self, prediction, target):
-        return reference.mse_loss(prediction, target)
-
+    # ---- losses and regularizers -----------------------------------------------------
     def mse_loss_and_grad(self, prediction, target, workspace=None):
         """Loss (0-d array of the dtype) and 2 (p - t) / N in one pass."""
         if workspace is None or prediction.ndim != 2:
-            return reference.mse_loss_and_grad(prediction, target)
+            return super().mse_loss_and_grad(prediction, target)
         dtype = prediction.dtype.type
         grad = _buffer(workspace, "mse_grad", prediction.shape, prediction.dtype)
         column_sums = _buffer(workspace, "mse_column_sums", prediction.shape[1:], np.float64)
         total = self.kernels.mse(prediction, target, grad, dtype(2.0 / prediction.size), column_sums)
         return np.asarray(total / prediction.size, dtype=prediction.dtype), grad
-
-    def bce_loss(self, probability, target, eps: float = 1e-7):
-        return reference.bce_loss(probability, target, eps)
-
-    def bce_loss_and_grad(self, probability, target, eps: float = 1e-7, workspace=None):
-        return reference.bce_loss_and_grad(probability, target, eps)
-
-    def bce_logits_loss(self, logits, target):
-        return reference.bce_logits_loss(logits, target)
-
-    def bce_logits_loss_and_grad(self, logits, target, workspace=None):
-        return reference.bce_logits_loss_and_grad(logits, target)
-
-    # ---- classification, VAE, regularisers: small tensors, the reference is fast enough ----
-    def softmax(self, logits):
-        return reference.softmax(logits)
-
-    def softmax_cross_entropy_loss(self, logits, labels):
-        return reference.softmax_cross_entropy_loss(logits, labels)
-
-    def softmax_cross_entropy_loss_and_grad(self, logits, labels, workspace=None):
-        return reference.softmax_cross_entropy_loss_and_grad(logits, labels)
-
-    def gaussian_sample(self, mean, log_variance, noise, workspace=None):
-        return reference.gaussian_sample(mean, log_variance, noise)
-
-    def gaussian_sample_backward(self, grad_z, log_variance, noise, workspace=None):
-        return reference.gaussian_sample_backward(grad_z, log_variance, noise)
-
-    def gaussian_kl_loss(self, mean, log_variance):
-        return reference.gaussian_kl_loss(mean, log_variance)
-
-    def gaussian_kl_loss_and_grad(self, mean, log_variance, workspace=None):
-        return reference.gaussian_kl_loss_and_grad(mean, log_variance)
 
     def l2_penalty(self, weights, strength: float):
         """strength / 2 * sum(W^2) as one BLAS dot of W with itself (no W-sized temporary).
@@ -205,39 +157,32 @@ class CpuOps:
         scratch buffer kept in ``workspace`` (scratch = strength * W; grad_weights += scratch).
         Without a workspace, the reference (which allocates strength * W)."""
         if workspace is None:
-            return reference.l2_penalty_grad(weights, grad_weights, strength)
+            return super().l2_penalty_grad(weights, grad_weights, strength)
         scratch = _buffer(workspace, "l2", weights.shape, weights.dtype)
         np.multiply(weights, weights.dtype.type(strength), out=scratch)
         np.add(grad_weights, scratch, out=grad_weights)
         return None
 
-    def l1_penalty_and_grad(self, activations, strength: float, workspace=None):
-        return reference.l1_penalty_and_grad(activations, strength)
-
-    def gaussian_corruption(self, x, noise, std: float, workspace=None):
-        return reference.gaussian_corruption(x, noise, std)
-
-    def masking_corruption(self, x, keep, workspace=None):
-        return reference.masking_corruption(x, keep)
-
     # ---- data ----------------------------------------------------------------------
     def gather_rows(self, data, indices, workspace=None):
-        """data[indices] into a reused (len(indices), features) buffer."""
-        if workspace is None:
-            return reference.gather_rows(data, indices)
+        """data[indices] into a reused (len(indices), features) buffer.
+
+        IndexError for an index outside [-n, n), as the reference raises: checked on the
+        (batch,) indices' min and max, because ``np.take(..., mode="raise", out=)``
+        gathers into a temporary copy, a batch-sized allocation every step. Once checked,
+        "wrap" maps a negative index to its row as indexing does.
+        """
+        if workspace is None or indices.dtype.kind not in "iu":
+            return super().gather_rows(data, indices)
+        rows = data.shape[0]
+        if indices.size:
+            lowest, highest = int(indices.min()), int(indices.max())
+            if lowest < -rows or highest >= rows:
+                bad = lowest if lowest < -rows else highest
+                raise IndexError(f"index {bad} is out of bounds for axis 0 with size {rows}")
         out = _buffer(workspace, f"rows{id(data)}", (indices.shape[0], *data.shape[1:]), data.dtype)
-        np.take(data, indices, axis=0, out=out, mode="clip")  # "raise" would buffer out: a copy a step
+        np.take(data, indices, axis=0, out=out, mode="wrap")
         return out
-
-    def compile_train_step(self, model, data, target=None, workspace=None):
-        """run(indices) -> loss: gathers into reused buffers, then one training step."""
-        buffers = workspace if workspace is not None else {}
-
-        def run(indices):
-            batch = self.gather_rows(data, indices, buffers)
-            return model._train_step(batch, batch if target is None else self.gather_rows(target, indices, buffers))
-
-        return run
 
     # ---- optimizers ----------------------------------------------------------------
     @staticmethod
@@ -279,7 +224,8 @@ class CpuOps:
         bias_correction2 = 1 - beta2**step
         keras = flavor == "keras"
         lr_hat = lr * bias_correction2**0.5 / bias_correction1 if keras else lr / bias_correction1
-        decoupled_factor = dtype(1 - lr * weight_decay) if (decoupled and weight_decay) else dtype(0)
+        # Its own flag: a factor of 0 (lr * weight_decay == 1) is a real decay, to zero.
+        use_decoupled = bool(decoupled and weight_decay)
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
         self.kernels.adam(
             params,
@@ -293,7 +239,8 @@ class CpuOps:
             dtype(eps),
             dtype(bias_correction2**0.5),
             dtype(0 if decoupled else weight_decay),
-            decoupled_factor,
+            dtype(1 - lr * weight_decay),
+            use_decoupled,
             keras,
             scratch,
         )
@@ -324,9 +271,9 @@ def load(kernels: str = "auto") -> CpuOps:
             ok, why = numba_available()
             if not ok:
                 raise ImportError(f"the Numba kernels cannot load: {why}")
-            from nanoae.ops import kernels_numba as module  # noqa: PLC0415
+            from nanoae.ops import kernels_numba as module  # noqa: PLC0415 (needs the optional numba)
         else:
-            from nanoae.ops import kernels_numpy as module  # noqa: PLC0415
+            module = kernels_numpy
         _TABLES[kernels] = CpuOps(module)
     return _TABLES[kernels]
 

@@ -27,6 +27,8 @@ import os
 import numba
 from numba import njit, prange
 
+from nanoae.ops.codes import LEAKY_RELU, RELU, SIGMOID, TANH
+
 NAME = "numba"
 
 # Idle workqueue threads sleep; OpenMP's spin and steal the cores BLAS needs.
@@ -40,19 +42,19 @@ _OPTIMIZER_OPTIONS = {**_OPTIONS, "parallel": PARALLEL_OPTIMIZER}
 
 @njit(**_OPTIONS)
 def _apply(z, code, alpha, one):
-    if code == 1:
+    if code == RELU:
         if z < 0:  # NaN stays NaN, as with np.maximum
             z = z - z
-    elif code == 2:
+    elif code == LEAKY_RELU:
         if not z > 0:
             z = alpha * z
-    elif code == 3:
+    elif code == SIGMOID:
         e = math.exp(-abs(z))
         if z >= 0:
             z = one / (one + e)
         else:
             z = e / (one + e)
-    elif code == 4:
+    elif code == TANH:
         z = math.tanh(z)
     return z
 
@@ -75,13 +77,13 @@ def bias_activation(y, bias, code, alpha, one, scratch, mask):
 
 @njit(**_OPTIONS)
 def _slope(grad, y, code, alpha, one):
-    if code == 1:
+    if code == RELU:
         return grad if y > 0 else grad - grad
-    if code == 2:
+    if code == LEAKY_RELU:
         return grad if y > 0 else alpha * grad
-    if code == 3:
+    if code == SIGMOID:
         return grad * y * (one - y)
-    if code == 4:
+    if code == TANH:
         return grad * (one - y * y)
     return grad
 
@@ -221,8 +223,6 @@ def _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, 
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, decoupled_factor, keras, scratch):
-    decoupled = bool(decoupled_factor)
-    factor = decoupled_factor if decoupled else lr_hat
+         sqrt_bc2, weight_decay, decoupled_factor, decoupled, keras, scratch):
     _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-          sqrt_bc2, weight_decay, factor, keras, bool(weight_decay), decoupled)
+          sqrt_bc2, weight_decay, decoupled_factor, keras, bool(weight_decay), bool(decoupled))

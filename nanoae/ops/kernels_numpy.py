@@ -6,12 +6,14 @@ arrive already cast to the arrays' dtype, so no operation widens to float64, and
 every formula evaluates in the same order as :mod:`nanoae.ops.reference`, which
 makes most results bit-identical to it (the tests say which).
 
-Activation codes: 0 identity, 1 relu, 2 leaky_relu, 3 sigmoid, 4 tanh.
+Activations arrive as the codes of :mod:`nanoae.ops.codes`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from nanoae.ops.codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 
 NAME = "numpy"
 
@@ -29,21 +31,21 @@ def _sigmoid_into(z, out, scratch, mask, one):
 
 def activation(z, out, code, alpha, one, scratch, mask):
     """out = f(z) for activation ``code``; z and out may be the same array."""
-    if code == 0:
+    if code == IDENTITY:
         if out is not z:
             np.copyto(out, z)
-    elif code == 1:
+    elif code == RELU:
         np.maximum(z, 0, out=out)
-    elif code == 2:
+    elif code == LEAKY_RELU:
         np.multiply(z, alpha, out=scratch)
         np.greater(z, 0, out=mask)
         np.logical_not(mask, out=mask)
         if out is not z:
             np.copyto(out, z)
         np.copyto(out, scratch, where=mask)
-    elif code == 3:
+    elif code == SIGMOID:
         _sigmoid_into(z, out, scratch, mask, one)
-    elif code == 4:
+    elif code == TANH:
         np.tanh(z, out=out)
 
 
@@ -55,20 +57,20 @@ def bias_activation(y, bias, code, alpha, one, scratch, mask):
 
 def activation_grad(grad_output, y, code, alpha, one, out, scratch, mask):
     """out = f'(z) * grad_output written through y = f(z) (same order as the reference)."""
-    if code == 0:
+    if code == IDENTITY:
         np.copyto(out, grad_output)
-    elif code == 1:
+    elif code == RELU:
         np.greater(y, 0, out=mask)
         np.multiply(grad_output, mask, out=out)
-    elif code == 2:
+    elif code == LEAKY_RELU:
         np.multiply(grad_output, alpha, out=out)
         np.greater(y, 0, out=mask)
         np.copyto(out, grad_output, where=mask)
-    elif code == 3:
+    elif code == SIGMOID:
         np.subtract(one, y, out=scratch)
         np.multiply(grad_output, y, out=out)
         np.multiply(out, scratch, out=out)
-    elif code == 4:
+    elif code == TANH:
         np.multiply(y, y, out=scratch)
         np.subtract(one, scratch, out=scratch)
         np.multiply(grad_output, scratch, out=out)
@@ -166,11 +168,12 @@ def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, scratch):
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, decoupled_factor, keras, scratch):
+         sqrt_bc2, weight_decay, decoupled_factor, decoupled, keras, scratch):
     """One Adam step (see reference). torch: lr_hat = lr / bc1, sqrt(v) is divided by
-    sqrt_bc2 = sqrt(1 - beta2^t); keras: lr_hat = lr sqrt(bc2) / bc1."""
+    sqrt_bc2 = sqrt(1 - beta2^t); keras: lr_hat = lr sqrt(bc2) / bc1. decoupled (AdamW):
+    w *= decoupled_factor (= 1 - lr wd, which may be 0) before the step."""
     first, second, third = scratch
-    if decoupled_factor:
+    if decoupled:
         np.multiply(params, decoupled_factor, out=params)
     elif weight_decay:
         np.multiply(params, weight_decay, out=third)

@@ -1,9 +1,15 @@
 """The reference math: every forward and backward pass of nanoae, written plainly.
 
-This is the module to read when studying backprop. Each function is a few lines of
+This is the module to read when studying backprop. It reads top to bottom: the
+activations, the dense layer, the losses, the variational autoencoder's sampler and
+KL term, the regularizers, each as a forward pass and its backward pass with shapes;
+then the optimizer updates that use those gradients. Each function is a few lines of
 array code that runs unchanged on NumPy or CuPy (the array module is taken from the
-inputs). Nothing is fused and fresh arrays are allocated freely; the fast paths sit
-beside this file and are tested to compute the same functions.
+inputs). Nothing is fused and fresh arrays are allocated freely; the fast tables
+(:mod:`nanoae.ops.cpu`, :mod:`nanoae.ops.gpu`) are tested to compute the same functions.
+
+The file stands alone: it imports only NumPy and the standard library, so it can be
+copied out and used by itself.
 
 Conventions
 -----------
@@ -14,17 +20,30 @@ Conventions
 * ReLU's derivative at 0 is 0, as in TensorFlow.
 * Gradients are *written* into the given buffers (``grad_weights[...] = ...``), not
   added, so there is nothing to zero between steps.
-* ``workspace`` is scratch space a fast path may fill with reusable buffers; the
-  reference path ignores it.
 * Hyper-parameters arrive as Python floats, which NumPy treats as "weak" scalars:
   ``lr * grad`` stays float32 for a float32 ``grad``. No float64 creeps in.
 """
 
 from __future__ import annotations
 
-from nanoae.backend import array_module
+import sys
+from types import ModuleType
+
+import numpy as np
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+def array_module(array) -> ModuleType:
+    """numpy, or cupy for a CuPy array: the module that owns ``array``.
+
+    An array from CuPy means CuPy is already imported, so it is looked up among the
+    loaded modules rather than imported here (this file needs no CuPy to load).
+    """
+    owner = type(array).__module__.partition(".")[0]
+    if owner == "cupy":
+        return sys.modules[owner]
+    return np
 
 
 # --------------------------------------------------------------------------------------
@@ -41,7 +60,7 @@ def sigmoid(z):
     return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def activation_forward(z, activation: str, alpha: float = 0.0, workspace=None):
+def activation_forward(z, activation: str, alpha: float = 0.0):
     """y = f(z) elementwise. z: (batch, features) -> y: same shape.
 
     identity: y = z;  relu: y = max(z, 0);  leaky_relu: y = z if z > 0 else alpha * z;
@@ -61,7 +80,7 @@ def activation_forward(z, activation: str, alpha: float = 0.0, workspace=None):
     raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
 
 
-def activation_backward(grad_output, y, activation: str, alpha: float = 0.0, workspace=None):
+def activation_backward(grad_output, y, activation: str, alpha: float = 0.0):
     """dz = f'(z) * dy, with f' written in terms of the output y.
 
     relu:       f' = 1 where y > 0, else 0 (so 0 at z = 0)
@@ -88,7 +107,7 @@ def activation_backward(grad_output, y, activation: str, alpha: float = 0.0, wor
 # --------------------------------------------------------------------------------------
 # Dense layer.
 # --------------------------------------------------------------------------------------
-def dense_forward(x, weights, bias, activation: str, alpha: float = 0.0, workspace=None):
+def dense_forward(x, weights, bias, activation: str, alpha: float = 0.0):
     """y = act(x @ W + b).
 
     x: (batch, in), weights: (in, out), bias: (out,) -> y: (batch, out).
@@ -107,7 +126,6 @@ def dense_backward(
     grad_weights,
     grad_bias,
     need_input_grad: bool = True,
-    workspace=None,
 ):
     """Backward pass of y = act(x @ W + b).
 
@@ -134,7 +152,7 @@ def mse_loss(prediction, target):
     return (difference * difference).mean()
 
 
-def mse_loss_and_grad(prediction, target, workspace=None):
+def mse_loss_and_grad(prediction, target):
     """L as in :func:`mse_loss` and dL/dprediction = 2 (prediction - target) / N."""
     difference = prediction - target
     loss = (difference * difference).mean()
@@ -154,7 +172,7 @@ def bce_loss(probability, target, eps: float = 1e-7):
     return -(target * xp.log(p) + (1 - target) * xp.log(1 - p)).mean()
 
 
-def bce_loss_and_grad(probability, target, eps: float = 1e-7, workspace=None):
+def bce_loss_and_grad(probability, target, eps: float = 1e-7):
     """L as in :func:`bce_loss` and its gradient.
 
     dL/dp = (p - t) / (p (1 - p)) / N inside the clip range; where the probability was
@@ -178,7 +196,7 @@ def bce_logits_loss(logits, target):
     return (xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))).mean()
 
 
-def bce_logits_loss_and_grad(logits, target, workspace=None):
+def bce_logits_loss_and_grad(logits, target):
     """L as in :func:`bce_logits_loss` and dL/dz = (sigmoid(z) - t) / N."""
     loss = bce_logits_loss(logits, target)
     grad = (sigmoid(logits) - target) * (1.0 / logits.size)
@@ -186,26 +204,148 @@ def bce_logits_loss_and_grad(logits, target, workspace=None):
 
 
 # --------------------------------------------------------------------------------------
-# Data.
+# Classification: softmax cross-entropy on logits, integer labels.
 # --------------------------------------------------------------------------------------
-def gather_rows(data, indices, workspace=None):
-    """data[indices]: the rows of one mini-batch. data: (n, features), indices: (batch,)."""
-    return data[indices]
+def softmax(logits):
+    """p_bk = e^(z_bk - m_b) / sum_j e^(z_bj - m_b), with m_b = max_j z_bj.
 
-
-def compile_train_step(model, data, target=None, workspace=None):
-    """A function ``run(indices) -> loss`` doing one training step on rows of data.
-
-    data: (n, in_features); target: (n, out_features), or None when the model
-    reconstructs its input; indices: (batch,) row numbers. The reference version
-    gathers the rows and calls ``model._train_step``; fast tables may compile it.
+    Subtracting each row's maximum changes nothing mathematically and keeps every
+    exponent <= 0, so nothing overflows. logits: (batch, classes) -> same shape.
     """
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
 
-    def run(indices):
-        batch = gather_rows(data, indices)
-        return model._train_step(batch, batch if target is None else gather_rows(target, indices))
 
-    return run
+def softmax_cross_entropy_loss(logits, labels):
+    """L = mean over the batch of -log softmax(z)_b[label_b], via log-sum-exp.
+
+    -log p_b,y = logsumexp_j(z_bj) - z_b,y. With m the row maximum,
+        logsumexp = m + log(sum_j e^(z_bj - m)) = m + log1p(r),
+    where r sums e^(z_bj - m) over every entry but one maximum (each term <= 1, so
+    nothing overflows). Hence
+        -log p_b,y = (m - z_b,y) + log1p(r),
+    which keeps full relative precision even for a confident, correct prediction
+    (a loss of 1e-9 is not lost in the rounding of 1 + 1e-9).
+    logits: (batch, classes); labels: (batch,) integers in [0, classes) -> 0-d array.
+    """
+    xp = array_module(logits)
+    row_max = logits.max(axis=1, keepdims=True)
+    shifted = logits - row_max  # <= 0, and exactly 0 at the maxima
+    below = xp.where(shifted < 0, xp.exp(shifted), 0).sum(axis=1)
+    extra_maxima = (shifted == 0).sum(axis=1, dtype=logits.dtype) - 1
+    picked = xp.take_along_axis(shifted, labels[:, None], axis=1)[:, 0]  # z_b,y - m
+    return (xp.log1p(below + extra_maxima) - picked).mean()
+
+
+def softmax_cross_entropy_loss_and_grad(logits, labels):
+    """L as in :func:`softmax_cross_entropy_loss` and dL/dz = (softmax(z) - onehot(y)) / batch.
+
+    The label's entry p_y - 1 is computed as -(sum of the other p_j): the same number,
+    without the cancellation of 1 - 1e-12 that would cost a confident, correct
+    prediction most of its gradient's digits.
+    """
+    xp = array_module(logits)
+    loss = softmax_cross_entropy_loss(logits, labels)
+    grad = softmax(logits)
+    rows = xp.arange(logits.shape[0])
+    grad[rows, labels] = 0
+    grad[rows, labels] = -grad.sum(axis=1)
+    return loss, grad * (1.0 / logits.shape[0])
+
+
+# --------------------------------------------------------------------------------------
+# Variational autoencoder: the reparameterization z = mu + sigma * eps and the KL term.
+# --------------------------------------------------------------------------------------
+def gaussian_sample(mean, log_variance, noise):
+    """z = mu + sigma * eps with sigma = exp(log_variance / 2).
+
+    mean, log_variance, noise: (batch, latent) -> z: (batch, latent). The noise eps
+    ~ N(0, 1) is an input: the randomness stays outside the differentiable function.
+    """
+    xp = array_module(mean)
+    return mean + xp.exp(0.5 * log_variance) * noise
+
+
+def gaussian_sample_backward(grad_z, log_variance, noise):
+    """Gradients of z = mu + exp(lv / 2) * eps through the sample (eps held fixed).
+
+        dz/dmu = 1                         -> dmu = dz
+        dz/dlv = eps * exp(lv / 2) / 2     -> dlv = dz * eps * sigma / 2
+    grad_z, log_variance, noise: (batch, latent) -> (dmu, dlv), each (batch, latent).
+    """
+    xp = array_module(grad_z)
+    return grad_z, grad_z * noise * (0.5 * xp.exp(0.5 * log_variance))
+
+
+def gaussian_kl_loss(mean, log_variance):
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent units, averaged over the batch.
+
+        KL = mean_b sum_j -1/2 (1 + lv_bj - mu_bj^2 - e^lv_bj)
+    mean, log_variance: (batch, latent) -> 0-d array.
+    """
+    xp = array_module(mean)
+    per_unit = -0.5 * (1 + log_variance - mean * mean - xp.exp(log_variance))
+    return per_unit.sum() * (1.0 / mean.shape[0])
+
+
+def gaussian_kl_loss_and_grad(mean, log_variance):
+    """KL as in :func:`gaussian_kl_loss` and its gradients (each divided by the batch B):
+
+        dKL/dmu = mu / B
+        dKL/dlv = (e^lv - 1) / (2 B)
+    Returns (kl: 0-d, dmu: (batch, latent), dlv: (batch, latent)).
+    """
+    xp = array_module(mean)
+    variance = xp.exp(log_variance)
+    scale = 1.0 / mean.shape[0]
+    kl = (-0.5 * (1 + log_variance - mean * mean - variance)).sum() * scale
+    return kl, mean * scale, (variance - 1) * (0.5 * scale)
+
+
+# --------------------------------------------------------------------------------------
+# Regularizers: L2 weight decay, L1 on activations, input corruption.
+# --------------------------------------------------------------------------------------
+def l2_penalty(weights, strength: float):
+    """R = strength / 2 * sum(W^2) (TensorFlow's l2_loss times strength). -> 0-d array."""
+    return (weights * weights).sum() * (0.5 * strength)
+
+
+def l2_penalty_grad(weights, grad_weights, strength: float):
+    """Add dR/dW = strength * W to grad_weights, in place (a term added to the loss's
+    gradient, so it accumulates instead of overwriting). weights, grad_weights: same shape."""
+    grad_weights += strength * weights
+
+
+def l1_penalty_and_grad(activations, strength: float):
+    """R = strength * mean(|h|) over batch and units, and dR/dh = strength * sign(h) / N.
+
+    sign(0) = 0, so an exactly-zero unit (a ReLU's) gets no push either way.
+    activations: (batch, units) -> (0-d array, (batch, units)).
+    """
+    xp = array_module(activations)
+    penalty = xp.abs(activations).mean() * strength
+    grad = xp.sign(activations) * (strength / activations.size)
+    return penalty, grad
+
+
+def gaussian_corruption(x, noise, std: float):
+    """x~ = clip(x + std * eps, 0, 1): additive Gaussian noise, kept in the pixel range.
+
+    x, noise (eps ~ N(0, 1)): (batch, features) -> same shape.
+    """
+    xp = array_module(x)
+    return xp.clip(x + std * noise, 0.0, 1.0)
+
+
+def masking_corruption(x, keep):
+    """x~ = x * keep: masking noise, each pixel zeroed where keep is False.
+
+    x: (batch, features) floats; keep: (batch, features) booleans -> same shape as x.
+    (A boolean mask keeps x's dtype; an integer mask would promote float32 to float64.)
+    """
+    return x * keep
 
 
 # --------------------------------------------------------------------------------------
@@ -221,7 +361,6 @@ def rmsprop_update(
     eps: float,
     momentum: float,
     flavor: str,
-    workspace=None,
 ):
     """One RMSProp step, in place. All arrays are flat and the same shape.
 
@@ -276,7 +415,6 @@ def sgd_update(
     momentum: float,
     nesterov: bool,
     weight_decay: float,
-    workspace=None,
 ):
     """One SGD step, in place (torch.optim.SGD's rule, dampening 0).
 
@@ -310,7 +448,6 @@ def adam_update(
     weight_decay: float,
     decoupled: bool,
     flavor: str,
-    workspace=None,
 ):
     """One Adam (or AdamW) step, in place; ``step`` counts from 1.
 
@@ -345,148 +482,3 @@ def adam_update(
         params -= step_size * first_moment / (xp.sqrt(second_moment) + eps)
     else:
         raise ValueError(f"unknown Adam flavor {flavor!r}; use 'torch' or 'keras'")
-
-
-# --------------------------------------------------------------------------------------
-# Classification: softmax cross-entropy on logits, integer labels.
-# --------------------------------------------------------------------------------------
-def softmax(logits):
-    """p_bk = e^(z_bk - m_b) / sum_j e^(z_bj - m_b), with m_b = max_j z_bj.
-
-    Subtracting each row's maximum changes nothing mathematically and keeps every
-    exponent <= 0, so nothing overflows. logits: (batch, classes) -> same shape.
-    """
-    xp = array_module(logits)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = xp.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def softmax_cross_entropy_loss(logits, labels):
-    """L = mean over the batch of -log softmax(z)_b[label_b], via log-sum-exp.
-
-    -log p_b,y = logsumexp_j(z_bj) - z_b,y. With m the row maximum,
-        logsumexp = m + log(sum_j e^(z_bj - m)) = m + log1p(r),
-    where r sums e^(z_bj - m) over every entry but one maximum (each term <= 1, so
-    nothing overflows). Hence
-        -log p_b,y = (m - z_b,y) + log1p(r),
-    which keeps full relative precision even for a confident, correct prediction
-    (a loss of 1e-9 is not lost in the rounding of 1 + 1e-9).
-    logits: (batch, classes); labels: (batch,) integers in [0, classes) -> 0-d array.
-    """
-    xp = array_module(logits)
-    row_max = logits.max(axis=1, keepdims=True)
-    shifted = logits - row_max  # <= 0, and exactly 0 at the maxima
-    below = xp.where(shifted < 0, xp.exp(shifted), 0).sum(axis=1)
-    extra_maxima = (shifted == 0).sum(axis=1, dtype=logits.dtype) - 1
-    picked = xp.take_along_axis(shifted, labels[:, None], axis=1)[:, 0]  # z_b,y - m
-    return (xp.log1p(below + extra_maxima) - picked).mean()
-
-
-def softmax_cross_entropy_loss_and_grad(logits, labels, workspace=None):
-    """L as in :func:`softmax_cross_entropy_loss` and dL/dz = (softmax(z) - onehot(y)) / batch.
-
-    The label's entry p_y - 1 is computed as -(sum of the other p_j): the same number,
-    without the cancellation of 1 - 1e-12 that would cost a confident, correct
-    prediction most of its gradient's digits.
-    """
-    xp = array_module(logits)
-    loss = softmax_cross_entropy_loss(logits, labels)
-    grad = softmax(logits)
-    rows = xp.arange(logits.shape[0])
-    grad[rows, labels] = 0
-    grad[rows, labels] = -grad.sum(axis=1)
-    return loss, grad * (1.0 / logits.shape[0])
-
-
-# --------------------------------------------------------------------------------------
-# Variational autoencoder: the reparameterisation z = mu + sigma * eps and the KL term.
-# --------------------------------------------------------------------------------------
-def gaussian_sample(mean, log_variance, noise, workspace=None):
-    """z = mu + sigma * eps with sigma = exp(log_variance / 2).
-
-    mean, log_variance, noise: (batch, latent) -> z: (batch, latent). The noise eps
-    ~ N(0, 1) is an input: the randomness stays outside the differentiable function.
-    """
-    xp = array_module(mean)
-    return mean + xp.exp(0.5 * log_variance) * noise
-
-
-def gaussian_sample_backward(grad_z, log_variance, noise, workspace=None):
-    """Gradients of z = mu + exp(lv / 2) * eps through the sample (eps held fixed).
-
-        dz/dmu = 1                         -> dmu = dz
-        dz/dlv = eps * exp(lv / 2) / 2     -> dlv = dz * eps * sigma / 2
-    grad_z, log_variance, noise: (batch, latent) -> (dmu, dlv), each (batch, latent).
-    """
-    xp = array_module(grad_z)
-    return grad_z, grad_z * noise * (0.5 * xp.exp(0.5 * log_variance))
-
-
-def gaussian_kl_loss(mean, log_variance):
-    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent units, averaged over the batch.
-
-        KL = mean_b sum_j -1/2 (1 + lv_bj - mu_bj^2 - e^lv_bj)
-    mean, log_variance: (batch, latent) -> 0-d array.
-    """
-    xp = array_module(mean)
-    per_unit = -0.5 * (1 + log_variance - mean * mean - xp.exp(log_variance))
-    return per_unit.sum() * (1.0 / mean.shape[0])
-
-
-def gaussian_kl_loss_and_grad(mean, log_variance, workspace=None):
-    """KL as in :func:`gaussian_kl_loss` and its gradients (each divided by the batch B):
-
-        dKL/dmu = mu / B
-        dKL/dlv = (e^lv - 1) / (2 B)
-    Returns (kl: 0-d, dmu: (batch, latent), dlv: (batch, latent)).
-    """
-    xp = array_module(mean)
-    variance = xp.exp(log_variance)
-    scale = 1.0 / mean.shape[0]
-    kl = (-0.5 * (1 + log_variance - mean * mean - variance)).sum() * scale
-    return kl, mean * scale, (variance - 1) * (0.5 * scale)
-
-
-# --------------------------------------------------------------------------------------
-# Regularisers: L2 weight decay, L1 on activations, input corruption.
-# --------------------------------------------------------------------------------------
-def l2_penalty(weights, strength: float):
-    """R = strength / 2 * sum(W^2) (TensorFlow's l2_loss times strength). -> 0-d array."""
-    return (weights * weights).sum() * (0.5 * strength)
-
-
-def l2_penalty_grad(weights, grad_weights, strength: float, workspace=None):
-    """Add dR/dW = strength * W to grad_weights, in place (a term added to the loss's
-    gradient, so it accumulates instead of overwriting). weights, grad_weights: same shape."""
-    grad_weights += strength * weights
-
-
-def l1_penalty_and_grad(activations, strength: float, workspace=None):
-    """R = strength * mean(|h|) over batch and units, and dR/dh = strength * sign(h) / N.
-
-    sign(0) = 0, so an exactly-zero unit (a ReLU's) gets no push either way.
-    activations: (batch, units) -> (0-d array, (batch, units)).
-    """
-    xp = array_module(activations)
-    penalty = xp.abs(activations).mean() * strength
-    grad = xp.sign(activations) * (strength / activations.size)
-    return penalty, grad
-
-
-def gaussian_corruption(x, noise, std: float, workspace=None):
-    """x~ = clip(x + std * eps, 0, 1): additive Gaussian noise, kept in the pixel range.
-
-    x, noise (eps ~ N(0, 1)): (batch, features) -> same shape.
-    """
-    xp = array_module(x)
-    return xp.clip(x + std * noise, 0.0, 1.0)
-
-
-def masking_corruption(x, keep, workspace=None):
-    """x~ = x * keep: masking noise, each pixel zeroed where keep is False.
-
-    x: (batch, features) floats; keep: (batch, features) booleans -> same shape as x.
-    (A boolean mask keeps x's dtype; an integer mask would promote float32 to float64.)
-    """
-    return x * keep
