@@ -58,6 +58,7 @@ def mnist_dir() -> Path:
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import nanoae.backend as _backend  # noqa: E402
+from nanoae.ops import cpu as _cpu_ops  # noqa: E402
 
 # CI: a fixed, database-free hypothesis run; locally the default profile.
 settings.register_profile(
@@ -85,8 +86,37 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def backend_name(request) -> str:
-    """Each test using this runs on NumPy, and on CuPy where a GPU is usable."""
+    """Each test using this runs on NumPy, and on CuPy where a GPU is usable (on each
+    library's default table; :func:`ops_backend` runs on every table instead)."""
     return request.param
+
+
+_NUMBA_OK, _NUMBA_WHY = _cpu_ops.numba_available()
+#: Every ops table, as (array library, table name); the GPU one where a GPU is usable.
+OPS_TABLES = [
+    pytest.param(("numpy", "reference"), id="reference"),
+    pytest.param(("numpy", "cpu-numpy"), id="cpu-numpy"),
+    pytest.param(("numpy", "cpu-numba"), id="cpu-numba", marks=pytest.mark.skipif(not _NUMBA_OK, reason=f"no Numba kernels: {_NUMBA_WHY}")),
+    pytest.param(
+        ("cupy", "gpu-cupy"),
+        id="gpu",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not _CUPY_OK, reason=f"no GPU backend here: {_CUPY_WHY}")],
+    ),
+]
+
+
+@pytest.fixture(params=OPS_TABLES)
+def ops_backend(request) -> _backend.Backend:
+    """A float32 Backend on each ops table in turn: the reference (the math students read),
+    the CPU table on NumPy and on Numba kernels, and the GPU table where a GPU is usable.
+    Build models on it with ``backend=ops_backend, dtype=...``."""
+    library, table = request.param
+    if table == "reference":
+        backend = _backend.get_backend(library, fast=False)
+    else:
+        backend = _backend.get_backend(library, fast=True, kernels=table.removeprefix("cpu-") if library == "numpy" else "auto")
+    assert backend.ops.name == table, (backend.ops.name, table)
+    return backend
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """Backend selection, the ops tables and host/device copies."""
 
+import inspect
+
 import numpy as np
 import pytest
 
 import nanoae.backend as backend_module
 from nanoae.backend import BackendUnavailable, get_backend, make_rng
-from nanoae.ops import OPS_API, reference
+from nanoae.ops import OPS_API, REFERENCE_TABLE, OpsTable, cpu, reference
+from nanoae.ops.gpu import GpuOps
+from nanoae.ops.table import HOOKS
 
 
 def test_numpy_backend_defaults():
@@ -13,7 +17,8 @@ def test_numpy_backend_defaults():
     assert backend.name == "numpy" and backend.xp is np
     assert backend.dtype is np.float32
     assert backend.fast and backend.ops.name.startswith("cpu-")  # the fast path by default
-    assert get_backend("numpy", fast=False).ops is reference
+    assert get_backend("numpy", fast=False).ops is REFERENCE_TABLE
+    assert REFERENCE_TABLE.name == "reference" and type(REFERENCE_TABLE) is OpsTable
     assert not get_backend("numpy", fast=False).fast
     assert get_backend("numpy", dtype="float64").dtype is np.float64
 
@@ -51,32 +56,47 @@ def test_bad_dtype(dtype, match):
 
 
 def test_every_ops_table_offers_the_same_functions():
-    import inspect
-
-    from nanoae.ops import cpu
-
-    from nanoae.ops.gpu import GpuOps
-
-    tables = [cpu.load("numpy"), GpuOps]  # the GPU table's methods, checked without a GPU
+    """Every table has every name of OPS_API, with the reference function's parameters
+    (plus ``workspace`` last for those that take one), and so does the reference module
+    for all but the non-math hooks."""
+    tables = [REFERENCE_TABLE, cpu.load("numpy"), GpuOps]  # the GPU table's methods, checked without a GPU
     if cpu.numba_available()[0]:
         tables.append(cpu.load("numba"))
     for name in OPS_API:
-        assert hasattr(reference, name), name
+        if name not in HOOKS:
+            assert hasattr(reference, name), name
+        base = list(inspect.signature(getattr(OpsTable, name)).parameters)[1:] if callable(getattr(OpsTable, name)) else None
+        if base is not None and name not in HOOKS:
+            math_parameters = list(inspect.signature(getattr(reference, name)).parameters)
+            assert base in (math_parameters, [*math_parameters, "workspace"]), name
         for table in tables:
             assert hasattr(table, name), (table, name)
-            if callable(getattr(reference, name)):
-                expected = list(inspect.signature(getattr(reference, name)).parameters)
+            if base is not None:
                 parameters = list(inspect.signature(getattr(table, name)).parameters)
                 if parameters[:1] == ["self"]:
                     parameters = parameters[1:]
-                assert parameters == expected, (table, name)
+                assert parameters == base, (table, name)
+
+
+def test_the_fast_tables_take_the_rest_from_the_reference_table():
+    assert issubclass(cpu.CpuOps, OpsTable) and issubclass(GpuOps, OpsTable)
+    assert cpu.CpuOps.softmax is OpsTable.softmax and GpuOps.bce_loss is OpsTable.bce_loss
+    assert cpu.CpuOps.adam_update is not OpsTable.adam_update and GpuOps.adam_update is not OpsTable.adam_update
+
+
+def test_the_reference_module_stands_alone():
+    """reference.py imports nothing of nanoae: a student can copy the file alone."""
+    source = inspect.getsource(reference)
+    imports = [line.strip() for line in source.splitlines() if line.lstrip().startswith(("import ", "from "))]
+    assert imports == ["from __future__ import annotations", "import sys", "from types import ModuleType", "import numpy as np"]
+    assert "workspace" not in str([inspect.signature(f) for f in vars(reference).values() if inspect.isfunction(f)])
 
 
 def test_host_device_copies(backend_name):
     backend = get_backend(backend_name)
     host = np.arange(6, dtype=np.float32).reshape(2, 3)
     device = backend.asarray(host)
-    assert backend.is_device_array(device)
+    assert isinstance(device, backend.xp.ndarray) and reference.array_module(device) is backend.xp
     back = backend.to_host(device)
     assert isinstance(back, np.ndarray)
     np.testing.assert_array_equal(back, host)

@@ -4,12 +4,18 @@ Every test here needs CuPy and a usable GPU and skips, saying why, without them.
 rest of the suite also runs on CuPy through the ``backend_name`` fixture.
 """
 
+import os
+
 import numpy as np
 import pytest
 
 import nanoae.backend as backend_module
 from nanoae import SGD, Adam, AdamW, Autoencoder, Dense, RMSProp, Sequential, presets
 from nanoae.backend import get_backend
+from nanoae.checkpoint import load_checkpoint, save_checkpoint
+from nanoae.data import load_dataset
+from nanoae.ops import reference
+from nanoae.train import reconstruction_errors
 
 CUPY_OK, CUPY_WHY = backend_module.cupy_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUPY_OK, reason=f"no GPU backend here: {CUPY_WHY}")]
@@ -86,8 +92,6 @@ def test_adam_under_a_graph_advances_its_bias_correction():
 
 
 def test_gpu_and_cpu_checkpoints_are_interchangeable(tmp_path):
-    from nanoae.checkpoint import load_checkpoint, save_checkpoint
-
     model = Autoencoder([Dense(10, 3, "relu")], [Dense(3, 10, "sigmoid")], backend="cupy", seed=0)
     model.fit(np.random.default_rng(0).random((64, 10), dtype=np.float32), steps=5, batch_size=16)
     save_checkpoint(tmp_path / "gpu.npz", model)
@@ -99,9 +103,6 @@ def test_gpu_and_cpu_checkpoints_are_interchangeable(tmp_path):
 
 
 def test_tutorial_on_mnist_on_the_gpu(mnist_dir):
-    from nanoae.data import load_dataset
-    from nanoae.train import reconstruction_errors
-
     train = load_dataset("mnist", "train", data_dir=mnist_dir)
     test = load_dataset("mnist", "test", data_dir=mnist_dir)
     model = presets.tutorial(seed=0, backend="cupy")
@@ -124,8 +125,6 @@ def _ops():
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 def test_dense_kernels_equal_the_reference(activation, rows, dtype):
     import cupy
-
-    from nanoae.ops import reference
 
     rng = np.random.default_rng(rows)
     x = rng.normal(0, 1, (rows, 37)).astype(dtype)
@@ -153,8 +152,6 @@ def test_dense_kernels_equal_the_reference(activation, rows, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_loss_and_gather_kernels_equal_the_reference(dtype):
     import cupy
-
-    from nanoae.ops import reference
 
     rng = np.random.default_rng(0)
     prediction, target = rng.random((70, 50)).astype(dtype), rng.random((70, 50)).astype(dtype)
@@ -185,8 +182,6 @@ UPDATES = {
 def test_optimizer_kernels_equal_the_reference(name, dtype):
     import cupy
 
-    from nanoae.ops import reference
-
     function, options, mean_square = UPDATES[name]
     rng = np.random.default_rng(3)
     cpu = {"params": rng.normal(0, 1, 500).astype(dtype)}
@@ -208,11 +203,11 @@ def test_optimizer_kernels_equal_the_reference(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("flavor, weight_decay, decoupled", [("torch", 0.0, False), ("keras", 1e-2, False), ("torch", 0.1, True)])
+@pytest.mark.parametrize(
+    "flavor, weight_decay, decoupled", [("torch", 0.0, False), ("keras", 1e-2, False), ("torch", 0.1, True), ("keras", 100.0, True)],  # lr * wd == 1: AdamW zeroes the weights
+)
 def test_adam_kernel_equals_the_reference(flavor, weight_decay, decoupled, dtype):
     import cupy
-
-    from nanoae.ops import reference
 
     rng = np.random.default_rng(4)
     params = rng.normal(0, 1, 300).astype(dtype)
@@ -229,8 +224,6 @@ def test_adam_kernel_equals_the_reference(flavor, weight_decay, decoupled, dtype
 # ---- the captured step -----------------------------------------------------------------------
 def _graph_and_eager(make_model, data, steps, between=None):
     """Run `steps` compiled steps with the CUDA graph and without; return both models."""
-    import os
-
     import cupy
 
     models = []

@@ -1,8 +1,8 @@
-"""Backward passes against finite differences in float64 (worst relative error <= 1e-7)."""
+"""Backward passes against finite differences in float64 (worst relative error <= 1e-7), on every ops table."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanoae import Dense, LeakyReLU, ReLU, Sequential, Sigmoid, Tanh, gradcheck, presets
@@ -15,17 +15,17 @@ ACTIVATION_NAMES = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
 
 
 @pytest.mark.parametrize("activation", [Identity(), ReLU(), LeakyReLU(0.3), Sigmoid(), Tanh()], ids=repr)
-def test_each_activation(activation, backend_name):
+def test_each_activation(activation, ops_backend):
     x = np.random.default_rng(0).normal(0, 2, (6, 5))
-    report = gradcheck(activation, x, max_entries=None, backend=backend_name)
+    report = gradcheck(activation, x, max_entries=None, backend=ops_backend)
     assert report.passed and report.worst <= TOLERANCE, str(report)
 
 
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
-def test_dense_every_entry(activation, backend_name):
+def test_dense_every_entry(activation, ops_backend):
     layer = Dense(7, 5, activation)
     x = np.random.default_rng(1).normal(0, 1, (4, 7))
-    report = gradcheck(layer, x, max_entries=None, backend=backend_name)
+    report = gradcheck(layer, x, max_entries=None, backend=ops_backend)
     assert report.passed, str(report)
     assert {row.name for row in report.rows} == {"weights", "bias", "input"}
     assert all(row.checked > 0 for row in report.rows)
@@ -44,11 +44,13 @@ def networks(draw):
     return widths, activations, loss, batch, seed
 
 
+# The fixture's Backend is immutable, so sharing it across examples is safe.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(networks())
-def test_random_networks(spec):
+def test_random_networks(ops_backend, spec):
     widths, activations, loss, batch, seed = spec
     layers = [Dense(a, b, act) for a, b, act in zip(widths, widths[1:], activations)]
-    model = Sequential(layers, loss=loss).build(backend="numpy", dtype="float64", seed=seed)
+    model = Sequential(layers, loss=loss).build(backend=ops_backend, dtype="float64", seed=seed)
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 1, (batch, widths[0]))
     target = rng.uniform(0, 1, (batch, widths[-1]))

@@ -1,11 +1,10 @@
-"""Dense and activations on numbers worked out by hand."""
+"""Dense and activations on numbers worked out by hand, on every ops table."""
 
 import numpy as np
 import pytest
 
 from nanoae import Dense, LeakyReLU, ReLU, Sigmoid, Tanh
 from nanoae.activations import Identity, resolve_activation
-from nanoae.backend import get_backend
 
 X = np.array([[1.0, 2.0], [3.0, -1.0]])
 W = np.array([[1.0, 0.0, -1.0], [2.0, 1.0, 0.5]])
@@ -14,15 +13,15 @@ DY = np.array([[1.0, -1.0, 2.0], [0.5, 2.0, -1.0]])
 # z = x W + b = [[5.5, 1, 0], [1.5, -2, -3.5]] (by hand: row 0 is [1+4, 0+2, -1+1] + b)
 
 
-def _dense(backend_name, activation, dtype="float64"):
-    layer = Dense(2, 3, activation).build(backend=backend_name, dtype=dtype, seed=0)
-    layer.weights[...] = get_backend(backend_name).asarray(W)
-    layer.bias[...] = get_backend(backend_name).asarray(B)
+def _dense(ops_backend, activation, dtype="float64"):
+    layer = Dense(2, 3, activation).build(backend=ops_backend, dtype=dtype, seed=0)
+    layer.weights[...] = layer.backend.asarray(W)
+    layer.bias[...] = layer.backend.asarray(B)
     return layer
 
 
-def test_dense_2x3_identity_by_hand(backend_name, to_host):
-    layer = _dense(backend_name, "identity")
+def test_dense_2x3_identity_by_hand(ops_backend, to_host):
+    layer = _dense(ops_backend, "identity")
     backend = layer.backend
     y = layer.forward(backend.asarray(X))
     np.testing.assert_array_equal(to_host(y), [[5.5, 1.0, 0.0], [1.5, -2.0, -3.5]])
@@ -34,8 +33,8 @@ def test_dense_2x3_identity_by_hand(backend_name, to_host):
     np.testing.assert_array_equal(to_host(dx), [[-1.0, 2.0], [1.5, 2.5]])
 
 
-def test_dense_2x3_relu_by_hand_zero_has_zero_slope(backend_name, to_host):
-    layer = _dense(backend_name, "relu")
+def test_dense_2x3_relu_by_hand_zero_has_zero_slope(ops_backend, to_host):
+    layer = _dense(ops_backend, "relu")
     backend = layer.backend
     y = layer.forward(backend.asarray(X))
     np.testing.assert_array_equal(to_host(y), [[5.5, 1.0, 0.0], [1.5, 0.0, 0.0]])
@@ -47,15 +46,15 @@ def test_dense_2x3_relu_by_hand_zero_has_zero_slope(backend_name, to_host):
     np.testing.assert_array_equal(to_host(dx), [[1.0, 1.0], [0.5, 1.0]])
 
 
-def test_dense_skips_input_gradient_when_not_needed(backend_name):
-    layer = _dense(backend_name, "relu")
+def test_dense_skips_input_gradient_when_not_needed(ops_backend):
+    layer = _dense(ops_backend, "relu")
     layer.forward(layer.backend.asarray(X))
     assert layer.backward(layer.backend.asarray(DY), need_input_grad=False) is None
     assert float(abs(layer.grad_weights).sum()) > 0
 
 
-def test_backward_writes_gradients_instead_of_adding(backend_name, to_host):
-    layer = _dense(backend_name, "identity")
+def test_backward_writes_gradients_instead_of_adding(ops_backend, to_host):
+    layer = _dense(ops_backend, "identity")
     for _ in range(3):
         layer.forward(layer.backend.asarray(X))
         layer.backward(layer.backend.asarray(DY))
@@ -89,9 +88,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_activation_at_chosen_points(name, backend_name, to_host):
+def test_activation_at_chosen_points(name, ops_backend, to_host):
     activation, expected_y, expected_slope = CASES[name]
-    activation.build(backend=backend_name, dtype="float64")
+    activation.build(backend=ops_backend, dtype="float64")
     backend = activation.backend
     y = activation.forward(backend.asarray(Z))
     np.testing.assert_allclose(to_host(y), expected_y, rtol=1e-15, atol=1e-16)
@@ -100,8 +99,8 @@ def test_activation_at_chosen_points(name, backend_name, to_host):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_sigmoid_is_stable_for_huge_inputs(dtype, backend_name, to_host):
-    activation = Sigmoid().build(backend=backend_name, dtype=dtype)
+def test_sigmoid_is_stable_for_huge_inputs(dtype, ops_backend, to_host):
+    activation = Sigmoid().build(backend=ops_backend, dtype=dtype)
     z = activation.backend.asarray(np.array([[-1e4, -100.0, -30.0, 30.0, 100.0, 1e4]], dtype=dtype))
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         y = to_host(activation.forward(z))
@@ -110,13 +109,13 @@ def test_sigmoid_is_stable_for_huge_inputs(dtype, backend_name, to_host):
     np.testing.assert_allclose(y[0, 2], 9.357622968840175e-14, rtol=1e-5)  # e^-30 / (1 + e^-30)
 
 
-def test_dense_fused_activation_equals_separate_layers(backend_name, to_host):
+def test_dense_fused_activation_equals_separate_layers(ops_backend, to_host):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4))
     for name in ["relu", "leaky_relu", "sigmoid", "tanh", "identity"]:
-        fused = Dense(4, 3, name).build(backend=backend_name, dtype="float64", seed=1)
-        plain = Dense(4, 3).build(backend=backend_name, dtype="float64", seed=1)
-        activation = resolve_activation(name).build(backend=backend_name, dtype="float64")
+        fused = Dense(4, 3, name).build(backend=ops_backend, dtype="float64", seed=1)
+        plain = Dense(4, 3).build(backend=ops_backend, dtype="float64", seed=1)
+        activation = resolve_activation(name).build(backend=ops_backend, dtype="float64")
         xb = fused.backend.asarray(x)
         expected = to_host(activation.forward(plain.forward(xb)))
         np.testing.assert_allclose(to_host(fused.forward(xb)), expected, rtol=1e-15)

@@ -1,4 +1,4 @@
-"""Losses at chosen points, their gradients, and their argument checks."""
+"""Losses at chosen points and their gradients, on every ops table; their argument checks."""
 
 import math
 
@@ -6,52 +6,51 @@ import numpy as np
 import pytest
 
 from nanoae import BCE, MSE, BCEWithLogits, gradcheck
+from nanoae.backend import get_backend
 from nanoae.losses import get_loss
 
 
-def _run(loss, prediction, target, backend_name, to_host):
-    from nanoae.backend import get_backend
-
-    backend = get_backend(backend_name, dtype="float64")
+def _run(loss, prediction, target, ops_backend, to_host):
+    backend = get_backend(ops_backend, dtype="float64")
     loss.bind(backend)
     value, grad = loss.loss_and_grad(backend.asarray(prediction), backend.asarray(target))
     return float(value), to_host(grad)
 
 
-def test_mse_by_hand(backend_name, to_host):
+def test_mse_by_hand(ops_backend, to_host):
     # differences 0, 2, 2, 3 -> squares 0, 4, 4, 9 -> mean 17/4
-    value, grad = _run(MSE(), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [1.0, 1.0]]), backend_name, to_host)
+    value, grad = _run(MSE(), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [1.0, 1.0]]), ops_backend, to_host)
     assert value == 4.25
     np.testing.assert_array_equal(grad, [[0.0, 1.0], [1.0, 1.5]])  # 2 (p - t) / 4
 
 
-def test_bce_by_hand(backend_name, to_host):
+def test_bce_by_hand(ops_backend, to_host):
     # L = -(log 0.5 + log 0.2) / 2
-    value, grad = _run(BCE(), np.array([[0.5, 0.8]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+    value, grad = _run(BCE(), np.array([[0.5, 0.8]]), np.array([[1.0, 0.0]]), ops_backend, to_host)
     assert value == pytest.approx((math.log(2) + math.log(5)) / 2, rel=1e-15)
     # (p - t) / (p (1 - p)) / N: (-0.5 / 0.25) / 2 = -1, (0.8 / 0.16) / 2 = 2.5
     np.testing.assert_allclose(grad, [[-1.0, 2.5]], rtol=1e-14)
 
 
-def test_bce_clips_probabilities_and_gives_no_gradient_there(backend_name, to_host):
-    value, grad = _run(BCE(), np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+def test_bce_clips_probabilities_and_gives_no_gradient_there(ops_backend, to_host):
+    value, grad = _run(BCE(), np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), ops_backend, to_host)
     assert value == pytest.approx(-math.log(1e-7), rel=1e-9)  # both terms clipped to eps = 1e-7
     np.testing.assert_array_equal(grad, [[0.0, 0.0]])
 
 
-def test_bce_with_logits_by_hand(backend_name, to_host):
+def test_bce_with_logits_by_hand(ops_backend, to_host):
     # z = 0, t = 1: log 2; z = 2, t = 0: 2 + log(1 + e^-2)
-    value, grad = _run(BCEWithLogits(), np.array([[0.0, 2.0]]), np.array([[1.0, 0.0]]), backend_name, to_host)
+    value, grad = _run(BCEWithLogits(), np.array([[0.0, 2.0]]), np.array([[1.0, 0.0]]), ops_backend, to_host)
     assert value == pytest.approx((math.log(2) + 2 + math.log1p(math.exp(-2))) / 2, rel=1e-15)
     np.testing.assert_allclose(grad, [[-0.25, 0.8807970779778823 / 2]], rtol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_bce_with_logits_is_stable_for_huge_logits(dtype, backend_name, to_host):
+def test_bce_with_logits_is_stable_for_huge_logits(dtype, ops_backend, to_host):
     z = np.array([[1e4, -1e4, 1e4, -1e4]], dtype=dtype)
     t = np.array([[1.0, 0.0, 0.0, 1.0]], dtype=dtype)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        value, grad = _run(BCEWithLogits(), z, t, backend_name, to_host)
+        value, grad = _run(BCEWithLogits(), z, t, ops_backend, to_host)
     assert value == pytest.approx(1e4 / 2, rel=1e-6)  # two perfect answers, two off by 1e4
     np.testing.assert_allclose(grad, [[0.0, 0.0, 0.25, -0.25]], atol=1e-7)
 
@@ -71,6 +70,28 @@ def test_loss_gradients_match_finite_differences(loss):
     target = rng.uniform(0, 1, (9, 7))
     report = gradcheck(loss, prediction, target, max_entries=None)
     assert report.worst <= 1e-7, str(report)
+
+
+@pytest.mark.parametrize("loss", [MSE(), BCE(), BCEWithLogits()], ids=["mse", "bce", "bce_logits"])
+def test_each_tables_loss_gradient_matches_central_differences(loss, ops_backend, to_host):
+    """dL/dp of every entry against (L(p + h) - L(p - h)) / 2h in float64, on each table."""
+    backend = ops_backend.with_dtype("float64")
+    loss.bind(backend)
+    rng = np.random.default_rng(1)
+    prediction = rng.uniform(0.05, 0.95, (6, 5))
+    target = backend.asarray(rng.uniform(0, 1, (6, 5)))
+    _, analytic = loss.loss_and_grad(backend.asarray(prediction), target)
+    analytic = to_host(analytic).copy()
+    numeric = np.empty_like(prediction)
+    h = 1e-6
+    for index in np.ndindex(prediction.shape):
+        values = []
+        for sign in (1, -1):
+            moved = prediction.copy()
+            moved[index] += sign * h
+            values.append(float(loss(backend.asarray(moved), target)))
+        numeric[index] = (values[0] - values[1]) / (2 * h)
+    assert np.max(np.abs(analytic - numeric)) <= 1e-7 * np.max(np.abs(analytic)), (analytic, numeric)
 
 
 def test_forward_backward_interface():

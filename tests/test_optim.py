@@ -33,9 +33,9 @@ G3 = (-0.2, 0.3, 0.05)
 
 
 # ---- helpers -------------------------------------------------------------------------
-def tiny(backend_name, optimizer, dtype="float64"):
+def tiny(ops_backend, optimizer, dtype="float64"):
     """Dense(2, 1): weights (2, 1) and bias (1,), set to W0."""
-    net = Sequential([Dense(2, 1)], loss="mse", optimizer=optimizer).build(backend=backend_name, dtype=dtype, seed=0)
+    net = Sequential([Dense(2, 1)], loss="mse", optimizer=optimizer).build(backend=ops_backend, dtype=dtype, seed=0)
     put(net, "0.weights", [[W0[0]], [W0[1]]])
     put(net, "0.bias", [W0[2]])
     return net
@@ -57,8 +57,8 @@ def flat_params(net, to_host):
     return np.concatenate([w, b])
 
 
-def run_steps(backend_name, to_host, optimizer, grads_per_step):
-    net = tiny(backend_name, optimizer)
+def run_steps(ops_backend, to_host, optimizer, grads_per_step):
+    net = tiny(ops_backend, optimizer)
     for g in grads_per_step:
         set_grads(net, g)
         net.optimizer.step()
@@ -70,7 +70,7 @@ def assert_golden(actual, expected):
 
 
 # ---- 1. one step (or two, where momentum needs it) of every flavour ------------------
-def test_rmsprop_tf1_one_step(backend_name, to_host):
+def test_rmsprop_tf1_one_step(ops_backend, to_host):
     # ms = 1 + (g^2 - 1)(1 - 0.9):  1 + (0.01 - 1)*0.1 = 0.901,  1 + (0.04 - 1)*0.1 = 0.904,
     #                               1 + (0.09 - 1)*0.1 = 0.909
     # w -= 0.1 g / sqrt(ms + 1e-10)
@@ -79,14 +79,14 @@ def test_rmsprop_tf1_one_step(backend_name, to_host):
         -1.0 - 0.1 * -0.2 / math.sqrt(0.904 + 1e-10),  # -0.97896...
         2.0 - 0.1 * 0.3 / math.sqrt(0.909 + 1e-10),  # 1.96853...
     ]
-    got, net = run_steps(backend_name, to_host, RMSProp(0.1, flavor="tf1"), [G1])
+    got, net = run_steps(ops_backend, to_host, RMSProp(0.1, flavor="tf1"), [G1])
     assert_golden(got, expected)
     ms = to_host(net.optimizer.state["mean_square"])
     offset_bias = net.arena.layout["0.bias"][0]
     assert_golden([ms[0], ms[1], ms[offset_bias]], [0.901, 0.904, 0.909])
 
 
-def test_rmsprop_tf1_momentum_two_steps(backend_name, to_host):
+def test_rmsprop_tf1_momentum_two_steps(ops_backend, to_host):
     # same gradient twice; ms1 as above, ms2 = ms1 + (g^2 - ms1)*0.1:
     #   0.901 + (0.01 - 0.901)*0.1 = 0.8119, 0.904 + (0.04 - 0.904)*0.1 = 0.8176,
     #   0.909 + (0.09 - 0.909)*0.1 = 0.8271
@@ -98,25 +98,25 @@ def test_rmsprop_tf1_momentum_two_steps(backend_name, to_host):
         0.9 * m1[2] + 0.1 * 0.3 / math.sqrt(0.8271 + 1e-10),
     ]
     expected = [0.5 - m1[0] - m2[0], -1.0 - m1[1] - m2[1], 2.0 - m1[2] - m2[2]]
-    got, net = run_steps(backend_name, to_host, RMSProp(0.1, momentum=0.9, flavor="tf1"), [G1, G1])
+    got, net = run_steps(ops_backend, to_host, RMSProp(0.1, momentum=0.9, flavor="tf1"), [G1, G1])
     assert_golden(got, expected)
     # and the one-step result with momentum equals plain tf1's one step (mom starts at 0)
-    got1, _ = run_steps(backend_name, to_host, RMSProp(0.1, momentum=0.9, flavor="tf1"), [G1])
+    got1, _ = run_steps(ops_backend, to_host, RMSProp(0.1, momentum=0.9, flavor="tf1"), [G1])
     assert_golden(got1, [0.5 - m1[0], -1.0 - m1[1], 2.0 - m1[2]])
 
 
-def test_rmsprop_keras_one_step(backend_name, to_host):
+def test_rmsprop_keras_one_step(ops_backend, to_host):
     # ms = 0.9*0 + 0.1 g^2 = 0.001, 0.004, 0.009;  w -= 0.1 g / sqrt(ms + 1e-7)
     expected = [
         0.5 - 0.1 * 0.1 / math.sqrt(0.001 + 1e-7),  # 0.18378...
         -1.0 - 0.1 * -0.2 / math.sqrt(0.004 + 1e-7),  # -0.68378...
         2.0 - 0.1 * 0.3 / math.sqrt(0.009 + 1e-7),  # 1.68378...
     ]
-    got, _ = run_steps(backend_name, to_host, RMSProp(0.1, flavor="keras"), [G1])
+    got, _ = run_steps(ops_backend, to_host, RMSProp(0.1, flavor="keras"), [G1])
     assert_golden(got, expected)
 
 
-def test_rmsprop_keras_momentum_two_steps(backend_name, to_host):
+def test_rmsprop_keras_momentum_two_steps(ops_backend, to_host):
     # ms1 = 0.001, 0.004, 0.009; ms2 = 0.9 ms1 + 0.1 g^2 = 0.0019, 0.0076, 0.0171
     # inc_t = 0.1 g / sqrt(ms_t + 1e-7); mom1 = inc1; mom2 = 0.9 mom1 + inc2; w2 = w - mom1 - mom2
     m1 = [0.1 * 0.1 / math.sqrt(0.001 + 1e-7), 0.1 * -0.2 / math.sqrt(0.004 + 1e-7), 0.1 * 0.3 / math.sqrt(0.009 + 1e-7)]
@@ -126,11 +126,11 @@ def test_rmsprop_keras_momentum_two_steps(backend_name, to_host):
         0.9 * m1[2] + 0.1 * 0.3 / math.sqrt(0.0171 + 1e-7),
     ]
     expected = [0.5 - m1[0] - m2[0], -1.0 - m1[1] - m2[1], 2.0 - m1[2] - m2[2]]
-    got, _ = run_steps(backend_name, to_host, RMSProp(0.1, momentum=0.9, flavor="keras"), [G1, G1])
+    got, _ = run_steps(ops_backend, to_host, RMSProp(0.1, momentum=0.9, flavor="keras"), [G1, G1])
     assert_golden(got, expected)
 
 
-def test_rmsprop_torch_one_step(backend_name, to_host):
+def test_rmsprop_torch_one_step(ops_backend, to_host):
     # lr 0.01 (at lr 0.1 the -1.0 entry would land on ~0 and lose its digits)
     # ms = 0.99*0 + 0.01 g^2 = 0.0001, 0.0004, 0.0009;  w -= 0.01 g / (sqrt(ms) + 1e-8)
     expected = [
@@ -138,11 +138,11 @@ def test_rmsprop_torch_one_step(backend_name, to_host):
         -1.0 - 0.01 * -0.2 / (math.sqrt(0.0004) + 1e-8),  # -0.90000005
         2.0 - 0.01 * 0.3 / (math.sqrt(0.0009) + 1e-8),  # 1.9000000333
     ]
-    got, _ = run_steps(backend_name, to_host, RMSProp(0.01, flavor="torch"), [G1])
+    got, _ = run_steps(ops_backend, to_host, RMSProp(0.01, flavor="torch"), [G1])
     assert_golden(got, expected)
 
 
-def test_rmsprop_torch_momentum_two_steps(backend_name, to_host):
+def test_rmsprop_torch_momentum_two_steps(ops_backend, to_host):
     # lr 0.01; ms1 = 0.0001, 0.0004, 0.0009; ms2 = 0.99 ms1 + 0.01 g^2 = 0.000199, 0.000796, 0.001791
     # buf1 = g / (sqrt(ms1) + 1e-8); buf2 = 0.9 buf1 + g / (sqrt(ms2) + 1e-8)
     # w2 = w - 0.01 buf1 - 0.01 buf2
@@ -153,17 +153,17 @@ def test_rmsprop_torch_momentum_two_steps(backend_name, to_host):
         0.9 * b1[2] + 0.3 / (math.sqrt(0.001791) + 1e-8),
     ]
     expected = [0.5 - 0.01 * b1[0] - 0.01 * b2[0], -1.0 - 0.01 * b1[1] - 0.01 * b2[1], 2.0 - 0.01 * b1[2] - 0.01 * b2[2]]
-    got, net = run_steps(backend_name, to_host, RMSProp(0.01, momentum=0.9, flavor="torch"), [G1, G1])
+    got, net = run_steps(ops_backend, to_host, RMSProp(0.01, momentum=0.9, flavor="torch"), [G1, G1])
     assert_golden(got, expected)
     buf = to_host(net.optimizer.state["momentum"])
     assert_golden([buf[0], buf[1]], [b2[0], b2[1]])
 
 
-def test_rmsprop_eps_placement_is_visible_with_a_large_eps(backend_name, to_host):
+def test_rmsprop_eps_placement_is_visible_with_a_large_eps(ops_backend, to_host):
     # eps 0.01 makes inside/outside the root differ at the percent level.
     # keras: w -= 0.1 g / sqrt(0.1 g^2 + 0.01);  torch (rho 0.9 here): w -= 0.1 g / (sqrt(0.1 g^2) + 0.01)
-    keras, _ = run_steps(backend_name, to_host, RMSProp(0.1, rho=0.9, eps=0.01, flavor="keras"), [G1])
-    torch, _ = run_steps(backend_name, to_host, RMSProp(0.1, rho=0.9, eps=0.01, flavor="torch"), [G1])
+    keras, _ = run_steps(ops_backend, to_host, RMSProp(0.1, rho=0.9, eps=0.01, flavor="keras"), [G1])
+    torch, _ = run_steps(ops_backend, to_host, RMSProp(0.1, rho=0.9, eps=0.01, flavor="torch"), [G1])
     assert_golden(
         keras,
         [
@@ -182,41 +182,41 @@ def test_rmsprop_eps_placement_is_visible_with_a_large_eps(backend_name, to_host
     )
 
 
-def test_sgd_plain_one_step(backend_name, to_host):
+def test_sgd_plain_one_step(ops_backend, to_host):
     # w -= 0.1 g: 0.5 - 0.01 = 0.49, -1.0 + 0.02 = -0.98, 2.0 - 0.03 = 1.97
-    got, _ = run_steps(backend_name, to_host, SGD(0.1), [G1])
+    got, _ = run_steps(ops_backend, to_host, SGD(0.1), [G1])
     assert_golden(got, [0.5 - 0.1 * 0.1, -1.0 - 0.1 * -0.2, 2.0 - 0.1 * 0.3])
 
 
-def test_sgd_momentum_two_steps(backend_name, to_host):
+def test_sgd_momentum_two_steps(ops_backend, to_host):
     # v1 = g; v2 = 0.9 g + g = 1.9 g; w2 = w - 0.1 g - 0.1 * 1.9 g = w - 0.29 g
     #   0.5 - 0.029 = 0.471, -1.0 + 0.058 = -0.942, 2.0 - 0.087 = 1.913
-    got, net = run_steps(backend_name, to_host, SGD(0.1, momentum=0.9), [G1, G1])
+    got, net = run_steps(ops_backend, to_host, SGD(0.1, momentum=0.9), [G1, G1])
     assert_golden(got, [0.471, -0.942, 1.913])
     v = to_host(net.optimizer.state["velocity"])
     assert_golden([v[0], v[1]], [1.9 * 0.1, 1.9 * -0.2])
 
 
-def test_sgd_nesterov_two_steps(backend_name, to_host):
+def test_sgd_nesterov_two_steps(ops_backend, to_host):
     # v1 = g, d1 = g + 0.9 v1 = 1.9 g; v2 = 0.9 v1 + g = 1.9 g, d2 = g + 0.9 * 1.9 g = 2.71 g
     # w2 = w - 0.1 (1.9 + 2.71) g = w - 0.461 g:  0.4539, -0.9078, 1.8617
-    got, _ = run_steps(backend_name, to_host, SGD(0.1, momentum=0.9, nesterov=True), [G1, G1])
+    got, _ = run_steps(ops_backend, to_host, SGD(0.1, momentum=0.9, nesterov=True), [G1, G1])
     assert_golden(got, [0.4539, -0.9078, 1.8617])
     # one step of Nesterov already differs from heavy ball: w - 0.1 * 1.9 g
-    got1, _ = run_steps(backend_name, to_host, SGD(0.1, momentum=0.9, nesterov=True), [G1])
+    got1, _ = run_steps(ops_backend, to_host, SGD(0.1, momentum=0.9, nesterov=True), [G1])
     assert_golden(got1, [0.5 - 0.019, -1.0 + 0.038, 2.0 - 0.057])
 
 
-def test_sgd_weight_decay_one_step(backend_name, to_host):
+def test_sgd_weight_decay_one_step(ops_backend, to_host):
     # g' = g + 0.01 w = 0.105, -0.21, 0.32;  w -= 0.1 g':  0.4895, -0.979, 1.968
-    got, net = run_steps(backend_name, to_host, SGD(0.1, weight_decay=0.01), [G1])
+    got, net = run_steps(ops_backend, to_host, SGD(0.1, weight_decay=0.01), [G1])
     assert_golden(got, [0.4895, -0.979, 1.968])
     # the decay term is not written back into the gradient buffer
     grads = to_host(net.gradients()["0.weights"]).ravel()
     assert grads.tolist() == [0.1, -0.2]
 
 
-def test_adam_torch_one_step(backend_name, to_host):
+def test_adam_torch_one_step(ops_backend, to_host):
     # m = 0.1 g = 0.01, -0.02, 0.03;  v = 0.001 g^2 = 0.00001, 0.00004, 0.00009
     # m_hat = m / (1 - 0.9) ; sqrt(v) / sqrt(1 - 0.999) ; + 1e-8 after the division
     # w -= 0.1 m_hat / (sqrt(v)/sqrt(0.001) + 1e-8)   (~ w - 0.1 sign(g))
@@ -225,7 +225,7 @@ def test_adam_torch_one_step(backend_name, to_host):
         -1.0 - 0.1 * (-0.02 / 0.1) / (math.sqrt(0.00004) / math.sqrt(0.001) + 1e-8),  # -0.900000005
         2.0 - 0.1 * (0.03 / 0.1) / (math.sqrt(0.00009) / math.sqrt(0.001) + 1e-8),  # 1.9000000033
     ]
-    got, net = run_steps(backend_name, to_host, Adam(0.1, flavor="torch"), [G1])
+    got, net = run_steps(ops_backend, to_host, Adam(0.1, flavor="torch"), [G1])
     assert_golden(got, expected)
     m = to_host(net.optimizer.state["first_moment"])
     v = to_host(net.optimizer.state["second_moment"])
@@ -233,7 +233,7 @@ def test_adam_torch_one_step(backend_name, to_host):
     assert_golden([v[0], v[1]], [0.00001, 0.00004])
 
 
-def test_adam_keras_one_step(backend_name, to_host):
+def test_adam_keras_one_step(ops_backend, to_host):
     # m = 0.01, -0.02, 0.03; v = 0.00001, 0.00004, 0.00009
     # step size = 0.1 sqrt(1 - 0.999) / (1 - 0.9) = 0.1 sqrt(0.001) / 0.1
     # w -= step size * m / (sqrt(v) + 1e-7)
@@ -242,15 +242,15 @@ def test_adam_keras_one_step(backend_name, to_host):
         -1.0 - (0.1 * math.sqrt(0.001) / 0.1) * -0.02 / (math.sqrt(0.00004) + 1e-7),
         2.0 - (0.1 * math.sqrt(0.001) / 0.1) * 0.03 / (math.sqrt(0.00009) + 1e-7),
     ]
-    got, _ = run_steps(backend_name, to_host, Adam(0.1, flavor="keras"), [G1])
+    got, _ = run_steps(ops_backend, to_host, Adam(0.1, flavor="keras"), [G1])
     assert_golden(got, expected)
 
 
-def test_adam_eps_placement_is_visible_with_a_large_eps(backend_name, to_host):
+def test_adam_eps_placement_is_visible_with_a_large_eps(ops_backend, to_host):
     # eps 0.1: torch w -= 0.1 (m/0.1) / (sqrt(v)/sqrt(0.001) + 0.1) = 0.1 g / (|g| + 0.1)
     #          keras w -= (0.1 sqrt(0.001)/0.1) m / (sqrt(v) + 0.1)
-    torch, _ = run_steps(backend_name, to_host, Adam(0.1, eps=0.1, flavor="torch"), [G1])
-    keras, _ = run_steps(backend_name, to_host, Adam(0.1, eps=0.1, flavor="keras"), [G1])
+    torch, _ = run_steps(ops_backend, to_host, Adam(0.1, eps=0.1, flavor="torch"), [G1])
+    keras, _ = run_steps(ops_backend, to_host, Adam(0.1, eps=0.1, flavor="keras"), [G1])
     assert_golden(torch, [0.5 - 0.1 * 0.1 / 0.2, -1.0 + 0.1 * 0.2 / 0.3, 2.0 - 0.1 * 0.3 / 0.4])
     assert_golden(
         keras,
@@ -262,7 +262,7 @@ def test_adam_eps_placement_is_visible_with_a_large_eps(backend_name, to_host):
     )
 
 
-def test_adam_l2_weight_decay_one_step(backend_name, to_host):
+def test_adam_l2_weight_decay_one_step(ops_backend, to_host):
     # g' = g + 0.1 w = 0.1 + 0.05 = 0.15, -0.2 - 0.1 = -0.3, 0.3 + 0.2 = 0.5
     # m = 0.1 g' = 0.015, -0.03, 0.05;  v = 0.001 g'^2 = 0.0000225, 0.00009, 0.00025
     expected = [
@@ -270,17 +270,17 @@ def test_adam_l2_weight_decay_one_step(backend_name, to_host):
         -1.0 - 0.1 * (-0.03 / 0.1) / (math.sqrt(0.00009) / math.sqrt(0.001) + 1e-8),
         2.0 - 0.1 * (0.05 / 0.1) / (math.sqrt(0.00025) / math.sqrt(0.001) + 1e-8),
     ]
-    got, net = run_steps(backend_name, to_host, Adam(0.1, weight_decay=0.1), [G1])
+    got, net = run_steps(ops_backend, to_host, Adam(0.1, weight_decay=0.1), [G1])
     assert_golden(got, expected)
     m = to_host(net.optimizer.state["first_moment"])
     assert_golden([m[0], m[1]], [0.015, -0.03])  # the decay went into the moments
     assert to_host(net.gradients()["0.weights"]).ravel().tolist() == [0.1, -0.2]
     # with eps 0.1 the magnitude of g' shows: w -= 0.1 g' / (|g'| + 0.1)
-    got_eps, _ = run_steps(backend_name, to_host, Adam(0.1, eps=0.1, weight_decay=0.1), [G1])
+    got_eps, _ = run_steps(ops_backend, to_host, Adam(0.1, eps=0.1, weight_decay=0.1), [G1])
     assert_golden(got_eps, [0.5 - 0.1 * 0.15 / 0.25, -1.0 + 0.1 * 0.3 / 0.4, 2.0 - 0.1 * 0.5 / 0.6])
 
 
-def test_adamw_one_step(backend_name, to_host):
+def test_adamw_one_step(ops_backend, to_host):
     # w <- w (1 - 0.1 * 0.1) = 0.99 w = 0.495, -0.99, 1.98, then the plain Adam (torch) step
     # on the *undecayed* gradient: m = 0.01, -0.02, 0.03; v = 0.00001, 0.00004, 0.00009
     expected = [
@@ -288,25 +288,25 @@ def test_adamw_one_step(backend_name, to_host):
         -0.99 - 0.1 * (-0.02 / 0.1) / (math.sqrt(0.00004) / math.sqrt(0.001) + 1e-8),
         1.98 - 0.1 * (0.03 / 0.1) / (math.sqrt(0.00009) / math.sqrt(0.001) + 1e-8),
     ]
-    got, net = run_steps(backend_name, to_host, AdamW(0.1, weight_decay=0.1), [G1])
+    got, net = run_steps(ops_backend, to_host, AdamW(0.1, weight_decay=0.1), [G1])
     assert_golden(got, expected)
     m = to_host(net.optimizer.state["first_moment"])
     assert_golden([m[0], m[1]], [0.01, -0.02])  # decoupled: the moments never see the decay
 
 
-def test_adamw_keras_one_step(backend_name, to_host):
+def test_adamw_keras_one_step(ops_backend, to_host):
     # 0.99 w, then the keras Adam step (eps 1e-7, step size sqrt(0.001))
     expected = [
         0.495 - math.sqrt(0.001) * 0.01 / (math.sqrt(0.00001) + 1e-7),
         -0.99 - math.sqrt(0.001) * -0.02 / (math.sqrt(0.00004) + 1e-7),
         1.98 - math.sqrt(0.001) * 0.03 / (math.sqrt(0.00009) + 1e-7),
     ]
-    got, _ = run_steps(backend_name, to_host, AdamW(0.1, weight_decay=0.1, flavor="keras"), [G1])
+    got, _ = run_steps(ops_backend, to_host, AdamW(0.1, weight_decay=0.1, flavor="keras"), [G1])
     assert_golden(got, expected)
 
 
 # ---- 2. three steps with changing gradients --------------------------------------------
-def test_rmsprop_tf1_three_steps(backend_name, to_host):
+def test_rmsprop_tf1_three_steps(ops_backend, to_host):
     expected = []
     for w, g1, g2, g3 in zip(W0, G1, G2, G3):  # element by element, plain floats
         ms = 1.0
@@ -324,12 +324,12 @@ def test_rmsprop_tf1_three_steps(backend_name, to_host):
         0.5 - 0.01 / math.sqrt(0.901 + 1e-10) - 0.04 / math.sqrt(0.8269 + 1e-10) + 0.02 / math.sqrt(0.74821 + 1e-10),
         rel_tol=1e-14,
     )
-    got, net = run_steps(backend_name, to_host, RMSProp(0.1), [G1, G2, G3])
+    got, net = run_steps(ops_backend, to_host, RMSProp(0.1), [G1, G2, G3])
     assert_golden(got, expected)
     assert net.optimizer.steps == 3
 
 
-def test_adam_torch_three_steps(backend_name, to_host):
+def test_adam_torch_three_steps(ops_backend, to_host):
     expected = []
     for w, g1, g2, g3 in zip(W0, G1, G2, G3):
         m, v = 0.0, 0.0
@@ -354,7 +354,7 @@ def test_adam_torch_three_steps(backend_name, to_host):
         / (math.sqrt((0.999 * (0.999 * 0.00001 + 0.00016) + 0.00004) / (1 - 0.997002999)) + 1e-8),
         rel_tol=1e-12,
     )
-    got, net = run_steps(backend_name, to_host, Adam(0.1), [G1, G2, G3])
+    got, net = run_steps(ops_backend, to_host, Adam(0.1), [G1, G2, G3])
     assert_golden(got, expected)
     assert net.optimizer.steps == 3
 
@@ -364,16 +364,16 @@ def test_adam_torch_three_steps(backend_name, to_host):
     "flavor, rho, eps, fill",
     [("tf1", 0.9, 1e-10, 1.0), ("keras", 0.9, 1e-7, 0.0), ("torch", 0.99, 1e-8, 0.0)],
 )
-def test_rmsprop_flavour_defaults(backend_name, to_host, flavor, rho, eps, fill):
+def test_rmsprop_flavour_defaults(ops_backend, to_host, flavor, rho, eps, fill):
     opt = RMSProp(flavor=flavor)
     assert (opt.lr, opt.rho, opt.eps, opt.momentum, opt.flavor) == (0.001, rho, eps, 0.0, flavor)
-    net = Sequential([Dense(3, 5)], loss="mse", optimizer=opt).build(backend=backend_name, seed=0)
+    net = Sequential([Dense(3, 5)], loss="mse", optimizer=opt).build(backend=ops_backend, seed=0)
     assert set(opt.state) == {"mean_square"}  # no momentum buffer without momentum
     ms = to_host(opt.state["mean_square"])
     assert ms.shape == (net.arena.size,)
     assert np.all(ms == fill)
     with_momentum = RMSProp(flavor=flavor, momentum=0.5)
-    Sequential([Dense(3, 5)], optimizer=with_momentum).build(backend=backend_name, seed=0)
+    Sequential([Dense(3, 5)], optimizer=with_momentum).build(backend=ops_backend, seed=0)
     assert np.all(to_host(with_momentum.state["momentum"]) == 0.0)
     assert np.all(to_host(with_momentum.state["mean_square"]) == fill)
 
@@ -425,10 +425,10 @@ ALL_OPTIMIZERS = [
 ]
 
 
-def odd_model(backend_name, optimizer, dtype="float64", seed=0):
+def odd_model(ops_backend, optimizer, dtype="float64", seed=0):
     """Tensors of 15, 5, 10 and 2 elements: every one followed by padding."""
     return Sequential([Dense(3, 5, "relu"), Dense(5, 2)], loss="mse", optimizer=optimizer).build(
-        backend=backend_name, dtype=dtype, seed=seed
+        backend=ops_backend, dtype=dtype, seed=seed
     )
 
 
@@ -446,8 +446,8 @@ def random_grads(net, rng):
 
 
 @pytest.mark.parametrize("make", ALL_OPTIMIZERS)
-def test_buffers_allocated_once_and_padding_stays_zero(backend_name, to_host, make):
-    net = odd_model(backend_name, make())
+def test_buffers_allocated_once_and_padding_stays_zero(ops_backend, to_host, make):
+    net = odd_model(ops_backend, make())
     arena, opt = net.arena, net.optimizer
     assert arena.size == 64 and arena.count == 32  # 15 | 5 | 10 | 2, each padded to 16
     mask = padding_mask(arena)
@@ -478,8 +478,8 @@ def test_buffers_allocated_once_and_padding_stays_zero(backend_name, to_host, ma
 
 
 @pytest.mark.parametrize("make", ALL_OPTIMIZERS)
-def test_padding_stays_zero_through_train_step(backend_name, to_host, make):
-    net = odd_model(backend_name, make())
+def test_padding_stays_zero_through_train_step(ops_backend, to_host, make):
+    net = odd_model(ops_backend, make())
     rng = np.random.default_rng(2)
     x = rng.random((8, 3))
     target = rng.random((8, 2))
@@ -495,7 +495,7 @@ def test_padding_stays_zero_through_train_step(backend_name, to_host, make):
 # ---- 5. dtype -----------------------------------------------------------------------
 @pytest.mark.parametrize("make", ALL_OPTIMIZERS)
 @pytest.mark.parametrize("lr", [0.01, np.float64(0.01), np.float32(0.01)], ids=["float", "np.float64", "np.float32"])
-def test_float32_stays_float32(backend_name, to_host, make, lr):
+def test_float32_stays_float32(ops_backend, to_host, make, lr):
     opt = make()
     # rebuild the same optimizer with the lr under test (and numpy-scalar hyper-parameters)
     config = {k: v for k, v in opt.config().items() if k != "name"}
@@ -507,7 +507,7 @@ def test_float32_stays_float32(backend_name, to_host, make, lr):
     for key in ("lr", "rho", "eps", "momentum", "beta1", "beta2", "weight_decay"):
         if hasattr(opt, key):
             assert type(getattr(opt, key)) is float, key
-    net = odd_model(backend_name, opt, dtype="float32")
+    net = odd_model(ops_backend, opt, dtype="float32")
     rng = np.random.default_rng(3)
     for _ in range(3):
         random_grads(net, rng)
@@ -523,16 +523,16 @@ def test_float32_stays_float32(backend_name, to_host, make, lr):
     assert np.all(np.isfinite(to_host(net.arena.values)))
 
 
-def test_float32_step_matches_float64_step_closely(backend_name, to_host):
+def test_float32_step_matches_float64_step_closely(ops_backend, to_host):
     # a float32 step is the float64 step rounded, not something else
-    got32 = flat_params(run_steps_dtype(backend_name, RMSProp(np.float64(0.1)), "float32"), to_host)
-    got64 = flat_params(run_steps_dtype(backend_name, RMSProp(0.1), "float64"), to_host)
+    got32 = flat_params(run_steps_dtype(ops_backend, RMSProp(np.float64(0.1)), "float32"), to_host)
+    got64 = flat_params(run_steps_dtype(ops_backend, RMSProp(0.1), "float64"), to_host)
     assert got32.dtype == np.float32
     np.testing.assert_allclose(got32, got64, rtol=1e-6)
 
 
-def run_steps_dtype(backend_name, optimizer, dtype):
-    net = tiny(backend_name, optimizer, dtype=dtype)
+def run_steps_dtype(ops_backend, optimizer, dtype):
+    net = tiny(ops_backend, optimizer, dtype=dtype)
     for g in (G1, G2, G3):
         set_grads(net, g)
         net.optimizer.step()
@@ -623,8 +623,8 @@ def test_get_optimizer_unknown(spec):
         get_optimizer(spec)
 
 
-def test_model_accepts_optimizer_name(backend_name):
-    net = Sequential([Dense(2, 1)], loss="mse", optimizer="adam").build(backend=backend_name, seed=0)
+def test_model_accepts_optimizer_name(ops_backend):
+    net = Sequential([Dense(2, 1)], loss="mse", optimizer="adam").build(backend=ops_backend, seed=0)
     assert isinstance(net.optimizer, Adam)
     assert net.optimizer.arena is net.arena
 
@@ -640,7 +640,7 @@ def test_config_round_trip():
 
 # ---- 8. state_dict / load_state_dict -------------------------------------------------
 @pytest.mark.parametrize("make", ALL_OPTIMIZERS)
-def test_state_dict_round_trip_is_bit_identical(backend_name, to_host, make):
+def test_state_dict_round_trip_is_bit_identical(ops_backend, to_host, make):
     rng = np.random.default_rng(4)
     shapes = {"0.weights": (3, 5), "0.bias": (5,), "1.weights": (5, 2), "1.bias": (2,)}
     grads = [{name: rng.standard_normal(shape) for name, shape in shapes.items()} for _ in range(6)]
@@ -649,7 +649,7 @@ def test_state_dict_round_trip_is_bit_identical(backend_name, to_host, make):
         for name, host in grad.items():
             net.gradients()[name][...] = net.backend.asarray(host)
 
-    first = odd_model(backend_name, make())
+    first = odd_model(ops_backend, make())
     for grad in grads[:3]:
         feed(first, grad)
         first.optimizer.step()
@@ -657,7 +657,7 @@ def test_state_dict_round_trip_is_bit_identical(backend_name, to_host, make):
     saved_state = {k: (v if k == "steps" else to_host(v).copy()) for k, v in first.optimizer.state_dict().items()}
     assert saved_state["steps"] == 3
 
-    second = odd_model(backend_name, make(), seed=99)  # different start, then restored
+    second = odd_model(ops_backend, make(), seed=99)  # different start, then restored
     second.arena.values[...] = second.backend.asarray(saved_values)
     second.optimizer.load_state_dict(saved_state)
     assert second.optimizer.steps == 3
@@ -675,8 +675,8 @@ def test_state_dict_round_trip_is_bit_identical(backend_name, to_host, make):
     assert not np.array_equal(to_host(first.arena.values), saved_values)
 
 
-def test_state_dict_holds_steps_and_every_buffer(backend_name):
-    net = odd_model(backend_name, Adam(0.01))
+def test_state_dict_holds_steps_and_every_buffer(ops_backend):
+    net = odd_model(ops_backend, Adam(0.01))
     state = net.optimizer.state_dict()
     assert set(state) == {"steps", "first_moment", "second_moment"}
     assert state["steps"] == 0
@@ -684,15 +684,15 @@ def test_state_dict_holds_steps_and_every_buffer(backend_name):
     assert net.optimizer.state_dict()["steps"] == 1
 
 
-def test_adam_steps_restored_matter(backend_name, to_host):
+def test_adam_steps_restored_matter(ops_backend, to_host):
     # a fresh optimizer with restored buffers but steps=0 would apply the wrong bias correction
-    net_a = tiny(backend_name, Adam(0.1))
+    net_a = tiny(ops_backend, Adam(0.1))
     set_grads(net_a, G1)
     net_a.optimizer.step()
     state = {k: (v if k == "steps" else to_host(v).copy()) for k, v in net_a.optimizer.state_dict().items()}
     values = to_host(net_a.arena.values).copy()
 
-    net_b = tiny(backend_name, Adam(0.1))
+    net_b = tiny(ops_backend, Adam(0.1))
     net_b.arena.values[...] = net_b.backend.asarray(values)
     net_b.optimizer.load_state_dict(state)
     for net in (net_a, net_b):
@@ -706,8 +706,8 @@ def test_adam_steps_restored_matter(backend_name, to_host):
     "make, name",
     [(lambda: RMSProp(0.01), "mean_square"), (lambda: SGD(0.01, momentum=0.9), "velocity"), (lambda: Adam(0.01), "second_moment")],
 )
-def test_load_state_dict_rejects_wrong_shape_and_missing_buffer(backend_name, make, name):
-    net = odd_model(backend_name, make())
+def test_load_state_dict_rejects_wrong_shape_and_missing_buffer(ops_backend, make, name):
+    net = odd_model(ops_backend, make())
     state = {k: (v if k == "steps" else np.zeros(v.shape)) for k, v in net.optimizer.state_dict().items()}
     bad = dict(state)
     bad[name] = np.zeros(net.arena.size - 1)
@@ -723,8 +723,8 @@ def test_load_state_dict_rejects_wrong_shape_and_missing_buffer(backend_name, ma
     net.optimizer.load_state_dict(state)  # the right shape loads
 
 
-def test_load_state_dict_keeps_dtype_and_buffer_identity(backend_name, to_host):
-    net = odd_model(backend_name, RMSProp(0.01, momentum=0.9), dtype="float32")
+def test_load_state_dict_keeps_dtype_and_buffer_identity(ops_backend, to_host):
+    net = odd_model(ops_backend, RMSProp(0.01, momentum=0.9), dtype="float32")
     buffers = dict(net.optimizer.state)
     state = {"steps": 7, "mean_square": np.full(net.arena.size, 0.25), "momentum": np.full(net.arena.size, 0.5)}
     net.optimizer.load_state_dict(state)
@@ -735,11 +735,11 @@ def test_load_state_dict_keeps_dtype_and_buffer_identity(backend_name, to_host):
     assert net.optimizer.steps == 7
 
 
-def test_rebinding_resets_state(backend_name, to_host):
-    net = tiny(backend_name, RMSProp(0.1))
+def test_rebinding_resets_state(ops_backend, to_host):
+    net = tiny(ops_backend, RMSProp(0.1))
     set_grads(net, G1)
     net.optimizer.step()
-    net.build(backend=backend_name, dtype="float64", seed=0)
+    net.build(backend=ops_backend, dtype="float64", seed=0)
     assert net.optimizer.steps == 0
     assert np.all(to_host(net.optimizer.state["mean_square"]) == 1.0)
     assert isinstance(net.optimizer, Optimizer)
