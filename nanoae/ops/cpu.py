@@ -185,6 +185,10 @@ class CpuOps(OpsTable):
         return out
 
     # ---- optimizers ----------------------------------------------------------------
+    # Each update is one kernel pass over the arena. Scalars go in cast to the arena's
+    # dtype; the on/off switches (momentum, weight decay, decoupled decay) are decided on
+    # the Python values, as the reference decides them: a momentum of 1e-300 rounds to 0
+    # in float32 but still routes the step through the momentum buffer there.
     @staticmethod
     def _scratch(workspace, params):
         if workspace is None:
@@ -196,15 +200,15 @@ class CpuOps(OpsTable):
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
         if flavor == "tf1":
             self.kernels.rmsprop_tf1(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
             )
         elif flavor == "keras":
             self.kernels.rmsprop_keras(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
             )
         elif flavor == "torch":
             self.kernels.rmsprop_torch(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), scratch
+                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
             )
         else:
             raise ValueError(f"unknown RMSProp flavor {flavor!r}; use 'tf1', 'keras' or 'torch'")
@@ -212,7 +216,9 @@ class CpuOps(OpsTable):
     def sgd_update(self, params, grads, velocity, lr, momentum, nesterov, weight_decay, workspace=None):
         dtype = params.dtype.type
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
-        self.kernels.sgd(params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay), scratch)
+        self.kernels.sgd(
+            params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay), bool(momentum), bool(weight_decay), scratch
+        )
 
     def adam_update(
         self, params, grads, first_moment, second_moment, lr, beta1, beta2, eps, step, weight_decay, decoupled, flavor, workspace=None
@@ -239,6 +245,7 @@ class CpuOps(OpsTable):
             dtype(eps),
             dtype(bias_correction2**0.5),
             dtype(0 if decoupled else weight_decay),
+            bool(weight_decay) and not decoupled,
             dtype(1 - lr * weight_decay),
             use_decoupled,
             keras,

@@ -166,19 +166,19 @@ def _rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_c
         params[k] = params[k] - lr * direction
 
 
-def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, scratch):
+def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_tf1(params, grads, mean_square, buffer, lr, decay_complement, eps, momentum, bool(momentum))
+    _rmsprop_tf1(params, grads, mean_square, buffer, lr, decay_complement, eps, momentum, use_momentum)
 
 
-def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, scratch):
+def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_keras(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, bool(momentum))
+    _rmsprop_keras(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum)
 
 
-def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, scratch):
+def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_torch(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, bool(momentum))
+    _rmsprop_torch(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum)
 
 
 @njit(**_OPTIMIZER_OPTIONS)
@@ -195,9 +195,9 @@ def _sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_mome
         params[k] = params[k] - lr * direction
 
 
-def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, scratch):
+def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, scratch):
     buffer = velocity if velocity is not None else params
-    _sgd(params, grads, buffer, lr, momentum, nesterov, weight_decay, bool(momentum), bool(weight_decay))
+    _sgd(params, grads, buffer, lr, momentum, nesterov, weight_decay, use_momentum, use_decay)
 
 
 @njit(**_OPTIMIZER_OPTIONS)
@@ -223,6 +223,6 @@ def _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, 
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, decoupled_factor, decoupled, keras, scratch):
+         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, scratch):
     _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-          sqrt_bc2, weight_decay, decoupled_factor, keras, bool(weight_decay), bool(decoupled))
+          sqrt_bc2, weight_decay, decoupled_factor, keras, use_decay, decoupled)

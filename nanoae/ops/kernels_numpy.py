@@ -92,33 +92,33 @@ def mse(prediction, target, grad, scale, column_sums):
     return total
 
 
-def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, scratch):
+def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, scratch):
     """ms += (g^2 - ms)(1 - rho); then the inside-the-root increment (see reference)."""
     first, second, _ = scratch
     np.multiply(grads, grads, out=first)
     np.subtract(first, mean_square, out=first)
     np.multiply(first, decay_complement, out=first)
     np.add(mean_square, first, out=mean_square)
-    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, first, second)
+    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second)
 
 
-def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, scratch):
+def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
     """ms = rho ms + (1 - rho) g^2; then the inside-the-root increment."""
     first, second, _ = scratch
     np.multiply(mean_square, rho, out=mean_square)
     np.multiply(grads, grads, out=first)
     np.multiply(first, decay_complement, out=first)
     np.add(mean_square, first, out=mean_square)
-    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, first, second)
+    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second)
 
 
-def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, first, second):
+def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second):
     """increment = (lr g) / sqrt(ms + eps); w -= increment (or through momentum)."""
     np.multiply(grads, lr, out=second)
     np.add(mean_square, eps, out=first)
     np.sqrt(first, out=first)
     np.divide(second, first, out=first)
-    if momentum:
+    if use_momentum:
         np.multiply(momentum_buffer, momentum, out=momentum_buffer)
         np.add(momentum_buffer, first, out=momentum_buffer)
         np.subtract(params, momentum_buffer, out=params)
@@ -126,7 +126,7 @@ def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps,
         np.subtract(params, first, out=params)
 
 
-def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, scratch):
+def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
     """ms = rho ms + (1 - rho) g^2; d = g / (sqrt(ms) + eps); w -= lr d (or lr mom)."""
     first, _, _ = scratch
     np.multiply(mean_square, rho, out=mean_square)
@@ -136,7 +136,7 @@ def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_co
     np.sqrt(mean_square, out=first)
     np.add(first, eps, out=first)
     np.divide(grads, first, out=first)
-    if momentum:
+    if use_momentum:
         np.multiply(momentum_buffer, momentum, out=momentum_buffer)
         np.add(momentum_buffer, first, out=momentum_buffer)
         np.multiply(momentum_buffer, lr, out=first)
@@ -145,14 +145,14 @@ def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_co
     np.subtract(params, first, out=params)
 
 
-def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, scratch):
+def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, scratch):
     """torch.optim.SGD's rule (see reference), through scratch buffers."""
     first, second, _ = scratch
-    if weight_decay:
+    if use_decay:
         np.multiply(params, weight_decay, out=second)
         np.add(grads, second, out=second)
         grads = second
-    if momentum:
+    if use_momentum:
         np.multiply(velocity, momentum, out=velocity)
         np.add(velocity, grads, out=velocity)
         if nesterov:
@@ -168,14 +168,14 @@ def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, scratch):
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, decoupled_factor, decoupled, keras, scratch):
+         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, scratch):
     """One Adam step (see reference). torch: lr_hat = lr / bc1, sqrt(v) is divided by
     sqrt_bc2 = sqrt(1 - beta2^t); keras: lr_hat = lr sqrt(bc2) / bc1. decoupled (AdamW):
     w *= decoupled_factor (= 1 - lr wd, which may be 0) before the step."""
     first, second, third = scratch
     if decoupled:
         np.multiply(params, decoupled_factor, out=params)
-    elif weight_decay:
+    elif use_decay:
         np.multiply(params, weight_decay, out=third)
         np.add(grads, third, out=third)
         grads = third
