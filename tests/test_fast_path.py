@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nanoae import SGD, Adam, AdamW, Autoencoder, Dense, RMSProp, Sequential, presets
+from nanoae import SGD, Adam, AdamW, Autoencoder, Dense, RMSProp, Sequential, gradcheck, presets
 from nanoae.backend import get_backend
 from nanoae.ops import cpu
 from nanoae.train import Callback
@@ -172,8 +172,6 @@ def test_activation_kernels_match_reference(kernels, activation):
 
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_float64_fast_path_is_gradient_checked(kernels):
-    from nanoae import gradcheck
-
     model = Sequential([Dense(6, 9, "tanh"), Dense(9, 4, "relu"), Dense(4, 3, "sigmoid")], loss="mse")
     model.build(backend=fast_backend(kernels, "float64"), seed=3)
     x = np.random.default_rng(0).normal(size=(5, 6))

@@ -1,7 +1,9 @@
 """The CuPy backend on a GPU: fused kernels and the captured training step.
 
 Every test here needs CuPy and a usable GPU and skips, saying why, without them. The
-rest of the suite also runs on CuPy through the ``backend_name`` fixture.
+rest of the suite also runs on CuPy through the ``backend_name`` fixture, and on the
+GPU table through the ``ops_backend`` fixture (tests/test_ops_tables.py compares that
+table with the reference function by function).
 """
 
 import os

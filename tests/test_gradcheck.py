@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanoae import Dense, LeakyReLU, ReLU, Sequential, Sigmoid, Tanh, gradcheck, presets
+from nanoae import MSE, Dense, LeakyReLU, ReLU, Sequential, Sigmoid, Tanh, gradcheck, presets
 from nanoae.activations import Identity
 from nanoae.layers import Module
 from nanoae.params import ParamSpec
@@ -140,6 +140,4 @@ def test_gradcheck_argument_errors():
     with pytest.raises(ValueError, match="features"):
         gradcheck(Dense(3, 2), np.ones((1, 4)))
     with pytest.raises(ValueError, match="needs a target"):
-        from nanoae import MSE
-
         gradcheck(MSE(), np.ones((1, 2)))

@@ -69,7 +69,7 @@ def assert_golden(actual, expected):
     np.testing.assert_allclose(actual, np.array(expected, dtype=np.float64), rtol=RTOL, atol=0)
 
 
-# ---- 1. one step (or two, where momentum needs it) of every flavour ------------------
+# ---- 1. one step (or two, where momentum needs it) of every flavor ------------------
 def test_rmsprop_tf1_one_step(ops_backend, to_host):
     # ms = 1 + (g^2 - 1)(1 - 0.9):  1 + (0.01 - 1)*0.1 = 0.901,  1 + (0.04 - 1)*0.1 = 0.904,
     #                               1 + (0.09 - 1)*0.1 = 0.909
@@ -364,7 +364,7 @@ def test_adam_torch_three_steps(ops_backend, to_host):
     "flavor, rho, eps, fill",
     [("tf1", 0.9, 1e-10, 1.0), ("keras", 0.9, 1e-7, 0.0), ("torch", 0.99, 1e-8, 0.0)],
 )
-def test_rmsprop_flavour_defaults(ops_backend, to_host, flavor, rho, eps, fill):
+def test_rmsprop_flavor_defaults(ops_backend, to_host, flavor, rho, eps, fill):
     opt = RMSProp(flavor=flavor)
     assert (opt.lr, opt.rho, opt.eps, opt.momentum, opt.flavor) == (0.001, rho, eps, 0.0, flavor)
     net = Sequential([Dense(3, 5)], loss="mse", optimizer=opt).build(backend=ops_backend, seed=0)
@@ -378,7 +378,7 @@ def test_rmsprop_flavour_defaults(ops_backend, to_host, flavor, rho, eps, fill):
     assert np.all(to_host(with_momentum.state["mean_square"]) == fill)
 
 
-def test_default_flavours_and_overrides():
+def test_default_flavors_and_overrides():
     assert RMSProp().flavor == "tf1"
     assert Adam().flavor == "torch"
     opt = RMSProp(flavor="torch", rho=0.5, eps=1e-3)

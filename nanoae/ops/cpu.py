@@ -18,7 +18,7 @@ memory traffic:
   the MSE loss and its gradient are one pass; each optimizer update is one pass over
   the whole arena;
 * those passes run as Numba kernels when Numba is installed (``nanoae[fast]``), else
-  as vectorised NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
+  as vectorized NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
 
 Everything else is inherited from the reference table and allocates its results
 afresh on every call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy, the VAE's

@@ -111,8 +111,8 @@ def activation_grad_bias(grad_output, y, code, alpha, one, out, grad_bias, scrat
 @njit(**_OPTIONS)
 def mse(prediction, target, grad, scale, column_sums):
     # One float64 running sum per column (column_sums: (cols,) float64): the inner loop
-    # then has no loop-carried dependency and vectorises without fastmath, where a
-    # single accumulator would serialise on the add latency (0.20 ms at 256x784).
+    # then has no loop-carried dependency and vectorizes without fastmath, where a
+    # single accumulator would serialize on the add latency (0.20 ms at 256x784).
     rows, cols = prediction.shape
     for j in range(cols):
         column_sums[j] = 0.0

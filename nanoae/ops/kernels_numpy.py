@@ -1,4 +1,4 @@
-"""Elementwise kernels of the fast CPU path, in vectorised NumPy (no Numba needed).
+"""Elementwise kernels of the fast CPU path, in vectorized NumPy (no Numba needed).
 
 Each kernel writes into buffers it is given (``out=`` everywhere) and allocates
 nothing but, where a formula needs one, into a caller-owned scratch array. Scalars
