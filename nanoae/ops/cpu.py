@@ -21,8 +21,10 @@ memory traffic:
   as vectorized NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
 
 Everything else is inherited from the reference table and allocates its results
-afresh on every call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy, the VAE's
-sampling and KL, ``l1_penalty_and_grad`` and the corruptions. So a steady training
+afresh on every call: ``mse_loss``, the BCE losses, softmax and softmax cross-entropy,
+the VAE's sampling and KL, ``l1_penalty_and_grad`` and the corruptions.
+``compile_train_step`` is inherited too: it gathers each batch through this table's
+``gather_rows``, so into reused buffers. So a steady training
 step of a plain autoencoder on MSE (with or without weight decay) allocates nothing
 per step beyond small bookkeeping, while models using those ops (BCE, a classifier, a
 VAE, an L1 code penalty, denoising) allocate their arrays each step.
