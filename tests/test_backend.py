@@ -78,6 +78,13 @@ def test_every_ops_table_offers_the_same_functions():
                 assert parameters == base, (table, name)
 
 
+def test_every_reference_function_is_in_the_tables():
+    """A function added to the reference math must reach the tables (OPS_API and OpsTable),
+    else the layers could not call it through ``backend.ops``. Two are helpers only."""
+    public = {name for name, value in vars(reference).items() if inspect.isfunction(value) and not name.startswith("_")}
+    assert public - set(OPS_API) == {"array_module", "sigmoid"}
+
+
 def test_the_fast_tables_take_the_rest_from_the_reference_table():
     assert issubclass(cpu.CpuOps, OpsTable) and issubclass(GpuOps, OpsTable)
     assert cpu.CpuOps.softmax is OpsTable.softmax and GpuOps.bce_loss is OpsTable.bce_loss

@@ -305,7 +305,8 @@ def test_compiled_train_step_equals_the_model_step(name):
     rows are an IndexError (on the host tables), not a silently clamped batch."""
     table = table_named(name)
     library = "cupy" if table.name == "gpu-cupy" else "numpy"
-    backend = backend_module.get_backend(library, fast=table.name != "reference", kernels=table.name.removeprefix("cpu-") if name.startswith("cpu-") else "auto")
+    kernels = table.name.removeprefix("cpu-") if name.startswith("cpu-") else "auto"
+    backend = backend_module.get_backend(library, fast=table.name != "reference", kernels=kernels)
     assert backend.ops is table
     models = [Sequential([Dense(6, 4, "relu"), Dense(4, 6)], loss="mse", optimizer="adam").build(backend=backend, seed=0) for _ in range(2)]
     data = np.random.default_rng(0).random((20, 6), dtype=np.float32)
@@ -372,13 +373,22 @@ def test_rmsprop_update(name, size, flavor, lr, rho, eps, momentum, dtype, seed)
 
 
 @pytest.mark.parametrize("name", TABLES)
-@given(size=st.integers(1, 64), lr=small_rates, momentum=momenta, nesterov=st.booleans(), weight_decay=st.one_of(st.just(0.0), st.floats(0, 1)), dtype=DTYPES, seed=seeds)
+@given(
+    size=st.integers(1, 64),
+    lr=small_rates,
+    momentum=momenta,
+    nesterov=st.booleans(),
+    weight_decay=st.one_of(st.just(0.0), st.floats(0, 1)),
+    dtype=DTYPES,
+    seed=seeds,
+)
 def test_sgd_update(name, size, lr, momentum, nesterov, weight_decay, dtype, seed):
     table, rng = table_named(name), np.random.default_rng(seed)
     nesterov = nesterov and momentum > 0
     arrays = {"params": values(rng, (size,), dtype), "velocity": np.zeros(size, dtype=dtype) if momentum else None}
     gradients = _gradients(rng, size, dtype, 4)
-    _compare_updates(table, "sgd_update", arrays, gradients, exact_on(table), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    hyper = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+    _compare_updates(table, "sgd_update", arrays, gradients, exact_on(table), **hyper)
 
 
 @st.composite
@@ -408,7 +418,8 @@ def adam_hyperparameters(draw):
 def test_adam_update(name, size, rates, beta1, beta2, eps, decoupled, flavor, dtype, seed):
     table, rng = table_named(name), np.random.default_rng(seed)
     lr, weight_decay = rates
-    arrays = {"params": values(rng, (size,), dtype), "first_moment": np.zeros(size, dtype=dtype), "second_moment": np.zeros(size, dtype=dtype)}
+    zeros = np.zeros(size, dtype=dtype)
+    arrays = {"params": values(rng, (size,), dtype), "first_moment": zeros, "second_moment": zeros}  # each copied
     gradients = _gradients(rng, size, dtype, 4)
     _compare_updates(
         table, "adam_update", arrays, gradients, exact_on(table),

@@ -200,18 +200,14 @@ class CpuOps(OpsTable):
     def rmsprop_update(self, params, grads, mean_square, momentum_buffer, lr, rho, eps, momentum, flavor, workspace=None):
         dtype = params.dtype.type
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
+        lr, rho, complement, eps, momentum_value = dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum)
+        state = (params, grads, mean_square, momentum_buffer)
         if flavor == "tf1":
-            self.kernels.rmsprop_tf1(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
-            )
+            self.kernels.rmsprop_tf1(*state, lr, complement, eps, momentum_value, bool(momentum), scratch)
         elif flavor == "keras":
-            self.kernels.rmsprop_keras(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
-            )
+            self.kernels.rmsprop_keras(*state, lr, rho, complement, eps, momentum_value, bool(momentum), scratch)
         elif flavor == "torch":
-            self.kernels.rmsprop_torch(
-                params, grads, mean_square, momentum_buffer, dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum), bool(momentum), scratch
-            )
+            self.kernels.rmsprop_torch(*state, lr, rho, complement, eps, momentum_value, bool(momentum), scratch)
         else:
             raise ValueError(f"unknown RMSProp flavor {flavor!r}; use 'tf1', 'keras' or 'torch'")
 
@@ -219,8 +215,9 @@ class CpuOps(OpsTable):
         dtype = params.dtype.type
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
         self.kernels.sgd(
-            params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay), bool(momentum), bool(weight_decay), scratch
-        )
+            params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay),
+            bool(momentum), bool(weight_decay), scratch,
+        )  # fmt: skip
 
     def adam_update(
         self, params, grads, first_moment, second_moment, lr, beta1, beta2, eps, step, weight_decay, decoupled, flavor, workspace=None

@@ -81,8 +81,9 @@ class OpsTable:
         return reference.dense_forward(x, weights, bias, activation, alpha)
 
     def dense_backward(
-        self, grad_output, x, y, weights, activation: str, alpha: float, grad_weights, grad_bias, need_input_grad: bool = True, workspace=None
-    ):
+        self, grad_output, x, y, weights, activation: str, alpha: float, grad_weights, grad_bias,
+        need_input_grad: bool = True, workspace=None,
+    ):  # fmt: skip
         return reference.dense_backward(grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad)
 
     # ---- losses ----------------------------------------------------------------------
