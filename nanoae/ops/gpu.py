@@ -43,9 +43,10 @@ ctypes cuBLAS binding in :mod:`nanoae.ops.gpu_cublas`, the graph capture in
 :mod:`nanoae.ops.gpu_graph`. Everything here needs a CUDA GPU at run time (the modules
 import without CuPy); its tests (``tests/test_gpu.py``) skip without one.
 
-Unlike the CPU table, ``gather_rows`` does not check its indices: that would read them
-back to the host every step (and cannot run inside a captured graph). CuPy's own
-indexing does not check them either.
+Unlike the CPU table, ``gather_rows`` (given a workspace) takes row numbers in [0, n)
+only, as the trainer passes them: it neither checks them, which would read them back
+to the host every step and cannot run inside a captured graph, nor counts negative
+ones from the end. CuPy's own indexing does not check them either.
 """
 
 from __future__ import annotations
