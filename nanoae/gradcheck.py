@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoae.backend import get_backend
-from nanoae.layers import Module
+from nanoae.module import Module
 from nanoae.losses import Loss
 from nanoae.params import ParameterArena
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoae.layers import Dense, Module
+from nanoae.layers import Dense
+from nanoae.module import Module
 from nanoae.validation import fraction, non_negative_float, positive_float
 
 
@@ -68,6 +69,10 @@ class ActivityL1(Module):
 
     def config(self) -> dict:
         return {"type": "ActivityL1", "strength": self.strength}
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "ActivityL1":
+        return cls(config["strength"])
 
     def __repr__(self) -> str:
         return f"ActivityL1({self.strength})"
