@@ -5,7 +5,7 @@ import pytest
 
 import nanoae
 from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
-from nanoae.models import clone_module, count_parameters, module_from_config
+from nanoae.module import clone_module, count_parameters, module_from_config
 
 FLOAT32_OPTIMIZERS = [
     RMSProp(flavor="tf1"),

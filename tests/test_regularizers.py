@@ -151,7 +151,7 @@ def test_denoising_trains_on_corrupted_inputs_against_clean_targets():
     np.testing.assert_array_equal(model.reconstruct(x), model.reconstruct(x))  # no noise at inference
 
 
-def test_checkpoint_keeps_every_regulariser(tmp_path):
+def test_checkpoint_keeps_every_regularizer(tmp_path):
     model = tiny(corruption=GaussianNoise(0.3), l1=0.01, decay=1e-3)
     model.fit(data(), steps=5, batch_size=32)
     save_checkpoint(tmp_path / "reg.npz", model)
@@ -201,7 +201,7 @@ def test_denoising_autoencoder_learns_on_mnist(mnist_dir):
 
 
 def test_fast_cpu_ops_compute_the_reference_functions():
-    """The CPU table's own L2 code (the rest of its regulariser ops are the reference's)."""
+    """The CPU table's own L2 code (the rest of its regularizer ops are the reference's)."""
     from nanoae.ops import cpu
 
     rng = np.random.default_rng(0)
