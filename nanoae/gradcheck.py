@@ -1,7 +1,7 @@
 """Check a hand-written backward pass against finite differences, in float64.
 
 ``gradcheck(thing, x, ...)`` works on a layer, a whole model or a loss, including
-layers you write yourself (subclass :class:`nanoae.layers.Module`).
+layers you write yourself (subclass :class:`nanoae.module.Module`).
 
 What is compared
 ----------------
