@@ -18,7 +18,7 @@ from nanoae.gradcheck import GradcheckReport, gradcheck
 from nanoae.layers import Dense
 from nanoae.losses import BCE, MSE, BCEWithLogits, SoftmaxCrossEntropy
 from nanoae.models import Autoencoder, Model, Sequential
-from nanoae.module import Module, clone_module, count_parameters, module_from_config
+from nanoae.module import Module
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.pca import PCA
 from nanoae.regularizers import ActivityL1, GaussianNoise, MaskingNoise
