@@ -43,8 +43,8 @@ diverged run can still record its last loss.
 
 Why no pickle
 -------------
-Unpickling runs arbitrary code chosen by whoever wrote the file. Checkpoints get
-shared, downloaded and attached to bug reports, so
+Unpickling runs arbitrary code chosen by whoever wrote the file, and
+checkpoints get shared, downloaded and attached to bug reports, so
 loading one must be safe: the archive is read with ``np.load(allow_pickle=False)``,
 every array must be a plain numeric array, the metadata is JSON, and the model is
 rebuilt from its JSON config by :func:`nanoae.module.module_from_config`. An object
