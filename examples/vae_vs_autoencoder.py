@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _study  # noqa: E402
 
 from nanoae import presets  # noqa: E402
-from nanoae.models import count_parameters  # noqa: E402
+from nanoae.module import count_parameters  # noqa: E402
 from nanoae.pca import PCA  # noqa: E402
 from nanoae.train import reconstruction_errors  # noqa: E402
 

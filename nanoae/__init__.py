@@ -8,21 +8,22 @@
 NumPy is the only hard dependency; CuPy (GPU), Numba, matplotlib and tqdm are optional.
 """
 
-from nanoae import presets
+# Every module is imported here, so that each Module, Loss and Optimizer subclass has
+# registered itself for module_from_config (and checkpoints) once nanoae is imported.
+from nanoae import checkpoint, data, init, params, plot, presets, train, validation
 from nanoae.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from nanoae.backend import Backend, BackendUnavailable, get_backend
-from nanoae.gradcheck import GradcheckReport, gradcheck
-from nanoae.layers import Dense, Module
-from nanoae.losses import BCE, MSE, BCEWithLogits
-from nanoae.models import Autoencoder, Model, Sequential
-from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.classifier import Classifier
-from nanoae.losses import SoftmaxCrossEntropy
+from nanoae.gradcheck import GradcheckReport, gradcheck
+from nanoae.layers import Dense
+from nanoae.losses import BCE, MSE, BCEWithLogits, SoftmaxCrossEntropy
+from nanoae.models import Autoencoder, Model, Sequential
+from nanoae.module import Module
+from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.pca import PCA
 from nanoae.regularizers import ActivityL1, GaussianNoise, MaskingNoise
 from nanoae.vae import VariationalAutoencoder
-
-__version__ = "0.1.0"
+from nanoae.version import __version__
 
 __all__ = [
     "ActivityL1",

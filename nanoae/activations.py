@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 
-from nanoae.layers import Module
-from nanoae.validation import real_number
+from nanoae.module import Module
+from nanoae.validation import as_batch, real_number
 
 DEFAULT_LEAKY_ALPHA = 0.2
 _ALIASES = {"linear": "identity", "none": "identity", None: "identity", "leaky": "leaky_relu", "lrelu": "leaky_relu"}
@@ -53,12 +53,14 @@ class Activation(Module):
 
     def __call__(self, x):
         self._ensure_built()
-        from nanoae.validation import as_batch  # noqa: PLC0415
-
         return self._handed_out(self.forward(as_batch(x, None, self.backend)))
 
     def config(self) -> dict:
         return {"type": type(self).__name__, "name": self.name, "alpha": self.alpha}
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "Activation":
+        return cls()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -92,6 +94,10 @@ class LeakyReLU(Activation):
         if alpha < 0 or math.isinf(alpha):
             raise ValueError(f"LeakyReLU alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = alpha
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "LeakyReLU":
+        return cls(config["alpha"])
 
     def __repr__(self) -> str:
         return f"LeakyReLU(alpha={self.alpha})"

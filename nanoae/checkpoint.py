@@ -43,11 +43,11 @@ diverged run can still record its last loss.
 
 Why no pickle
 -------------
-Unpickling runs arbitrary code chosen by whoever wrote the file (DESIGN.md,
-decision 8). Checkpoints get shared, downloaded and attached to bug reports, so
+Unpickling runs arbitrary code chosen by whoever wrote the file, and
+checkpoints get shared, downloaded and attached to bug reports, so
 loading one must be safe: the archive is read with ``np.load(allow_pickle=False)``,
 every array must be a plain numeric array, the metadata is JSON, and the model is
-rebuilt from its JSON config by :func:`nanoae.models.module_from_config`. An object
+rebuilt from its JSON config by :func:`nanoae.module.module_from_config`. An object
 array, a hostile or garbled file or a wrong shape is refused with a
 :class:`CheckpointError` before anything of it is used.
 
@@ -95,6 +95,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nanoae.backend import get_backend
+from nanoae.data.batching import BatchSampler
+from nanoae.module import module_from_config
+from nanoae.version import __version__
 
 __all__ = [
     "FORMAT",
@@ -232,8 +237,6 @@ def _sampler_state(sampler) -> dict | None:
 
 def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     """(header, {array name: host array}) for a model."""
-    import nanoae  # noqa: PLC0415 (lazy: no cycle if nanoae/__init__ imports this module)
-
     if getattr(model, "arena", None) is None:
         if getattr(model, "built", False):
             raise CheckpointError(
@@ -261,7 +264,7 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "nanoae_version": nanoae.__version__,
+        "nanoae_version": __version__,
         "dtype": dtype,
         "arena_size": int(arena.size),
         "layout": {name: [int(offset), [int(d) for d in shape]] for name, (offset, shape) in arena.layout.items()},
@@ -450,9 +453,7 @@ def _read_array(path: Path, archive, name: str) -> np.ndarray:
 
 
 def _own_version() -> str:
-    import nanoae  # noqa: PLC0415
-
-    return nanoae.__version__
+    return __version__
 
 
 def _parse_header(path: Path, raw: np.ndarray) -> dict:
@@ -648,9 +649,6 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     with the file (the message names it), BackendUnavailable for a backend that
     cannot run here.
     """
-    from nanoae.backend import get_backend  # noqa: PLC0415
-    from nanoae.models import module_from_config  # noqa: PLC0415
-
     path = Path(os.fspath(path))
     resolved = get_backend(backend)  # a bad name or a missing GPU: the caller's error, raised first
     header, arrays = _read_archive(path)
@@ -715,8 +713,6 @@ def restore_sampler(checkpoint: Checkpoint, rng=None):
     yourself and calling ``load_state_dict`` would leave the generator one
     permutation ahead.) Returns None when no sampler was saved.
     """
-    from nanoae.data.batching import BatchSampler  # noqa: PLC0415
-
     state = checkpoint.sampler_state
     if state is None:
         return None

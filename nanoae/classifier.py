@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoae.layers import Dense, Module
+from nanoae.layers import Dense
 from nanoae.losses import SoftmaxCrossEntropy
-from nanoae.models import Model, as_module, clone_module, module_from_config
+from nanoae.models import Model, as_module
+from nanoae.module import Module, clone_module, module_from_config
 from nanoae.optim import Adam
 from nanoae.params import ParamSpec
 from nanoae.validation import as_batch, positive_int
@@ -172,6 +173,17 @@ class Classifier(Model):
             "n_classes": self.n_classes,
             "freeze_encoder": self.freeze_encoder,
         }
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "Classifier":
+        _, optimizer = cls._loss_and_optimizer_from(config)  # the loss is always softmax cross-entropy
+        return cls(
+            module_from_config(config["encoder"]),
+            config["n_classes"],
+            freeze_encoder=config.get("freeze_encoder", False),
+            optimizer=optimizer,
+            **build_options,
+        )
 
 
 def check_labels(labels, rows: int, n_classes: int, backend):

@@ -1,7 +1,7 @@
 """Check a hand-written backward pass against finite differences, in float64.
 
 ``gradcheck(thing, x, ...)`` works on a layer, a whole model or a loss, including
-layers you write yourself (subclass :class:`nanoae.layers.Module`).
+layers you write yourself (subclass :class:`nanoae.module.Module`).
 
 What is compared
 ----------------
@@ -41,7 +41,7 @@ about the derivative; the entry is retried with steps h/10 and h/100, and skippe
 Everything runs in float64: a float32 model is checked on a float64 copy of its
 parameters and left untouched.
 
-Regularisation terms and noise: the objective includes ``module.penalty()`` (L2 weight
+Regularization terms and noise: the objective includes ``module.penalty()`` (L2 weight
 decay, an L1 on a code, a VAE's KL), whose gradients the modules' backward passes add.
 A module with a ``hold_noise(batch)`` context manager (the VAE) is checked with its
 noise held fixed, drawn once (or as already held by the caller), so that every forward
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoae.backend import get_backend
-from nanoae.layers import Module
+from nanoae.module import Module
 from nanoae.losses import Loss
 from nanoae.params import ParameterArena
 

@@ -1,6 +1,6 @@
-"""Weight initialisers: Glorot/Xavier, He, zeros.
+"""Weight initializers: Glorot/Xavier, He, zeros.
 
-An initialiser is a function ``init(shape, rng) -> numpy.ndarray`` (float64, on the
+An initializer is a function ``init(shape, rng) -> numpy.ndarray`` (float64, on the
 host); the parameter arena casts the result to the model's dtype and copies it to the
 device. Drawing on the host with the model's one generator keeps runs reproducible
 across backends and dtypes.

@@ -1,145 +1,16 @@
-"""Modules and the Dense layer.
+"""The Dense layer: a fully connected layer with its activation fused in.
 
-A :class:`Module` has ``forward(x)`` and ``backward(grad_output, need_input_grad)``.
-Forward keeps what backward needs; backward writes parameter gradients into the
-module's gradient views and returns the gradient with respect to its input (or
-``None`` when the caller does not need it: the first layer of a model).
-
-Parameters are not owned by layers: a layer declares them (:meth:`Module.parameter_specs`)
-and is *bound* to views into a model-wide :class:`~nanoae.params.ParameterArena`.
-Calling :meth:`Module.build` on a module gives it an arena of its own; a model builds
-one arena for all its layers.
+Like every :class:`~nanoae.module.Module`, a layer declares its parameters and is
+bound to views into a model-wide :class:`~nanoae.params.ParameterArena`.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import numpy as np
-
-from nanoae.backend import Backend, get_backend, make_rng
+from nanoae.activations import resolve_activation
 from nanoae.init import get_initializer, initializer_name
+from nanoae.module import Module
 from nanoae.params import ParameterArena, ParamSpec
-from nanoae.validation import as_batch, positive_int
-
-
-def sum_penalties(terms):
-    """Add penalty terms, skipping the Python 0.0 of modules without one (so a model
-    with no regulariser returns exactly 0.0 and its loss is left untouched)."""
-    total = None
-    for term in terms:
-        if type(term) is float and term == 0.0:
-            continue
-        total = term if total is None else total + term
-    return 0.0 if total is None else total
-
-
-class Module:
-    """Base of layers and models: parameter declaration, binding, forward/backward."""
-
-    in_features: int | None = None
-    out_features: int | None = None
-
-    def __init__(self) -> None:
-        self.backend: Backend | None = None
-        self.arena: ParameterArena | None = None
-        self.rng: np.random.Generator | None = None
-        self._prefix = ""
-        self._bound_arena: ParameterArena | None = None
-
-    # ---- parameters --------------------------------------------------------------
-    def parameter_specs(self, prefix: str = "") -> list[ParamSpec]:
-        """Declare this module's parameters (names prefixed), children included."""
-        return []
-
-    def bind(self, arena: ParameterArena, prefix: str = "") -> None:
-        """Attach to views of ``arena`` (and its backend) for this module's names."""
-        self.backend = arena.backend
-        self._prefix = prefix
-        self._bound_arena = arena
-        for child_prefix, child in self.children(prefix):
-            child.bind(arena, child_prefix)
-
-    def children(self, prefix: str = "") -> list[tuple[str, "Module"]]:
-        """(prefix, module) for each direct sub-module."""
-        return []
-
-    def modules(self) -> Iterator["Module"]:
-        """This module and every sub-module, depth first."""
-        yield self
-        for _, child in self.children():
-            yield from child.modules()
-
-    @property
-    def built(self) -> bool:
-        return self.backend is not None
-
-    def build(self, backend=None, dtype=None, seed=None, fast=None) -> "Module":
-        """Give this module an arena of its own and initialise its parameters.
-
-        backend: "numpy" | "cupy" | "auto" | a Backend (default: $NANOAE_BACKEND or auto)
-        dtype:   "float32" (default) or "float64"
-        seed:    int for a reproducible initialisation (and, in models, batch order)
-        Sub-modules that were already built keep their current values.
-        """
-        resolved = get_backend(backend, dtype=dtype, fast=fast)
-        self.rng = make_rng(seed)
-        arena = ParameterArena(self.parameter_specs(), resolved)
-        arena.initialize(self.rng)
-        for module in self.modules():  # children built on their own give up their old arena
-            module.arena = None
-        self.bind(arena)
-        self.arena = arena
-        return self
-
-    def parameters(self) -> dict:
-        """name -> parameter view of this module (live: writing to it changes the model)."""
-        return self._own(self._bound_arena.views) if self._bound_arena is not None else {}
-
-    def gradients(self) -> dict:
-        """name -> gradient view of this module, filled by the last backward pass."""
-        return self._own(self._bound_arena.grad_views) if self._bound_arena is not None else {}
-
-    def _own(self, views: dict) -> dict:
-        start = len(self._prefix)
-        return {name[start:]: view for name, view in views.items() if name.startswith(self._prefix)}
-
-    def _ensure_built(self) -> None:
-        if not self.built:
-            self.build()
-
-    # ---- regularisation terms ------------------------------------------------------
-    def penalty(self):
-        """The terms this module adds to the training objective, summed (children too).
-
-        Evaluated at the current parameters and the last forward pass: an L2 weight
-        penalty (:class:`Dense` with ``weight_decay``), an L1 penalty on activations,
-        a VAE's KL term. Returns 0.0 when there are none, else a 0-d array. Each
-        module's ``backward`` already adds the gradient of its own term, so
-        objective = loss(output, target) + penalty() is what training minimises.
-        """
-        return sum_penalties(child.penalty() for _, child in self.children())
-
-    # ---- computation -------------------------------------------------------------
-    def forward(self, x):
-        raise NotImplementedError
-
-    def backward(self, grad_output, need_input_grad: bool = True):
-        raise NotImplementedError
-
-    def __call__(self, x):
-        """Validated forward pass: checks x, builds with defaults if needed."""
-        self._ensure_built()
-        return self._handed_out(self.forward(as_batch(x, self.in_features, self.backend)))
-
-    def _handed_out(self, array):
-        """What users receive: a fast path's reused buffer would be overwritten by the
-        next call, so they get a copy of it."""
-        return array.copy() if self.backend.fast else array
-
-    def config(self) -> dict:
-        """A JSON-friendly description from which the module can be rebuilt."""
-        return {"type": type(self).__name__}
+from nanoae.validation import non_negative_float, positive_int
 
 
 class Dense(Module):
@@ -153,8 +24,8 @@ class Dense(Module):
 
     activation: "identity" (default), "relu", "leaky_relu", "sigmoid", "tanh", or an
                 activation object such as ``LeakyReLU(0.1)``
-    init:       weight initialiser name or function (default "glorot_uniform")
-    bias_init:  bias initialiser (default "zeros"; the tutorial uses "glorot_uniform",
+    init:       weight initializer name or function (default "glorot_uniform")
+    bias_init:  bias initializer (default "zeros"; the tutorial uses "glorot_uniform",
                 which on a 1-D bias of length n draws U(+-sqrt(3/n)))
     alpha:      slope for z < 0 when activation is "leaky_relu" (default 0.2)
     weight_decay: lambda >= 0 of an L2 term on the weights (not the bias) added to the
@@ -174,9 +45,6 @@ class Dense(Module):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        from nanoae.activations import resolve_activation  # noqa: PLC0415 (cycle)
-        from nanoae.validation import non_negative_float  # noqa: PLC0415
-
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         self.activation = resolve_activation(activation, alpha)
@@ -258,6 +126,20 @@ class Dense(Module):
             "bias_init": initializer_name(self.bias_init),
             **({"weight_decay": self.weight_decay} if self.weight_decay else {}),
         }
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "Dense":
+        # alpha is stored for every activation but only leaky_relu takes one
+        alpha = config.get("alpha") if config.get("activation") == "leaky_relu" else None
+        return cls(
+            config["in_features"],
+            config["out_features"],
+            config.get("activation", "identity"),
+            init=config.get("init", "glorot_uniform"),
+            bias_init=config.get("bias_init", "zeros"),
+            alpha=alpha,
+            weight_decay=config.get("weight_decay", 0.0),
+        )
 
     def __repr__(self) -> str:
         return f"Dense({self.in_features}, {self.out_features}, activation={self.activation.name!r})"

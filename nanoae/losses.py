@@ -19,11 +19,23 @@ from __future__ import annotations
 from nanoae.backend import get_backend
 from nanoae.validation import check_same_shape, fraction
 
+# name -> Loss subclass, in definition order; filled by Loss.__init_subclass__
+LOSSES: dict[str, type] = {}
+
 
 class Loss:
-    """Base class: subclasses implement ``_value`` and ``_value_and_grad`` via the ops table."""
+    """Base class: subclasses implement ``_value`` and ``_value_and_grad`` via the ops table.
+
+    A subclass that sets its own ``name`` registers under it, so :func:`get_loss` and
+    :func:`loss_from_config` find it.
+    """
 
     name = "loss"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a subclass that keeps its parent's name does not replace it
+            LOSSES[cls.name] = cls
 
     def __init__(self) -> None:
         self.backend = None
@@ -70,6 +82,11 @@ class Loss:
 
     def config(self) -> dict:
         return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Loss":
+        """The loss described by ``config`` (the output of :meth:`config`)."""
+        return cls(**{key: value for key, value in config.items() if key != "name"})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -155,9 +172,6 @@ class SoftmaxCrossEntropy(Loss):
         return ops.softmax_cross_entropy_loss_and_grad(prediction, target, self._workspace)
 
 
-LOSSES = {"mse": MSE, "bce": BCE, "bce_logits": BCEWithLogits, "softmax_cross_entropy": SoftmaxCrossEntropy}
-
-
 def get_loss(spec) -> Loss:
     """A Loss from a name ("mse", "bce", "bce_logits") or a Loss instance."""
     if isinstance(spec, Loss):
@@ -165,3 +179,11 @@ def get_loss(spec) -> Loss:
     if isinstance(spec, str) and spec.lower() in LOSSES:
         return LOSSES[spec.lower()]()
     raise ValueError(f"unknown loss {spec!r}; choose one of {', '.join(LOSSES)} or pass a Loss object")
+
+
+def loss_from_config(config: dict) -> Loss:
+    """Rebuild a loss from :meth:`Loss.config` output, e.g. {"name": "bce", "eps": 1e-7}."""
+    name = config.get("name") if isinstance(config, dict) else None
+    if name not in LOSSES:
+        raise ValueError(f"cannot rebuild a loss named {name!r} from its config; known losses: {', '.join(LOSSES)}")
+    return LOSSES[name].from_config(config)

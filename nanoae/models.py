@@ -11,12 +11,11 @@ and the order of the training batches.
 
 from __future__ import annotations
 
-import numpy as np
-
-from nanoae.layers import Dense, Module
-from nanoae.losses import get_loss
-from nanoae.optim import RMSProp, get_optimizer
+from nanoae.losses import BCEWithLogits, get_loss, loss_from_config
+from nanoae.module import Module, module_from_config
+from nanoae.optim import RMSProp, get_optimizer, optimizer_from_config
 from nanoae.params import ParamSpec
+from nanoae.regularizers import get_corruption
 from nanoae.validation import as_batch, check_same_shape
 
 _BUILD_OPTIONS = ("backend", "dtype", "seed", "fast")
@@ -54,10 +53,6 @@ class Model(Module):
             self.build()
 
     # ---- inference -----------------------------------------------------------------
-    def predict(self, x):
-        """Validated forward pass. x: (batch, in_features) -> (batch, out_features)."""
-        return self(x)
-
     def evaluate(self, x, target=None, batch_size: int = 1024) -> float:
         """Mean loss over a dataset (a float), computed in batches."""
         self._require_training_parts(need_optimizer=False)
@@ -101,7 +96,7 @@ class Model(Module):
     def _train_step(self, x, target):
         """train_step on arrays already checked and on the device.
 
-        The objective is loss(output, target) + penalty() (regularisation terms such as
+        The objective is loss(output, target) + penalty() (regularization terms such as
         L2 weight decay, an L1 on the code or a VAE's KL; 0.0 without any), and that is
         what is returned.
         """
@@ -132,8 +127,6 @@ class Model(Module):
 
     def _to_data_space(self, output):
         """Model output -> data space: sigmoid when the loss works on logits, else as is."""
-        from nanoae.losses import BCEWithLogits  # noqa: PLC0415
-
         return self.backend.ops.activation_forward(output, "sigmoid") if isinstance(self.loss, BCEWithLogits) else output
 
     def fit(
@@ -188,6 +181,15 @@ class Model(Module):
         if self.optimizer is not None:
             config["optimizer"] = self.optimizer.config()
         return config
+
+    @staticmethod
+    def _loss_and_optimizer_from(config: dict):
+        """(loss, optimizer) rebuilt from a model config; None for each one it lacks."""
+        loss, optimizer = config.get("loss"), config.get("optimizer")
+        return (
+            loss_from_config(loss) if loss is not None else None,
+            optimizer_from_config(optimizer) if optimizer is not None else None,
+        )
 
 
 class Sequential(Model):
@@ -250,6 +252,12 @@ class Sequential(Model):
     def config(self) -> dict:
         return {**super().config(), "layers": [layer.config() for layer in self.layers]}
 
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "Sequential":
+        loss, optimizer = cls._loss_and_optimizer_from(config)
+        layers = [module_from_config(layer) for layer in config["layers"]]
+        return cls(layers, loss=loss, optimizer=optimizer, **build_options)
+
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner}\n])"
@@ -289,8 +297,6 @@ class Autoencoder(Model):
         fast=None,
         corruption=None,
     ) -> None:
-        from nanoae.regularizers import get_corruption  # noqa: PLC0415 (cycle)
-
         super().__init__(loss, optimizer if optimizer is not None else RMSProp(), backend, dtype, seed, fast)
         self.corruption = get_corruption(corruption)
         self.encoder = as_module(encoder)
@@ -358,109 +364,14 @@ class Autoencoder(Model):
             config["corruption"] = self.corruption.config()
         return config
 
-
-def module_from_config(config: dict, **build_options) -> Module:
-    """Rebuild a module from :meth:`Module.config` output.
-
-    build_options (backend, dtype, seed, fast) go to the model: an Autoencoder builds
-    at once with them; a Sequential stores them for when it builds.
-    """
-    from nanoae.activations import ACTIVATIONS, LeakyReLU  # noqa: PLC0415
-    from nanoae.losses import LOSSES  # noqa: PLC0415
-    from nanoae.optim import OPTIMIZERS  # noqa: PLC0415
-
-    kind = config.get("type")
-    if kind == "Dense":
-        alpha = config.get("alpha") if config.get("activation") == "leaky_relu" else None
-        return Dense(
-            config["in_features"],
-            config["out_features"],
-            config.get("activation", "identity"),
-            init=config.get("init", "glorot_uniform"),
-            bias_init=config.get("bias_init", "zeros"),
-            alpha=alpha,
-            weight_decay=config.get("weight_decay", 0.0),
-        )
-    if kind == "ActivityL1":
-        from nanoae.regularizers import ActivityL1  # noqa: PLC0415
-
-        return ActivityL1(config["strength"])
-    if kind == "GaussianSample":
-        from nanoae.vae import GaussianSample  # noqa: PLC0415
-
-        return GaussianSample(config["latent_size"], kl_weight=config.get("kl_weight", 1.0))
-    if kind in {cls.__name__ for cls in ACTIVATIONS.values()}:
-        cls = ACTIVATIONS[config["name"]]
-        return LeakyReLU(config["alpha"]) if cls is LeakyReLU else cls()
-
-    def loss_of(cfg):
-        if cfg is None:
-            return None
-        options = {k: v for k, v in cfg.items() if k != "name"}
-        return LOSSES[cfg["name"]](**options)
-
-    def optimizer_of(cfg):
-        if cfg is None:
-            return None
-        options = {k: v for k, v in cfg.items() if k != "name"}
-        return OPTIMIZERS[cfg["name"]](**options)
-
-    if kind == "Sequential":
-        layers = [module_from_config(layer) for layer in config["layers"]]
-        return Sequential(
-            layers, loss=loss_of(config.get("loss")), optimizer=optimizer_of(config.get("optimizer")), **build_options
-        )
-    if kind == "Autoencoder":
-        return Autoencoder(
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "Autoencoder":
+        loss, optimizer = cls._loss_and_optimizer_from(config)
+        return cls(
             module_from_config(config["encoder"]),
             module_from_config(config["decoder"]),
-            loss=loss_of(config.get("loss")) or "mse",
-            optimizer=optimizer_of(config.get("optimizer")),
+            loss=loss or "mse",
+            optimizer=optimizer,
             corruption=config.get("corruption"),
             **build_options,
         )
-    if kind == "VariationalAutoencoder":
-        from nanoae.vae import VariationalAutoencoder  # noqa: PLC0415
-
-        return VariationalAutoencoder(
-            module_from_config(config["encoder"]),
-            module_from_config(config["decoder"]),
-            loss=loss_of(config.get("loss")) or "bce_logits",
-            beta=config.get("beta", 1.0),
-            optimizer=optimizer_of(config.get("optimizer")),
-            **build_options,
-        )
-    if kind == "Classifier":
-        from nanoae.classifier import Classifier  # noqa: PLC0415
-
-        return Classifier(
-            module_from_config(config["encoder"]),
-            config["n_classes"],
-            freeze_encoder=config.get("freeze_encoder", False),
-            optimizer=optimizer_of(config.get("optimizer")),
-            **build_options,
-        )
-    raise ValueError(f"cannot rebuild a module of type {kind!r} from its config")
-
-
-def clone_module(module: Module, **build_options) -> Module:
-    """An independent copy of a built module: same config, same parameter values, its
-    own arena (so training the copy leaves the original untouched).
-
-    build_options (backend, dtype, seed, fast) default to the original's backend and dtype.
-    """
-    if not module.built:
-        return module_from_config(module.config())
-    options = {"backend": module.backend, "dtype": module.backend.dtype, **build_options}
-    copy = module_from_config(module.config(), **options)  # models that build at once do so with them
-    if not copy.built:
-        copy.build(**options)
-    source = module.parameters()
-    for name, view in copy.parameters().items():
-        view[...] = copy.backend.asarray(module.backend.to_host(source[name]), dtype=view.dtype)
-    return copy
-
-
-def count_parameters(module: Module) -> int:
-    """Number of trainable numbers in a module."""
-    return int(sum(np.prod(spec.shape) for spec in module.parameter_specs()))

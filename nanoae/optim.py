@@ -24,11 +24,23 @@ import numpy as np
 
 from nanoae.validation import choice, fraction, non_negative_float, positive_float
 
+# name -> Optimizer subclass, in definition order; filled by Optimizer.__init_subclass__
+OPTIMIZERS: dict[str, type] = {}
+
 
 class Optimizer:
-    """Base class: hyper-parameters, state buffers over the arena, state_dict."""
+    """Base class: hyper-parameters, state buffers over the arena, state_dict.
+
+    A subclass that sets its own ``name`` registers under it, so :func:`get_optimizer`
+    and :func:`optimizer_from_config` find it.
+    """
 
     name = "optimizer"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a subclass that keeps its parent's name does not replace it
+            OPTIMIZERS[cls.name] = cls
 
     def __init__(self, lr: float) -> None:
         self.lr = positive_float(lr, "learning rate (lr)")
@@ -89,6 +101,11 @@ class Optimizer:
         """name and hyper-parameters: enough to rebuild the optimizer (see CONFIG_FIELDS)."""
         return {"name": self.name, **{field: getattr(self, field) for field in self.CONFIG_FIELDS}}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "Optimizer":
+        """A new, unbound optimizer with the hyper-parameters of ``config`` (see :meth:`config`)."""
+        return cls(**{key: value for key, value in config.items() if key != "name"})
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
@@ -107,8 +124,8 @@ class RMSProp(Optimizer):
         ms <- rho ms + (1 - rho) g^2,  ms starting at zeros
         d = g / (sqrt(ms) + eps);  w <- w - lr d  (momentum: mom <- momentum mom + d; w <- w - lr mom)
 
-    rho and eps default to the flavour's own values (table in the module doc). Note
-    torch's default learning rate is 0.01; nanoae's is 0.001 for every flavour.
+    rho and eps default to the flavor's own values (table in the module doc). Note
+    torch's default learning rate is 0.01; nanoae's is 0.001 for every flavor.
     """
 
     name = "rmsprop"
@@ -261,9 +278,6 @@ class AdamW(Adam):
         super().__init__(lr, beta1, beta2, eps, weight_decay, flavor)
 
 
-OPTIMIZERS = {"rmsprop": RMSProp, "sgd": SGD, "adam": Adam, "adamw": AdamW}
-
-
 def get_optimizer(spec, **kwargs) -> Optimizer:
     """An Optimizer from a name ("rmsprop", "sgd", "adam", "adamw") and keyword
     arguments, or an Optimizer instance passed through."""
@@ -274,3 +288,13 @@ def get_optimizer(spec, **kwargs) -> Optimizer:
     if isinstance(spec, str) and spec.lower() in OPTIMIZERS:
         return OPTIMIZERS[spec.lower()](**kwargs)
     raise ValueError(f"unknown optimizer {spec!r}; choose one of {', '.join(OPTIMIZERS)} or pass an Optimizer")
+
+
+def optimizer_from_config(config: dict) -> Optimizer:
+    """Rebuild an unbound optimizer from :meth:`Optimizer.config` output."""
+    name = config.get("name") if isinstance(config, dict) else None
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"cannot rebuild an optimizer named {name!r} from its config; known optimizers: {', '.join(OPTIMIZERS)}"
+        )
+    return OPTIMIZERS[name].from_config(config)

@@ -13,7 +13,7 @@ can only be judged by whether it does better than this.
 It runs on the host with NumPy (CuPy arrays are copied over), in float64:
 
     mean       mu = mean of the rows of x                              (features,)
-    centred    X = x - mu                                              (n, features)
+    centered   X = x - mu                                              (n, features)
     SVD        X = U S V^T (thin, ``np.linalg.svd``); the rows of V^T are the
                principal directions, sorted by singular value
     transform  c = (x - mu) V_k                                        (m, k)
@@ -66,10 +66,10 @@ class PCA:
             raise ValueError(
                 f"n_components={self.n_components} exceeds min(rows, features) = {min(rows, features)} for data of shape {x.shape}"
             )
-        centred = x.astype(np.float64)
-        self.mean_ = centred.mean(axis=0)
-        centred -= self.mean_
-        _, singular_values, directions = np.linalg.svd(centred, full_matrices=False)
+        centered = x.astype(np.float64)
+        self.mean_ = centered.mean(axis=0)
+        centered -= self.mean_
+        _, singular_values, directions = np.linalg.svd(centered, full_matrices=False)
         variance = singular_values**2 / max(rows - 1, 1)
         self.components_ = directions[: self.n_components]
         self.explained_variance_ = variance[: self.n_components]

@@ -129,7 +129,7 @@ def plot_image_grid(images, path, rows: int = 8, cols: int = 8, title: str | Non
 
 
 def plot_image_rows(rows, path, title: str | None = None) -> Path:
-    """Labelled strips of images, one strip per row: rows = [(label, images (n, 784)), ...].
+    """Labeled strips of images, one strip per row: rows = [(label, images (n, 784)), ...].
 
     For side-by-side comparisons (originals / model A / model B) and interpolation strips.
     Every row shows the same number of images (the first row's).
@@ -152,7 +152,7 @@ def plot_image_rows(rows, path, title: str | None = None) -> Path:
 
 
 def plot_latent_maps(panels, path, title: str | None = None) -> Path:
-    """Scatter plots of 2-D codes coloured by label, side by side.
+    """Scatter plots of 2-D codes colored by label, side by side.
 
     panels: [(panel title, codes (n, 2), labels (n,) integers 0..9), ...]
     """

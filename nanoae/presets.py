@@ -1,7 +1,7 @@
 """Named model configurations.
 
 ``tutorial`` is the exact model of the TensorFlow 1 tutorial nanoae grows out of
-(see ``DESIGN.md``):
+(see ``docs/architecture.md``):
 
 =========  ==================================================================
 encoder    Dense 784->784, Dense 784->256, Dense 256->128, ReLU after each
@@ -26,6 +26,8 @@ from __future__ import annotations
 from nanoae.layers import Dense
 from nanoae.models import Autoencoder, Sequential
 from nanoae.optim import RMSProp
+from nanoae.regularizers import ActivityL1, get_corruption, set_weight_decay
+from nanoae.vae import VariationalAutoencoder
 
 TUTORIAL_ENCODER_WIDTHS = (784, 784, 256, 128)
 TUTORIAL_DECODER_WIDTHS = (128, 128, 256, 784)
@@ -49,7 +51,7 @@ def tutorial_encoder(code_size: int = 128) -> Sequential:
 
 
 def tutorial(seed=None, backend=None, dtype=None, output_activation: str = "relu", lr: float = 0.001, fast=None) -> Autoencoder:
-    """The tutorial's autoencoder with its RMSProp (tf1 flavour), ready to train.
+    """The tutorial's autoencoder with its RMSProp (tf1 flavor), ready to train.
 
     output_activation: "relu" as in the tutorial; "sigmoid", "identity" or
     "leaky_relu" avoid output pixels stuck at zero (a known defect of the original).
@@ -79,9 +81,9 @@ def _widths(code_size: int):
 def _variant(seed, backend, dtype, output_activation, lr, fast, code_size, **options) -> Autoencoder:
     encoder = tutorial_encoder(code_size)
     decoder = _stack(_widths(code_size)[1], "relu", output_activation, "glorot_uniform")
-    regulariser = options.pop("code_regulariser", None)
-    if regulariser is not None:
-        encoder = Sequential([*encoder.layers, regulariser])
+    regularizer = options.pop("code_regularizer", None)
+    if regularizer is not None:
+        encoder = Sequential([*encoder.layers, regularizer])
     return Autoencoder(
         encoder, decoder, loss="mse", optimizer=RMSProp(lr, flavor="tf1"), backend=backend, dtype=dtype, seed=seed, fast=fast, **options
     )
@@ -96,8 +98,6 @@ def denoising(seed=None, backend=None, dtype=None, output_activation: str = "sig
     (each pixel zeroed with probability level). The output is sigmoid by default: a
     ReLU output with dead pixels cannot paint strokes back in.
     """
-    from nanoae.regularizers import get_corruption  # noqa: PLC0415
-
     corruption = get_corruption(f"{noise}:{level}")
     return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, corruption=corruption)
 
@@ -112,17 +112,13 @@ def sparse(seed=None, backend=None, dtype=None, output_activation: str = "sigmoi
            code_size: int = 128, strength: float = 0.01) -> Autoencoder:
     """The tutorial's model with an L1 penalty strength * mean(|code|) on its ReLU code,
     which drives most code units to exactly 0 for any one digit."""
-    from nanoae.regularizers import ActivityL1  # noqa: PLC0415
-
-    return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, code_regulariser=ActivityL1(strength))
+    return _variant(seed, backend, dtype, output_activation, lr, fast, code_size, code_regularizer=ActivityL1(strength))
 
 
 def weight_decay(seed=None, backend=None, dtype=None, output_activation: str = "sigmoid", lr: float = 0.001, fast=None,
                  code_size: int = 128, strength: float = 1e-5) -> Autoencoder:
     """The tutorial's model with its "regularization term": strength/2 * sum(W^2) over
     every weight matrix (biases excluded) added to the MSE."""
-    from nanoae.regularizers import set_weight_decay  # noqa: PLC0415
-
     model = _variant(seed, backend, dtype, output_activation, lr, fast, code_size)
     set_weight_decay(model, strength)
     return model
@@ -136,8 +132,6 @@ def vae(seed=None, backend=None, dtype=None, output_activation: str = "identity"
     decoder code_size -> 128 -> 256 -> 784 (ReLU, ReLU, linear logits); BCE on logits;
     the tutorial's RMSProp. code_size defaults to 2, so the code itself is a map.
     """
-    from nanoae.vae import VariationalAutoencoder  # noqa: PLC0415
-
     if output_activation not in (None, "identity"):
         raise ValueError(f"the vae preset's decoder outputs logits (BCE on logits); --output-activation {output_activation} does not apply")
     encoder_widths, decoder_widths = _widths(code_size)

@@ -1,4 +1,4 @@
-"""Regularisers: L2 weight decay, sparse codes (L1 on activations), denoising noise.
+"""Regularizers: L2 weight decay, sparse codes (L1 on activations), denoising noise.
 
 Three ways to keep an autoencoder from simply copying its input, each written as a
 term of the loss or a change of the input, never as an optimizer trick:
@@ -8,7 +8,7 @@ term of the loss or a change of the input, never as an optimizer trick:
   :func:`set_weight_decay` sets it on every Dense layer of a model.
 * **Sparse codes**: :class:`ActivityL1` placed after the code layer adds
   R = lam * mean(|h|) (mean over batch and code units, the same per-element
-  normalisation as nanoae's losses) and passes h through unchanged.
+  normalization as nanoae's losses) and passes h through unchanged.
 * **Denoising**: an :class:`~nanoae.models.Autoencoder` given ``corruption=`` trains on
   corrupted inputs against the clean images: :class:`GaussianNoise` (x + std * eps,
   clipped to [0, 1]) or :class:`MaskingNoise` (each pixel zeroed with probability p).
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoae.layers import Dense, Module
+from nanoae.layers import Dense
+from nanoae.module import Module
 from nanoae.validation import fraction, non_negative_float, positive_float
 
 
@@ -68,6 +69,10 @@ class ActivityL1(Module):
 
     def config(self) -> dict:
         return {"type": "ActivityL1", "strength": self.strength}
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "ActivityL1":
+        return cls(config["strength"])
 
     def __repr__(self) -> str:
         return f"ActivityL1({self.strength})"

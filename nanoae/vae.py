@@ -1,4 +1,4 @@
-"""The variational autoencoder: a Gaussian code, sampled by reparameterisation.
+"""The variational autoencoder: a Gaussian code, sampled by reparameterization.
 
 Architecture::
 
@@ -6,7 +6,7 @@ Architecture::
       --GaussianSample--> z = mu + exp(log sigma^2 / 2) * eps,  eps ~ N(0, I)   (batch, d)
       --decoder--> logits (loss "bce_logits") or pixels (loss "mse")           (batch, D)
 
-The objective, and how its two terms are normalised
+The objective, and how its two terms are normalized
 ---------------------------------------------------
 nanoae's reconstruction losses are means over batch *and* pixels. The KL term of the
 VAE is a sum over the d latent units, averaged over the batch. They are put on the
@@ -38,8 +38,8 @@ import contextlib
 
 import numpy as np
 
-from nanoae.layers import Module
 from nanoae.models import Model, as_module
+from nanoae.module import Module, module_from_config
 from nanoae.optim import Adam
 from nanoae.params import ParamSpec
 from nanoae.validation import as_batch, non_negative_float, positive_int
@@ -136,6 +136,10 @@ class GaussianSample(Module):
     def config(self) -> dict:
         return {"type": "GaussianSample", "latent_size": self.latent_size, "kl_weight": self.kl_weight}
 
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "GaussianSample":
+        return cls(config["latent_size"], kl_weight=config.get("kl_weight", 1.0))
+
     def __repr__(self) -> str:
         return f"GaussianSample({self.latent_size}, kl_weight={self.kl_weight:g})"
 
@@ -149,7 +153,7 @@ class VariationalAutoencoder(Model):
              (default) it ends in a linear layer giving logits; with "mse" it gives pixels
     beta:    weight of the KL term (1: the true ELBO; see the module doc for the scale)
     optimizer: default Adam(0.001)
-    Builds at once, one arena: "encoder.<i>.*", "decoder.<i>.*" (the sampler has none).
+    Builds at once, one arena: "encoder.<i>.*", "decoder.<i>.*" (the sampling layer has none).
 
     Training passes a *sampled* z through the decoder. ``encode`` returns mu,
     ``reconstruct`` decodes mu (no noise), ``decode`` and ``sample`` return images.
@@ -184,24 +188,24 @@ class VariationalAutoencoder(Model):
         self.in_features = self.encoder.in_features
         self.out_features = self.decoder.out_features
         self.latent_size = self.code_size = latent
-        self.sampler = GaussianSample(latent)
-        self.beta = beta  # sets the sampler's kl_weight = beta / D
-        self.sampler.noise_owner = self
+        self.sampling = GaussianSample(latent)
+        self.beta = beta  # sets the sampling layer's kl_weight = beta / D
+        self.sampling.noise_owner = self
         self.build()
 
     @property
     def beta(self) -> float:
-        """The KL's weight; the sampler adds beta / D * KL (the per-feature scale)."""
+        """The KL's weight; the sampling layer adds beta / D * KL (the per-feature scale)."""
         return self._beta
 
     @beta.setter
     def beta(self, value: float) -> None:
         self._beta = non_negative_float(value, "beta")
-        self.sampler.kl_weight = self._beta / self.in_features
+        self.sampling.kl_weight = self._beta / self.in_features
 
     # ---- structure -------------------------------------------------------------------
     def children(self, prefix: str = "") -> list[tuple[str, Module]]:
-        return [(prefix + "encoder.", self.encoder), (prefix + "sampler.", self.sampler), (prefix + "decoder.", self.decoder)]
+        return [(prefix + "encoder.", self.encoder), (prefix + "sampling.", self.sampling), (prefix + "decoder.", self.decoder)]
 
     def parameter_specs(self, prefix: str = "") -> list[ParamSpec]:
         return self.encoder.parameter_specs(prefix + "encoder.") + self.decoder.parameter_specs(prefix + "decoder.")
@@ -209,15 +213,15 @@ class VariationalAutoencoder(Model):
     # ---- training pass -------------------------------------------------------------------
     def forward(self, x):
         """x: (batch, D) -> decoder output for a sampled z: (batch, D) (logits for bce_logits)."""
-        return self.decoder.forward(self.sampler.forward(self.encoder.forward(x)))
+        return self.decoder.forward(self.sampling.forward(self.encoder.forward(x)))
 
     def backward(self, grad_output, need_input_grad: bool = True):
         grad_z = self.decoder.backward(grad_output, True)
-        return self.encoder.backward(self.sampler.backward(grad_z, True), need_input_grad)
+        return self.encoder.backward(self.sampling.backward(grad_z, True), need_input_grad)
 
     @property
     def noise_is_held(self) -> bool:
-        return self.sampler.noise_is_held
+        return self.sampling.noise_is_held
 
     @property
     def static_train_step(self) -> bool:
@@ -228,7 +232,7 @@ class VariationalAutoencoder(Model):
         """Context manager: within it every forward pass uses the same eps, either
         ``noise`` (batch, d) or one draw for ``batch`` rows from ``rng`` (default: the
         model's generator). Yields the noise. See :meth:`GaussianSample.hold_noise`."""
-        return self.sampler.hold_noise(batch, noise, rng)
+        return self.sampling.hold_noise(batch, noise, rng)
 
     # ---- inference -----------------------------------------------------------------------
     def _distribution(self, x):
@@ -276,7 +280,7 @@ class VariationalAutoencoder(Model):
             reconstruction += float(self.loss(self.decoder.forward(mean), chunk)) * chunk.shape[0]
             kl += float(self.backend.ops.gaussian_kl_loss(mean, log_variance)) * chunk.shape[0]
         reconstruction, kl = reconstruction / x.shape[0], kl / x.shape[0]
-        return {"reconstruction": reconstruction, "kl": kl, "loss": reconstruction + self.sampler.kl_weight * kl}
+        return {"reconstruction": reconstruction, "kl": kl, "loss": reconstruction + self.sampling.kl_weight * kl}
 
     def evaluate(self, x, target=None, batch_size: int = 1000) -> float:
         """The objective on a dataset at the mean code: R + beta * KL / D (see loss_terms)."""
@@ -289,3 +293,15 @@ class VariationalAutoencoder(Model):
 
     def config(self) -> dict:
         return {**super().config(), "beta": self.beta, "encoder": self.encoder.config(), "decoder": self.decoder.config()}
+
+    @classmethod
+    def from_config(cls, config: dict, **build_options) -> "VariationalAutoencoder":
+        loss, optimizer = cls._loss_and_optimizer_from(config)
+        return cls(
+            module_from_config(config["encoder"]),
+            module_from_config(config["decoder"]),
+            loss=loss or "bce_logits",
+            beta=config.get("beta", 1.0),
+            optimizer=optimizer,
+            **build_options,
+        )

@@ -25,8 +25,8 @@ def clustered(n=120, seed=0):
     """Three well separated clusters in 12 dimensions, labels 0..2."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
-    centres = rng.uniform(0, 1, (3, 12))
-    return (centres[labels] + rng.normal(0, 0.05, (n, 12))).astype(np.float32), labels
+    centers = rng.uniform(0, 1, (3, 12))
+    return (centers[labels] + rng.normal(0, 0.05, (n, 12))).astype(np.float32), labels
 
 
 # ---- the loss ------------------------------------------------------------------------------

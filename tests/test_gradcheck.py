@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from nanoae import MSE, Dense, LeakyReLU, ReLU, Sequential, Sigmoid, Tanh, gradcheck, presets
 from nanoae.activations import Identity
-from nanoae.layers import Module
+from nanoae.module import Module
 from nanoae.params import ParamSpec
 
 TOLERANCE = 1e-7

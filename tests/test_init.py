@@ -1,4 +1,4 @@
-"""Initialisers: empirical statistics, TensorFlow's fan rule for biases, the tutorial preset."""
+"""Initializers: empirical statistics, TensorFlow's fan rule for biases, the tutorial preset."""
 
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def test_draws_follow_spec_order_from_one_generator():
     assert not np.any(params["1.bias"])  # Dense's default bias_init is zeros
 
 
-# ---- names and custom initialisers ------------------------------------------------------------
+# ---- names and custom initializers ------------------------------------------------------------
 @pytest.mark.parametrize("name", ["glorot", "Glorot_Uniform", "xavier", "lecun_normal", ""])
 def test_unknown_initializer_name(name):
     with pytest.raises(ValueError, match=f"unknown initializer {name!r}"):

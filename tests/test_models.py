@@ -1,11 +1,17 @@
 """Models: composition, training, dtype hygiene, determinism and bad input."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import nanoae
 from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
-from nanoae.models import clone_module, count_parameters, module_from_config
+from nanoae.losses import loss_from_config
+from nanoae.module import clone_module, count_parameters, module_from_config
+from nanoae.optim import optimizer_from_config
 
 FLOAT32_OPTIMIZERS = [
     RMSProp(flavor="tf1"),
@@ -182,6 +188,119 @@ def test_clone_keeps_the_backend_and_dtype_of_a_model_that_builds_at_once(fast):
     np.testing.assert_array_equal(copy.arena.values, model.arena.values)  # every float64 bit, not a float32 round trip
     assert not np.shares_memory(copy.arena.values, model.arena.values)
     assert clone_module(model, dtype="float32").arena.values.dtype == np.float32  # an explicit option still wins
+
+
+# ---- rebuilding from configs: the registries ----------------------------------------
+def test_every_kind_of_module_rebuilds_from_its_config():
+    """Each class's from_config gives back the same config and the same parameter layout."""
+    layers = [
+        Dense(6, 5, "leaky_relu", alpha=0.1, weight_decay=0.01),
+        nanoae.LeakyReLU(0.3),
+        nanoae.ReLU(),
+        nanoae.Sigmoid(),
+        nanoae.Tanh(),
+        nanoae.Identity(),
+        Dense(5, 4, init="he_uniform", bias_init="glorot_uniform"),
+        nanoae.ActivityL1(0.5),
+    ]
+    models = [
+        Sequential(layers, loss=nanoae.BCE(1e-6), optimizer=SGD(0.1, momentum=0.9, nesterov=True)),
+        Autoencoder([Dense(4, 2)], [Dense(2, 4)], optimizer=Adam(flavor="keras"), corruption="mask:0.25", seed=3),
+        nanoae.VariationalAutoencoder([Dense(6, 4)], [Dense(2, 6)], loss="mse", beta=2.5, seed=1),
+        nanoae.Classifier([Dense(6, 3, "relu")], 4, freeze_encoder=True, optimizer=RMSProp(flavor="torch"), seed=2),
+    ]
+    for model in models:
+        rebuilt = module_from_config(model.config())
+        assert type(rebuilt) is type(model)
+        assert rebuilt.config() == model.config()
+        assert [(s.name, s.shape) for s in rebuilt.parameter_specs()] == [(s.name, s.shape) for s in model.parameter_specs()]
+    vae = module_from_config(models[2].config())
+    assert vae.sampling.kl_weight == pytest.approx(2.5 / 6)  # the sampling layer's weight follows beta / D
+
+
+def test_build_options_reach_a_rebuilt_model():
+    config = Autoencoder([Dense(4, 2)], [Dense(2, 4)], seed=0).config()
+    model = module_from_config(config, backend="numpy", dtype="float64", seed=7)
+    assert model.arena.values.dtype == np.float64
+    np.testing.assert_array_equal(model.arena.values, Autoencoder([Dense(4, 2)], [Dense(2, 4)], dtype="float64", seed=7).arena.values)
+
+
+@pytest.mark.parametrize("config", [{"type": "Convolution"}, {"layers": []}, {"type": None}])
+def test_unknown_module_type_names_the_known_ones(config):
+    with pytest.raises(ValueError, match=r"cannot rebuild a module of type .*known types: .*Autoencoder.*Dense.*VariationalAutoencoder"):
+        module_from_config(config)
+
+
+def test_a_config_must_be_a_dict():
+    with pytest.raises(TypeError, match="a module config is a dict"):
+        module_from_config('{"type": "Dense"}')
+
+
+def test_a_new_module_class_registers_itself_and_rebuilds():
+    class Scale(nanoae.Module):
+        """y = factor * x, no parameters."""
+
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+        def backward(self, grad_output, need_input_grad=True):
+            return grad_output * self.factor if need_input_grad else None
+
+        def config(self):
+            return {"type": "Scale", "factor": self.factor}
+
+        @classmethod
+        def from_config(cls, config, **build_options):
+            return cls(config["factor"])
+
+    model = Sequential([Dense(3, 2), Scale(4.0)], seed=0).build()
+    copy = clone_module(model)
+    assert isinstance(copy[1], Scale) and copy[1].factor == 4.0
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(copy(x), model(x))
+    np.testing.assert_allclose(model(x), 4.0 * model[0](x))
+
+
+def test_a_module_without_from_config_says_so():
+    class Opaque(nanoae.Module):
+        pass
+
+    with pytest.raises(TypeError, match="Opaque cannot be rebuilt from a config: give it a from_config classmethod"):
+        module_from_config({"type": "Opaque"})
+
+
+def test_losses_and_optimizers_rebuild_from_their_configs():
+    for loss in (nanoae.MSE(), nanoae.BCE(1e-5), nanoae.BCEWithLogits(), nanoae.SoftmaxCrossEntropy()):
+        again = loss_from_config(loss.config())
+        assert type(again) is type(loss) and again.config() == loss.config()
+    for optimizer in FLOAT32_OPTIMIZERS:
+        again = optimizer_from_config(optimizer.config())
+        assert type(again) is type(optimizer) and again.config() == optimizer.config() and again.arena is None
+    with pytest.raises(ValueError, match="loss named 'hinge'.*known losses: mse, bce, bce_logits, softmax_cross_entropy"):
+        loss_from_config({"name": "hinge"})
+    with pytest.raises(ValueError, match="optimizer named 'lbfgs'.*known optimizers: rmsprop, sgd, adam, adamw"):
+        optimizer_from_config({"name": "lbfgs", "lr": 1.0})
+
+
+def test_the_registry_is_complete_once_nanoae_is_imported():
+    """Importing only nanoae.module (as a checkpoint reader might) still finds every class:
+    the package's __init__ imports every module first."""
+    script = (
+        "from nanoae.module import known_module_types, module_from_config\n"
+        "print(' '.join(known_module_types()))\n"
+        "config = {'type': 'Sequential', 'layers': [{'type': 'GaussianSample', 'latent_size': 2}]}\n"
+        "print(type(module_from_config(config)[0]).__name__)\n"
+    )
+    repository = Path(__file__).resolve().parent.parent  # "-c" puts the working directory first on sys.path
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=repository)
+    known, built = result.stdout.split("\n")[:2]
+    expected = {"ActivityL1", "Autoencoder", "Classifier", "Dense", "GaussianSample", "Identity", "LeakyReLU",
+                "ReLU", "Sequential", "Sigmoid", "Tanh", "VariationalAutoencoder"}
+    assert expected <= set(known.split()) and built == "GaussianSample"
 
 
 # ---- bad input -------------------------------------------------------------------

@@ -51,8 +51,8 @@ def test_no_other_k_dimensional_projection_does_better(k, seed):
     x = rng.normal(size=(80, 8)) * rng.uniform(0.1, 3.0, size=8)
     pca = PCA(k).fit(x)
     basis, _ = np.linalg.qr(rng.normal(size=(8, k)))
-    centred = x - x.mean(axis=0)
-    other = float(np.mean((centred - centred @ basis @ basis.T) ** 2))
+    centered = x - x.mean(axis=0)
+    other = float(np.mean((centered - centered @ basis @ basis.T) ** 2))
     assert pca.reconstruction_mse(x) <= other + 1e-12
 
 

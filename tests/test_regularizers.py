@@ -151,7 +151,7 @@ def test_denoising_trains_on_corrupted_inputs_against_clean_targets():
     np.testing.assert_array_equal(model.reconstruct(x), model.reconstruct(x))  # no noise at inference
 
 
-def test_checkpoint_keeps_every_regulariser(tmp_path):
+def test_checkpoint_keeps_every_regularizer(tmp_path):
     model = tiny(corruption=GaussianNoise(0.3), l1=0.01, decay=1e-3)
     model.fit(data(), steps=5, batch_size=32)
     save_checkpoint(tmp_path / "reg.npz", model)

@@ -1,4 +1,4 @@
-"""The variational autoencoder: reparameterisation, KL, gradients, sampling, checkpoints, MNIST."""
+"""The variational autoencoder: reparameterization, KL, gradients, sampling, checkpoints, MNIST."""
 
 import math
 
@@ -30,7 +30,7 @@ def small_vae(latent=3, loss="bce_logits", beta=1.0, seed=0, backend="numpy", fe
 
 
 # ---- the math, by hand -------------------------------------------------------------------
-def test_reparameterisation_and_its_backward_by_hand():
+def test_reparameterization_and_its_backward_by_hand():
     mean = np.array([[1.0, -2.0]])
     log_variance = np.array([[math.log(4.0), 0.0]])
     noise = np.array([[0.5, -1.0]])
@@ -247,9 +247,9 @@ def test_vae_learns_on_mnist(mnist_dir):
 
 def test_changing_beta_changes_the_kl_weight_the_sampler_adds():
     model = presets.vae(seed=0, code_size=2, beta=1.0)
-    assert model.sampler.kl_weight == pytest.approx(1.0 / 784)
+    assert model.sampling.kl_weight == pytest.approx(1.0 / 784)
     model.beta = 4.0
-    assert model.beta == 4.0 and model.sampler.kl_weight == pytest.approx(4.0 / 784)
+    assert model.beta == 4.0 and model.sampling.kl_weight == pytest.approx(4.0 / 784)
     assert model.config()["beta"] == 4.0
     with pytest.raises(ValueError, match="beta"):
         model.beta = -1.0

