@@ -89,6 +89,7 @@ from typing import Any
 import numpy as np
 
 from nanoae.atomic import DirectoryNotWritable, remove_stale_temp_files, write_atomically
+from nanoae.backend import get_backend
 from nanoae.data.batching import BatchSampler
 
 __all__ = [
@@ -164,7 +165,7 @@ def _json_default(value):
     """Let numpy scalars and arrays-in-generator-states through json.dumps."""
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
 def _encode_rng_state(state):
@@ -200,7 +201,7 @@ def _check_extra(extra) -> dict:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             None,
-            f"extra must be JSON-serialisable (dicts, lists, str, int, float, bool, None): {exc}; "
+            f"extra must be JSON-serializable (dicts, lists, str, int, float, bool, None): {exc}; "
             "convert arrays with .tolist() and other objects to plain values",
         ) from exc
     return json.loads(text)
@@ -281,7 +282,7 @@ def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
     model:   a built model (or module with its own arena)
     sampler: a :class:`~nanoae.data.batching.BatchSampler` (or its ``state_dict()``)
              to save beside the model, so training resumes on the same batches
-    extra:   a JSON-serialisable dict stored in the header (training config, metrics)
+    extra:   a JSON-serializable dict stored in the header (training config, metrics)
     Returns the path as a :class:`pathlib.Path`. Raises :class:`CheckpointError`.
     """
     target = Path(os.fspath(path))
@@ -572,7 +573,6 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     with the file (the message names it), BackendUnavailable for a backend that
     cannot run here.
     """
-    from nanoae.backend import get_backend  # noqa: PLC0415
     from nanoae.models import module_from_config  # noqa: PLC0415
 
     path = Path(os.fspath(path))

@@ -4,6 +4,10 @@
 1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
 Errors in arguments, data or files print one clear line and exit non-zero:
 2 for bad input, 1 for a failed gradient check, 3 for a diverged run, 130 on Ctrl-C.
+Any other exception is a bug in nanoae and shows its traceback.
+
+Each command is one ``command_<name>(args)`` function returning the exit code; the
+train command's steps (resume, data, model, callbacks, run, report) are helpers.
 """
 
 from __future__ import annotations
@@ -107,11 +111,8 @@ def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | No
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nanoae", description="A from-scratch autoencoder learner (hand-written backprop).")
-    parser.add_argument("--version", action="version", version=f"nanoae {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_train_command(commands) -> None:
+    """nanoae train: a preset, its length and optimizer, data, run directory, logging."""
     train = commands.add_parser("train", help="train a preset (default: the tutorial) and draw its figures", description="Train an autoencoder. With no options: the TF1 tutorial exactly (1000 steps, batch 256, loss every step).")
     train.add_argument("--preset", choices=sorted(PRESETS), default="tutorial", help="named model + optimizer (default: tutorial)")
     length = train.add_mutually_exclusive_group()
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_positive_float, help="train for this many passes over the data instead of --steps")
     train.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the preset's, 256)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's, 0.001)")
-    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavour (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
+    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
     train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
     train.add_argument("--code-size", type=_positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the initial weights and the batch order (default: 0)")
@@ -132,17 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_non_negative_int, default=100, help="checkpoint every N steps, 0 for only at the end (default: 100)")
     train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
 
+
+def _add_eval_command(commands) -> None:
+    """nanoae eval CHECKPOINT: test (or train) reconstruction errors."""
     evaluate = commands.add_parser("eval", help="test reconstruction MSE and BCE of a checkpoint")
     evaluate.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     evaluate.add_argument("--split", choices=("test", "train"), default="test")
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_data_options(evaluate, dataset_default=None)
 
+
+def _add_plot_command(commands) -> None:
+    """nanoae plot CHECKPOINT: redraw a run's figures."""
     plot = commands.add_parser("plot", help="redraw a run's figures from its checkpoint")
     plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
     _add_data_options(plot, dataset_default=None)
 
+
+def _add_classify_command(commands) -> None:
+    """nanoae classify: a softmax head on an encoder (scratch, finetune or probe)."""
     classify = commands.add_parser(
         "classify",
         help="train a classifier on an autoencoder's encoder (or from scratch) and report test accuracy",
@@ -163,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print the result as JSON")
     classify.add_argument("--quiet", action="store_true", help="no progress output")
 
+
+def _add_bench_command(commands) -> None:
+    """nanoae bench: throughput against other frameworks (options from the benchmark runner)."""
     bench = commands.add_parser(
         "bench",
         help="throughput of the tutorial model against TensorFlow, PyTorch and (--gpu) JAX",
@@ -174,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
 
+
+def _add_gradcheck_command(commands) -> None:
+    """nanoae gradcheck: a preset's backward pass against finite differences."""
     check = commands.add_parser("gradcheck", help="check a preset's backward pass against finite differences")
     check.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
     check.add_argument("--batch-size", type=_positive_int, default=4)
@@ -181,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS)
     check.add_argument("--seed", type=_non_negative_int, default=0)
     check.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanoae", description="A from-scratch autoencoder learner (hand-written backprop).")
+    parser.add_argument("--version", action="version", version=f"nanoae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (
+        _add_train_command,
+        _add_eval_command,
+        _add_plot_command,
+        _add_classify_command,
+        _add_bench_command,
+        _add_gradcheck_command,
+    ):
+        add_command(commands)
     return parser
 
 

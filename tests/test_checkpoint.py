@@ -180,7 +180,7 @@ def test_the_file_is_plain_arrays_and_json(tmp_path):
 
 def test_extra_must_be_json(tmp_path):
     model = small_autoencoder()
-    with pytest.raises(CheckpointError, match="extra must be JSON-serialisable") as info:
+    with pytest.raises(CheckpointError, match="extra must be JSON-serializable") as info:
         save_checkpoint(tmp_path / "x.npz", model, extra={"weights": np.zeros(3)})
     assert str(tmp_path / "x.npz") in str(info.value)
     with pytest.raises(CheckpointError, match="extra must be a dict"):
