@@ -568,7 +568,9 @@ def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> 
 def command_bench(args) -> int:
     from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415 (heavy optional competitors)
 
-    return run_from_arguments(args)
+    # Its ValueErrors are refused options (unknown framework, batch sizes, rounds);
+    # the competitors themselves run in other processes.
+    return _as_user_error(run_from_arguments, args)
 
 
 COMMANDS = {
