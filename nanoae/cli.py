@@ -403,12 +403,12 @@ def _report_run(model, history, test_images, out_dir: Path, preset: str) -> None
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
 
 
-def command_train(args) -> int:
-    resumed = _load_resume_checkpoint(args)
-    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
+def _train_data_and_run_directory(args, batch_size: int):
+    """(train set, test set, run directory): the run directory is checked before the
+    data is loaded and created only after, so a run that cannot start leaves nothing."""
     out_dir = _run_directory(args)
     allow_existing = args.overwrite or bool(args.resume)
-    _check_out_dir(out_dir, allow_existing)  # fail before loading anything
+    _check_out_dir(out_dir, allow_existing)
     train_set = _load_split(args.dataset, "train", args)
     test_set = _load_split(args.dataset, "test", args)
     rows = len(train_set.images)
@@ -416,12 +416,22 @@ def command_train(args) -> int:
         raise CLIError(f"--batch-size {batch_size}: the {args.dataset} training set has only {rows} images")
     out_dir = _prepare_out_dir(out_dir, allow_existing)
     _say(f"data: {train_set.source}", args.quiet)
-    model, sampler = _model_and_sampler(args, resumed, rows, batch_size)
+    return train_set, test_set, out_dir
 
+
+def _total_steps(args, rows: int, batch_size: int) -> int:
     if args.epochs is not None:
-        total_steps = math.ceil(args.epochs * rows / batch_size)
-    else:
-        total_steps = args.steps or TUTORIAL_TRAINING["steps"]
+        return math.ceil(args.epochs * rows / batch_size)
+    return args.steps or TUTORIAL_TRAINING["steps"]
+
+
+def command_train(args) -> int:
+    resumed = _load_resume_checkpoint(args)
+    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
+    train_set, test_set, out_dir = _train_data_and_run_directory(args, batch_size)
+    rows = len(train_set.images)
+    model, sampler = _model_and_sampler(args, resumed, rows, batch_size)
+    total_steps = _total_steps(args, rows, batch_size)
     remaining = total_steps - model.steps_trained
     config = _train_config(args, model, train_set, total_steps, batch_size)
     write_json_atomically(out_dir / "config.json", config)
@@ -512,9 +522,8 @@ def _new_classifier(args, source, mode: str, optimizer):
     return Classifier(tutorial_encoder(), 10, **options)  # from scratch, on the tutorial's encoder
 
 
-def command_classify(args) -> int:
-    mode = args.mode or ("finetune" if args.source else "scratch")
-    source = _classify_source(args, mode)
+def _classify_data_and_out_dir(args):
+    """(dataset name, train set, test set, labels used, --out directory or None)."""
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
@@ -526,7 +535,13 @@ def command_classify(args) -> int:
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
     if out_dir is not None:
         out_dir = _prepare_out_dir(out_dir, args.overwrite)
+    return dataset, train_set, test_set, n_labels, out_dir
 
+
+def command_classify(args) -> int:
+    mode = args.mode or ("finetune" if args.source else "scratch")
+    source = _classify_source(args, mode)
+    dataset, train_set, test_set, n_labels, out_dir = _classify_data_and_out_dir(args)
     optimizer = make_optimizer(args.optimizer, args.lr)
     model = _new_classifier(args, source, mode, optimizer)
     picked = labelled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))

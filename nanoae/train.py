@@ -120,6 +120,45 @@ def _with_nan_guard(callbacks) -> list:
     return callbacks
 
 
+class _LogClock:
+    """Wall time since the start and samples/s since the previous log step."""
+
+    def __init__(self, step: int) -> None:
+        self.start = self.last_time = time.perf_counter()
+        self.last_step = step
+
+    def tick(self, state: TrainingState) -> None:
+        now = time.perf_counter()
+        steps = state.step - self.last_step
+        state.samples_per_s = steps * state.batch_size / max(now - self.last_time, 1e-12)
+        state.wall_time = now - self.start
+        self.last_time, self.last_step = now, state.step
+
+
+def _train_block(block, run_step, state: TrainingState, callbacks) -> None:
+    """One training step per row of ``block`` (batch_size indices each), with
+    on_step_end after each; ends early when a callback stops the run."""
+    for row in range(block.shape[0]):
+        state.loss_array = run_step(block[row])
+        state.step = state.model.steps_trained
+        state.loss = None
+        for callback in callbacks:
+            callback.on_step_end(state)
+        if state.stop:
+            return
+
+
+def _log(state: TrainingState, clock: _LogClock, callbacks) -> None:
+    """A log step: read the loss on the host (the one sync), record it, call on_log."""
+    state.loss = float(state.loss_array)
+    clock.tick(state)
+    state.epoch = state.sampler.progress
+    state.history.append(state.loss)
+    state.history.steps.append(state.step)
+    for callback in callbacks:
+        callback.on_log(state)
+
+
 def _put_back(sampler, snapshot: dict, taken: int) -> None:
     """Leave ``sampler`` as if only ``taken`` batches were drawn since ``snapshot``."""
     sampler.load_state_dict(snapshot)
@@ -170,8 +209,7 @@ def train(
     state = TrainingState(model, sampler, batch_size, total_steps, step=start, start_step=start, history=history)
 
     run_step = model.backend.ops.compile_train_step(model, x, None if target is x else target, {})
-    start_time = time.perf_counter()
-    last_log_time, last_log_step = start_time, start
+    clock = _LogClock(start)
     for callback in callbacks:
         callback.on_train_begin(state)
     snapshot, block_start, block_end = None, start, start
@@ -184,27 +222,9 @@ def train(
             block_end = min(total_steps, (block_start // log_every + 1) * log_every, block_start + MAX_INDEX_BLOCK)
             snapshot = sampler.state_dict()
             block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
-            block = model.backend.asarray(block)
-            for row in range(block.shape[0]):
-                state.loss_array = run_step(block[row])
-                state.step = model.steps_trained
-                state.loss = None
-                for callback in callbacks:
-                    callback.on_step_end(state)
-                if state.stop:
-                    break
-            if state.step % log_every and state.step != total_steps:
-                continue  # a block cut at MAX_INDEX_BLOCK or by a stop: not a log step
-            state.loss = float(state.loss_array)  # the one host sync per log step
-            now = time.perf_counter()
-            state.samples_per_s = (state.step - last_log_step) * batch_size / max(now - last_log_time, 1e-12)
-            state.wall_time = now - start_time
-            state.epoch = sampler.progress
-            last_log_time, last_log_step = now, state.step
-            history.append(state.loss)
-            history.steps.append(state.step)
-            for callback in callbacks:
-                callback.on_log(state)
+            _train_block(model.backend.asarray(block), run_step, state, callbacks)
+            if state.step % log_every == 0 or state.step == total_steps:
+                _log(state, clock, callbacks)  # not at a block cut at MAX_INDEX_BLOCK or by a stop
     finally:
         if snapshot is not None and model.steps_trained < block_end:
             _put_back(sampler, snapshot, model.steps_trained - block_start)
