@@ -28,12 +28,16 @@ The JSON header::
     {"format": "nanoae-checkpoint", "format_version": 1, "nanoae_version": "0.1.0",
      "dtype": "float32", "arena_size": 1100320,
      "layout": {"encoder.0.weights": [0, [784, 784]], ...},   # name -> [offset, shape]
-     "model": {...model.config()...},  "step": 1000,
-     "optimizer": {"config": {...}, "steps": 1000} | null,
+     "model": {...model.config()...},  "step": 1000,          # model.steps_trained
+     "optimizer": {"config": {...}, "steps": 1000} | null,    # optimizer.update_count
      "rng_state": {...model.rng.bit_generator.state...},      # PCG64: 128-bit ints
      "sampler": {"n": 60000, "batch_size": 256, "epoch": 4, "position": 1536,
                  "rng_state": {...the sampler's own generator state...}} | null,
      "extra": {...whatever JSON the caller passed: training config, metrics...}}
+
+The sampler's ``rng_state`` is its own generator's state (the sampler shares no
+generator with the model). Files written before samplers owned a generator lack it;
+they still load, and :func:`restore_sampler` resumes them as it describes.
 
 Everything in it is backend-neutral host data: a checkpoint written on a GPU loads on
 a CPU and the other way round. Python's ``json`` writes and reads integers of any
@@ -146,7 +150,8 @@ class Checkpoint:
     model:         the rebuilt model, parameters, optimizer state, step and RNG restored
     step:          ``model.steps_trained`` when saved (training steps taken)
     sampler_state: ``BatchSampler.state_dict()`` as saved (``permutation`` an int64
-                   array), or None; see :func:`restore_sampler`
+                   array, ``rng_state`` the sampler's generator state), or None; see
+                   :func:`restore_sampler`
     extra:         the caller's JSON document (a dict; empty when none was given)
     header:        the whole JSON header
     path:          the file read
