@@ -20,8 +20,11 @@ batches an unstopped one gets.
 
 The batch order: a new :class:`~nanoae.data.BatchSampler` is seeded with one integer
 drawn from the model's generator, so the run's seed fixes it, yet the sampler's
-stream is its own: the model's generator (a VAE's noise, a denoiser's corruption)
-and the sampler's never hand out the same numbers, nor disturb each other.
+stream is its own (that integer is hashed by a SeedSequence into a fresh PCG64): the
+model's generator (a VAE's noise, a denoiser's corruption) and the sampler's are
+independent streams, and drawing from one never moves the other.
+The snapshot per block copies the current permutation (n int64): microseconds
+beside a training step.
 
 Callbacks: see :mod:`nanoae.callbacks`. A :class:`~nanoae.callbacks.StopOnNonFinite`
 always runs (first, unless the caller passed one).
