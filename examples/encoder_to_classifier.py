@@ -30,7 +30,7 @@ import _study  # noqa: E402
 from nanoae import Adam, presets  # noqa: E402
 from nanoae.checkpoint import load_checkpoint  # noqa: E402
 from nanoae.classifier import MODES, Classifier, labelled_subset  # noqa: E402
-from nanoae.train import reconstruction_errors  # noqa: E402
+from nanoae.evaluation import reconstruction_errors  # noqa: E402
 
 FULL = {"pretrain_steps": 1000, "steps": 1000, "batch_size": 128, "lr": 0.001, "labels": (100, 1000, 60000), "seeds": {100: (0, 1, 2)}}
 QUICK = {"pretrain_steps": 10, "steps": 10, "batch_size": 64, "lr": 0.001, "labels": (100, 1000, 2000), "seeds": {}}

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tutorial_batches(images: np.ndarray, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
     """The batch order both sides use: TF1 next_batch order from a seeded generator."""
-    sampler = BatchSampler(images.shape[0], batch_size, np.random.default_rng(seed))
+    sampler = BatchSampler(images.shape[0], batch_size, seed=seed)
     return [np.ascontiguousarray(images[sampler.next_indices()]) for _ in range(steps)]
 
 

@@ -28,7 +28,7 @@ import _study  # noqa: E402
 from nanoae import Adam, Autoencoder  # noqa: E402
 from nanoae.pca import PCA  # noqa: E402
 from nanoae.presets import _stack  # noqa: E402
-from nanoae.train import reconstruction_errors  # noqa: E402
+from nanoae.evaluation import reconstruction_errors  # noqa: E402
 from nanoae.vae import VariationalAutoencoder  # noqa: E402
 
 CODE_SIZES = (2, 8, 32, 128)

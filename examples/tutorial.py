@@ -57,8 +57,9 @@ def main(argv=None) -> None:
     # 5. Loss and optimizer: MSE, and TF1's RMSProp (its mean square starts at ones).
     model = Autoencoder(encoder, decoder, loss="mse", optimizer=RMSProp(learning_rate, flavor="tf1"), seed=args.seed)
 
-    # 6. Training: next_batch order (shuffled each epoch, continuing across epochs).
-    sampler = BatchSampler(len(train.images), batch_size, model.rng)
+    # 6. Training: next_batch order (shuffled each epoch, continuing across epochs),
+    #    seeded as model.fit seeds it: one draw from the model's generator.
+    sampler = BatchSampler(len(train.images), batch_size, seed=int(model.rng.integers(2**63)))
     for step in range(1, num_steps + 1):
         batch_x = train.images[sampler.next_indices()]
         loss = model.train_step(batch_x)

@@ -30,7 +30,7 @@ import _study  # noqa: E402
 from nanoae import presets  # noqa: E402
 from nanoae.module import count_parameters  # noqa: E402
 from nanoae.pca import PCA  # noqa: E402
-from nanoae.train import reconstruction_errors  # noqa: E402
+from nanoae.evaluation import reconstruction_errors  # noqa: E402
 
 FULL = {"steps": 1000, "batch_size": 256}
 QUICK = {"steps": 10, "batch_size": 64}

@@ -28,11 +28,16 @@ The JSON header::
     {"format": "nanoae-checkpoint", "format_version": 1, "nanoae_version": "0.1.0",
      "dtype": "float32", "arena_size": 1100320,
      "layout": {"encoder.0.weights": [0, [784, 784]], ...},   # name -> [offset, shape]
-     "model": {...model.config()...},  "step": 1000,
-     "optimizer": {"config": {...}, "steps": 1000} | null,
+     "model": {...model.config()...},  "step": 1000,          # model.steps_trained
+     "optimizer": {"config": {...}, "steps": 1000} | null,    # optimizer.update_count
      "rng_state": {...model.rng.bit_generator.state...},      # PCG64: 128-bit ints
-     "sampler": {"n": 60000, "batch_size": 256, "epoch": 4, "position": 1536} | null,
+     "sampler": {"n": 60000, "batch_size": 256, "epoch": 4, "position": 1536,
+                 "rng_state": {...the sampler's own generator state...}} | null,
      "extra": {...whatever JSON the caller passed: training config, metrics...}}
+
+The sampler's ``rng_state`` is its own generator's state (the sampler shares no
+generator with the model). Files written before samplers owned a generator lack it;
+they still load, and :func:`restore_sampler` resumes them as it describes.
 
 Everything in it is backend-neutral host data: a checkpoint written on a GPU loads on
 a CPU and the other way round. Python's ``json`` writes and reads integers of any
@@ -53,19 +58,13 @@ array, a hostile or garbled file or a wrong shape is refused with a
 
 Atomic writes
 -------------
-:func:`save_checkpoint` never writes the target in place:
-
-1. create the parent directories;
-2. write the whole archive to a new temporary file in the *same* directory, named
-   ``.<name>.tmp-<pid>-<random hex>`` (opened with ``O_EXCL``: never shared);
-3. flush and ``os.fsync`` it, so its bytes are on disk;
-4. ``os.replace`` it over the target: one atomic rename on POSIX and Windows;
-5. ``fsync`` the directory (where the OS allows it) so the rename itself is durable.
-
-On any exception the temporary file is removed. A process killed at any moment
-therefore leaves either the previous checkpoint or the new one at the target path,
-never a mixture or a half-written file; at worst a stray temporary file stays behind,
-which :func:`load_checkpoint` never reads (it reads only the path it is given) and
+:func:`save_checkpoint` creates the parent directories, then writes through
+:func:`nanoae.atomic.write_atomically`: the whole archive goes to a temporary file
+in the same directory (``.<name>.tmp-<pid>-<random hex>``), is fsynced and renamed
+over the target with ``os.replace``. A process killed at any moment therefore leaves
+either the previous checkpoint or the new one at the target path, never a mixture or
+a half-written file; at worst a stray temporary file stays behind, which
+:func:`load_checkpoint` never reads (it reads only the path it is given) and
 :func:`remove_stale_temp_files` cleans up.
 
 Errors
@@ -86,8 +85,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoae.atomic import DirectoryNotWritable, remove_stale_temp_files, write_atomically
 from nanoae.backend import get_backend
 from nanoae.data.batching import BatchSampler
 from nanoae.module import module_from_config
@@ -153,9 +151,10 @@ class Checkpoint:
     """What :func:`load_checkpoint` returns.
 
     model:         the rebuilt model, parameters, optimizer state, step and RNG restored
-    step:          ``model.step`` when saved (training steps taken)
+    step:          ``model.steps_trained`` when saved (training steps taken)
     sampler_state: ``BatchSampler.state_dict()`` as saved (``permutation`` an int64
-                   array), or None; see :func:`restore_sampler`
+                   array, ``rng_state`` the sampler's generator state), or None; see
+                   :func:`restore_sampler`
     extra:         the caller's JSON document (a dict; empty when none was given)
     header:        the whole JSON header
     path:          the file read
@@ -174,7 +173,7 @@ def _json_default(value):
     """Let numpy scalars and arrays-in-generator-states through json.dumps."""
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
 def _encode_rng_state(state):
@@ -210,7 +209,7 @@ def _check_extra(extra) -> dict:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             None,
-            f"extra must be JSON-serialisable (dicts, lists, str, int, float, bool, None): {exc}; "
+            f"extra must be JSON-serializable (dicts, lists, str, int, float, bool, None): {exc}; "
             "convert arrays with .tolist() and other objects to plain values",
         ) from exc
     return json.loads(text)
@@ -249,7 +248,7 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     optimizer = getattr(model, "optimizer", None)
     optimizer_header = None
     if optimizer is not None:
-        optimizer_header = {"config": optimizer.config(), "steps": int(optimizer.steps)}
+        optimizer_header = {"config": optimizer.config(), "steps": int(optimizer.update_count)}
         for name, buffer in optimizer.state.items():
             arrays[f"optimizer/{name}"] = _host(model, buffer)
     sampler_header = None
@@ -259,6 +258,8 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
         for key, value in state.items():  # arrays to the archive, scalars to the header
             if isinstance(value, np.ndarray) and value.ndim > 0:
                 arrays[f"sampler/{key}"] = np.ascontiguousarray(value)
+            elif key == "rng_state":
+                sampler_header[key] = _encode_rng_state(value)
             else:
                 sampler_header[key] = value.item() if isinstance(value, (np.ndarray, np.generic)) else value
     header = {
@@ -269,32 +270,13 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
         "arena_size": int(arena.size),
         "layout": {name: [int(offset), [int(d) for d in shape]] for name, (offset, shape) in arena.layout.items()},
         "model": model.config(),
-        "step": int(getattr(model, "step", 0)),
+        "step": int(getattr(model, "steps_trained", 0)),
         "optimizer": optimizer_header,
         "rng_state": _encode_rng_state(model.rng.bit_generator.state) if model.rng is not None else None,
         "sampler": sampler_header,
         "extra": _check_extra(extra),
     }
     return header, arrays
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable; not possible on every OS (Windows), so best effort."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
@@ -306,7 +288,7 @@ def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
     model:   a built model (or module with its own arena)
     sampler: a :class:`~nanoae.data.batching.BatchSampler` (or its ``state_dict()``)
              to save beside the model, so training resumes on the same batches
-    extra:   a JSON-serialisable dict stored in the header (training config, metrics)
+    extra:   a JSON-serializable dict stored in the header (training config, metrics)
     Returns the path as a :class:`pathlib.Path`. Raises :class:`CheckpointError`.
     """
     target = Path(os.fspath(path))
@@ -327,71 +309,15 @@ def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
     except OSError as exc:
         raise CheckpointError(target, f"cannot create the directory {str(directory)!r}: {exc.strerror or exc}") from exc
 
-    temp = _temp_name(target)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
+        write_atomically(target, lambda handle: np.savez(handle, **arrays))
+    except DirectoryNotWritable as exc:
         raise CheckpointError(
             target, f"cannot write in the directory {str(directory)!r}: {exc.strerror or exc}"
-        ) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException as exc:  # KeyboardInterrupt too: never leave the temp file
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(target, f"writing failed: {exc.strerror or exc}") from exc
-        raise
-    _fsync_directory(directory)
+        ) from exc.__cause__
+    except OSError as exc:
+        raise CheckpointError(target, f"writing failed: {exc.strerror or exc}") from exc
     return target
-
-
-_TEMP_PATTERN = r"\.{name}\.tmp-(\d+)-[0-9a-f]+"
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":
-        return True  # cannot tell cheaply: keep the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: someone else's live process
-        return True
-    return True
-
-
-def remove_stale_temp_files(path) -> list[Path]:
-    """Delete temporary files that killed writers left beside ``path``; return them.
-
-    Only files named like :func:`save_checkpoint`'s temporaries for this target
-    (``.<name>.tmp-<pid>-<hex>``) whose writing process no longer runs are removed
-    (on non-POSIX systems nothing is removed: liveness cannot be checked).
-    """
-    target = Path(os.fspath(path))
-    pattern = re.compile(_TEMP_PATTERN.format(name=re.escape(target.name)))
-    removed = []
-    try:
-        entries = list(target.parent.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match and not _process_alive(int(match.group(1))):
-            try:
-                entry.unlink()
-                removed.append(entry)
-            except OSError:
-                pass
-    return sorted(removed)
 
 
 # ---- loading -----------------------------------------------------------------------
@@ -452,10 +378,6 @@ def _read_array(path: Path, archive, name: str) -> np.ndarray:
     return array
 
 
-def _own_version() -> str:
-    return __version__
-
-
 def _parse_header(path: Path, raw: np.ndarray) -> dict:
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(path, f"not a nanoae checkpoint (header is {raw.dtype} {raw.shape}, expected uint8 bytes)")
@@ -472,7 +394,7 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
     if version > FORMAT_VERSION:
         raise CheckpointError(
             path,
-            f"written by a newer nanoae (format {version}); upgrade nanoae (this one, {_own_version()}, "
+            f"written by a newer nanoae (format {version}); upgrade nanoae (this one, {__version__}, "
             f"reads formats up to {FORMAT_VERSION}; the file comes from nanoae {header.get('nanoae_version', '?')})",
         )
     missing = [name for name in _HEADER_FIELDS if name not in header]
@@ -615,12 +537,12 @@ def _restore(path: Path, model, header: dict, arrays: dict) -> None:
     arena.values[...] = backend.asarray(arrays["params"], dtype=arena.values.dtype)
     if optimizer is not None:
         optimizer.load_state_dict({"steps": header["optimizer"]["steps"], **buffers})
-    if hasattr(model, "step"):
-        model.step = header["step"]
+    if hasattr(model, "steps_trained"):
+        model.steps_trained = header["step"]
     if new_rng is not None:
         current = model.rng
         if current is not None and type(current.bit_generator) is type(new_rng):
-            current.bit_generator.state = new_rng.state  # in place: samplers holding it follow
+            current.bit_generator.state = new_rng.state  # in place: whoever holds model.rng follows
         else:
             model.rng = np.random.Generator(new_rng)
 
@@ -629,6 +551,8 @@ def _sampler_state_from(header: dict, arrays: dict) -> dict | None:
     if header["sampler"] is None:
         return None
     state = dict(header["sampler"])
+    if "rng_state" in state:
+        state["rng_state"] = _decode_rng_state(state["rng_state"])
     for name, array in arrays.items():
         if name.startswith("sampler/"):
             state[name[len("sampler/"):]] = array.astype(np.int64, copy=True) if array.dtype.kind in "iu" else array
@@ -703,21 +627,23 @@ def restore_into(path, model) -> Checkpoint:
     )
 
 
-def restore_sampler(checkpoint: Checkpoint, rng=None):
-    """The BatchSampler saved in ``checkpoint``, drawing from ``rng`` (default: the
-    checkpoint model's generator), positioned exactly where it was saved.
+def restore_sampler(checkpoint: Checkpoint):
+    """The BatchSampler saved in ``checkpoint``, positioned exactly where it was saved,
+    its own generator included; None when no sampler was saved.
 
-    ``BatchSampler(...)`` draws a first permutation from its generator when built;
-    this helper puts the generator's state back afterwards, so the epochs after the
-    current one are shuffled exactly as in an uninterrupted run. (Building the sampler
-    yourself and calling ``load_state_dict`` would leave the generator one
-    permutation ahead.) Returns None when no sampler was saved.
+    Checkpoints written before samplers owned their generator hold no ``rng_state``
+    for it. They still resume: the saved epoch's order is kept exactly, and the later
+    epochs are shuffled by a new generator seeded with one draw from the checkpoint
+    model's generator (so such a run no longer matches an unstopped one after the
+    current epoch).
     """
     state = checkpoint.sampler_state
     if state is None:
         return None
-    rng = checkpoint.model.rng if rng is None else rng
+    if "rng_state" not in state:
+        seed = int(checkpoint.model.rng.integers(2**63))
+        state = {**state, "rng_state": np.random.Generator(np.random.PCG64(seed)).bit_generator.state}
     try:
-        return BatchSampler.from_state_dict(state, rng)
+        return BatchSampler.from_state_dict(state)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(checkpoint.path, f"the saved sampler state cannot be restored: {exc}") from exc

@@ -4,17 +4,40 @@
 1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
 Errors in arguments, data or files print one clear line and exit non-zero:
 2 for bad input, 1 for a failed gradient check, 3 for a diverged run, 130 on Ctrl-C.
+Any other exception is a bug in nanoae and shows its traceback.
+
+Each command is one ``command_<name>(args)`` function returning the exit code; the
+train command's steps (resume, data, model, callbacks, run, report) are helpers.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+
+import numpy as np
+
+from nanoae.version import __version__
+from nanoae.atomic import write_json_atomically
+from nanoae.backend import BackendUnavailable
+from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
+from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler, save_checkpoint
+from nanoae.classifier import Classifier, labelled_subset
+from nanoae.data import DataError, load_dataset
+from nanoae.evaluation import reconstruction_errors
+from nanoae.gradcheck import gradcheck
+from nanoae.optim import SGD, Adam, AdamW, RMSProp
+from nanoae.plot import PlotUnavailable
+from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
+from nanoae.train import train
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -24,6 +47,11 @@ OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "identity", "leaky_relu", "tanh")
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+# The errors that mean "fix your input" (arguments, data, files, the machine's
+# abilities): one line and exit 2. Anything else is a bug and shows its traceback.
+USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, OSError)
 
 
 # ---- argument types ----------------------------------------------------------------
@@ -58,8 +86,6 @@ def _positive_float(text: str) -> float:
 
 def make_optimizer(name: str, lr: float):
     """The optimizer a CLI name stands for, at learning rate lr."""
-    from nanoae.optim import SGD, Adam, AdamW, RMSProp  # noqa: PLC0415
-
     table = {
         "rmsprop": lambda: RMSProp(lr, flavor="tf1"),
         "rmsprop-keras": lambda: RMSProp(lr, flavor="keras"),
@@ -85,14 +111,8 @@ def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | No
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from nanoae import __version__  # noqa: PLC0415
-    from nanoae.presets import PRESETS  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(prog="nanoae", description="A from-scratch autoencoder learner (hand-written backprop).")
-    parser.add_argument("--version", action="version", version=f"nanoae {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_train_command(commands) -> None:
+    """nanoae train: a preset, its length and optimizer, data, run directory, logging."""
     train = commands.add_parser("train", help="train a preset (default: the tutorial) and draw its figures", description="Train an autoencoder. With no options: the TF1 tutorial exactly (1000 steps, batch 256, loss every step).")
     train.add_argument("--preset", choices=sorted(PRESETS), default="tutorial", help="named model + optimizer (default: tutorial)")
     length = train.add_mutually_exclusive_group()
@@ -100,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_positive_float, help="train for this many passes over the data instead of --steps")
     train.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the preset's, 256)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's, 0.001)")
-    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavour (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
+    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
     train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
     train.add_argument("--code-size", type=_positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the initial weights and the batch order (default: 0)")
@@ -113,17 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_non_negative_int, default=100, help="checkpoint every N steps, 0 for only at the end (default: 100)")
     train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
 
+
+def _add_eval_command(commands) -> None:
+    """nanoae eval CHECKPOINT: test (or train) reconstruction errors."""
     evaluate = commands.add_parser("eval", help="test reconstruction MSE and BCE of a checkpoint")
     evaluate.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     evaluate.add_argument("--split", choices=("test", "train"), default="test")
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_data_options(evaluate, dataset_default=None)
 
+
+def _add_plot_command(commands) -> None:
+    """nanoae plot CHECKPOINT: redraw a run's figures."""
     plot = commands.add_parser("plot", help="redraw a run's figures from its checkpoint")
     plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
     _add_data_options(plot, dataset_default=None)
 
+
+def _add_classify_command(commands) -> None:
+    """nanoae classify: a softmax head on an encoder (scratch, finetune or probe)."""
     classify = commands.add_parser(
         "classify",
         help="train a classifier on an autoencoder's encoder (or from scratch) and report test accuracy",
@@ -144,16 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print the result as JSON")
     classify.add_argument("--quiet", action="store_true", help="no progress output")
 
+
+def _add_bench_command(commands) -> None:
+    """nanoae bench: throughput against other frameworks (options from the benchmark runner)."""
     bench = commands.add_parser(
         "bench",
         help="throughput of the tutorial model against TensorFlow, PyTorch and (--gpu) JAX",
         description="Each competitor runs in its own process, alternating, for several rounds; "
         "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every one.",
     )
+    # Lazy: the benchmark runner pulls in heavy optional competitors.
     from nanoae.benchmark.runner import add_arguments as add_bench_arguments  # noqa: PLC0415
 
     add_bench_arguments(bench)
 
+
+def _add_gradcheck_command(commands) -> None:
+    """nanoae gradcheck: a preset's backward pass against finite differences."""
     check = commands.add_parser("gradcheck", help="check a preset's backward pass against finite differences")
     check.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
     check.add_argument("--batch-size", type=_positive_int, default=4)
@@ -161,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS)
     check.add_argument("--seed", type=_non_negative_int, default=0)
     check.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanoae", description="A from-scratch autoencoder learner (hand-written backprop).")
+    parser.add_argument("--version", action="version", version=f"nanoae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (
+        _add_train_command,
+        _add_eval_command,
+        _add_plot_command,
+        _add_classify_command,
+        _add_bench_command,
+        _add_gradcheck_command,
+    ):
+        add_command(commands)
     return parser
 
 
@@ -189,36 +240,34 @@ def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
     return path
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _preset_default(preset: str, option: str, fallback):
     """The default value of one of a preset factory's options."""
-    import inspect  # noqa: PLC0415
-
-    from nanoae.presets import PRESETS  # noqa: PLC0415
-
     parameter = inspect.signature(PRESETS[preset]).parameters.get(option) if preset in PRESETS else None
     return fallback if parameter is None else parameter.default
 
 
 def _load_split(dataset: str, split: str, args) -> object:
-    from nanoae.data import load_dataset  # noqa: PLC0415
-
     return load_dataset(dataset, split, data_dir=args.data, download=not args.no_download, quiet=getattr(args, "quiet", False))
+
+
+def _as_user_error(build, *args, **kwargs):
+    """``build(*args, **kwargs)``, its ValueError (a refused combination of the
+    user's options, such as a preset's) reported as a CLIError."""
+    try:
+        return build(*args, **kwargs)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _require_autoencoder(checkpoint, path, purpose: str) -> None:
+    if not hasattr(checkpoint.model, "reconstruct"):
+        raise CLIError(f"{path} holds a {type(checkpoint.model).__name__}, not an autoencoder; {purpose}")
 
 
 def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
     """reconstructions.png (16 test digits beside the model's output), samples.png (a VAE:
     64 draws from the prior) and loss.png (when the metrics file has rows); returns the paths."""
-    from nanoae import plot  # noqa: PLC0415
+    from nanoae import plot  # noqa: PLC0415 (lazy: it needs the optional matplotlib)
 
     originals = test_images[:16]
     reconstructions = model.backend.to_host(model.reconstruct(originals))
@@ -237,70 +286,67 @@ def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, t
     return written
 
 
-# ---- commands -------------------------------------------------------------------------
-def command_train(args) -> int:
-    from nanoae import __version__  # noqa: PLC0415
-    from nanoae.checkpoint import load_checkpoint, restore_sampler  # noqa: PLC0415
-    from nanoae.presets import TUTORIAL_TRAINING, get_preset  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
+# ---- nanoae train -------------------------------------------------------------------
+_RESUMED_OPTIONS = ("preset", "batch_size", "dataset", "output_activation", "seed", "optimizer", "lr")
 
-    import numpy as np  # noqa: PLC0415
 
-    from nanoae.train import (  # noqa: PLC0415
-        Checkpointer,
-        Evaluator,
-        MetricsCSV,
-        NonFiniteLossWarning,
-        ProgressBar,
-        reconstruction_errors,
-        train,
-    )
+def _load_resume_checkpoint(args):
+    """The checkpoint named by --resume (None without it); options the command line
+    leaves out are taken from the run's saved config."""
+    if not args.resume:
+        return None
+    path = Path(args.resume)
+    if not path.is_file():
+        raise CLIError(f"--resume {path}: no such checkpoint file")
+    resumed = load_checkpoint(path, backend=args.backend)
+    saved_config = resumed.extra.get("config", {})
+    for key in _RESUMED_OPTIONS:
+        if getattr(args, key, None) is None and key in saved_config:
+            setattr(args, key, saved_config[key])
+    return resumed
 
-    resumed = None
+
+def _run_directory(args) -> Path:
+    if args.out:
+        return Path(args.out)
     if args.resume:
-        resume_path = Path(args.resume)
-        if not resume_path.is_file():
-            raise CLIError(f"--resume {resume_path}: no such checkpoint file")
-        resumed = load_checkpoint(resume_path, backend=args.backend)
-        saved_config = resumed.extra.get("config", {})
-        for key in ("preset", "batch_size", "dataset", "output_activation", "seed", "optimizer", "lr"):
-            if getattr(args, key, None) is None and key in saved_config:
-                setattr(args, key, saved_config[key])
-    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
-    out_dir = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    allow_existing = args.overwrite or bool(args.resume)
-    _check_out_dir(out_dir, allow_existing)  # fail before loading anything
+        return Path(args.resume).parent
+    return Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    train_set = _load_split(args.dataset, "train", args)
-    test_set = _load_split(args.dataset, "test", args)
-    out_dir = _prepare_out_dir(out_dir, allow_existing)
-    _say(f"data: {train_set.source}", args.quiet)
 
-    if resumed is not None:
-        model = resumed.model
-        sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
-    else:
-        factory = get_preset(args.preset)
-        options = {"seed": args.seed, "backend": args.backend}
-        if args.output_activation:
-            options["output_activation"] = args.output_activation
-        if args.code_size:
-            if _preset_default(args.preset, "code_size", None) is None:
-                raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
-            options["code_size"] = args.code_size
-        model = factory(**options)
-        if args.optimizer or args.lr:
-            model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
-        sampler = None
+def _new_model(args):
+    """The preset's model, with the command line's output activation, code size,
+    optimizer and learning rate."""
+    options = {"seed": args.seed, "backend": args.backend}
+    if args.output_activation:
+        options["output_activation"] = args.output_activation
+    if args.code_size:
+        if _preset_default(args.preset, "code_size", None) is None:
+            raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
+        options["code_size"] = args.code_size
+    model = _as_user_error(get_preset(args.preset), **options)
+    if args.optimizer or args.lr:
+        model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
+    return model
 
-    if args.epochs is not None:
-        import math  # noqa: PLC0415
 
-        total_steps = math.ceil(args.epochs * len(train_set.images) / batch_size)
-    else:
-        total_steps = args.steps or TUTORIAL_TRAINING["steps"]
-    remaining = total_steps - model.step
-    config = {
+def _model_and_sampler(args, resumed, rows: int, batch_size: int):
+    """(model, sampler): restored from --resume, or a new model and no sampler yet."""
+    if resumed is None:
+        return _new_model(args), None
+    sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
+    if sampler is not None and (sampler.n, sampler.batch_size) != (rows, batch_size):
+        raise CLIError(
+            f"--resume {args.resume}: the run drew batches of {sampler.batch_size} from {sampler.n} rows; "
+            f"this one would draw {batch_size} from {rows}. Resume with --batch-size {sampler.batch_size} "
+            "and the same --dataset"
+        )
+    return resumed.model, sampler
+
+
+def _train_config(args, model, train_set, total_steps: int, batch_size: int) -> dict:
+    """The run's config.json (also stored in every checkpoint's extra)."""
+    return {
         "preset": args.preset,
         "steps": total_steps,
         "batch_size": batch_size,
@@ -321,63 +367,101 @@ def command_train(args) -> int:
         "resumed_from": str(args.resume) if args.resume else None,
         "command": "nanoae " + " ".join(sys.argv[1:]),
     }
-    _write_json(out_dir / "config.json", config)
-    if remaining <= 0:
-        _say(f"the checkpoint is already at step {model.step} of {total_steps}; nothing to train", args.quiet)
-    checkpoint_path = out_dir / "checkpoint.npz"
-    callbacks = [Evaluator(test_set.images, every=args.eval_every or None)]
+
+
+def _train_callbacks(args, test_images, out_dir: Path, config: dict) -> list:
+    """Evaluator first (its MSE lands in the metrics row), then progress, metrics, checkpoints."""
+    callbacks = [Evaluator(test_images, every=args.eval_every or None)]
     if not args.quiet:
         callbacks.append(ProgressBar())
-    callbacks += [
+    return callbacks + [
         MetricsCSV(out_dir / "metrics.csv", append=bool(args.resume)),
-        Checkpointer(checkpoint_path, every=args.checkpoint_every or None, extra={"config": config}),
+        Checkpointer(out_dir / "checkpoint.npz", every=args.checkpoint_every or None, extra={"config": config}),
     ]
-    _say(f"training {args.preset} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
-    history = None
-    if remaining > 0:
-        try:
-            # A diverging run is reported once, below, not as numpy/warnings noise.
-            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", NonFiniteLossWarning)
-                history = train(
-                    model,
-                    train_set.images,
-                    steps=remaining,
-                    batch_size=batch_size,
-                    log_every=args.log_every,
-                    callbacks=callbacks,
-                    sampler=sampler,
-                )
-        except KeyboardInterrupt:
-            print(f"nanoae: interrupted at step {model.step}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-    if history is not None and history.stopped:
-        print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
-        return EXIT_DIVERGED
 
-    errors = reconstruction_errors(model, test_set.images)
+
+def _run_training(model, images, steps: int, batch_size: int, args, callbacks, sampler):
+    """train(...), with a diverging run reported once by the caller, not as numpy or
+    warnings noise."""
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteLossWarning)
+        return train(
+            model, images, steps=steps, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler
+        )
+
+
+def _report_run(model, history, test_images, out_dir: Path, preset: str) -> None:
+    """Test errors, figures (when matplotlib is there) and the summary lines."""
+    errors = reconstruction_errors(model, test_images)
     figures = []
     try:
-        figures = draw_figures(model, test_set.images, out_dir, out_dir / "metrics.csv", title=f"nanoae {args.preset}, step {model.step}")
+        figures = draw_figures(model, test_images, out_dir, out_dir / "metrics.csv", title=f"nanoae {preset}, step {model.steps_trained}")
     except ImportError as exc:
         _say(f"no figures: {exc}")
     final_loss = f"{history[-1]:.6f}" if history else "n/a"
-    print(f"step {model.step}: final training loss {final_loss}, test reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}")
+    print(f"step {model.steps_trained}: final training loss {final_loss}, test reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}")
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
+
+
+def _train_data_and_run_directory(args, batch_size: int):
+    """(train set, test set, run directory): the run directory is checked before the
+    data is loaded and created only after, so a run that cannot start leaves nothing."""
+    out_dir = _run_directory(args)
+    allow_existing = args.overwrite or bool(args.resume)
+    _check_out_dir(out_dir, allow_existing)
+    train_set = _load_split(args.dataset, "train", args)
+    test_set = _load_split(args.dataset, "test", args)
+    rows = len(train_set.images)
+    if batch_size > rows:
+        raise CLIError(f"--batch-size {batch_size}: the {args.dataset} training set has only {rows} images")
+    out_dir = _prepare_out_dir(out_dir, allow_existing)
+    _say(f"data: {train_set.source}", args.quiet)
+    return train_set, test_set, out_dir
+
+
+def _total_steps(args, rows: int, batch_size: int) -> int:
+    if args.epochs is not None:
+        return math.ceil(args.epochs * rows / batch_size)
+    return args.steps or TUTORIAL_TRAINING["steps"]
+
+
+def command_train(args) -> int:
+    resumed = _load_resume_checkpoint(args)
+    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
+    train_set, test_set, out_dir = _train_data_and_run_directory(args, batch_size)
+    rows = len(train_set.images)
+    model, sampler = _model_and_sampler(args, resumed, rows, batch_size)
+    total_steps = _total_steps(args, rows, batch_size)
+    remaining = total_steps - model.steps_trained
+    config = _train_config(args, model, train_set, total_steps, batch_size)
+    write_json_atomically(out_dir / "config.json", config)
+    checkpoint_path = out_dir / "checkpoint.npz"
+    if remaining <= 0:
+        _say(f"the checkpoint is already at step {model.steps_trained} of {total_steps}; nothing to train", args.quiet)
+        _report_run(model, None, test_set.images, out_dir, args.preset)
+        return EXIT_OK
+    callbacks = _train_callbacks(args, test_set.images, out_dir, config)
+    _say(f"training {args.preset} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    try:
+        history = _run_training(model, train_set.images, remaining, batch_size, args, callbacks, sampler)
+    except KeyboardInterrupt:
+        print(f"nanoae: interrupted at step {model.steps_trained}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if history.stopped:
+        print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
+        return EXIT_DIVERGED
+    _report_run(model, history, test_set.images, out_dir, args.preset)
     return EXIT_OK
 
 
+# ---- nanoae eval / plot / gradcheck ---------------------------------------------------
 def _dataset_of(checkpoint, args) -> str:
     return args.dataset or checkpoint.extra.get("config", {}).get("dataset", "mnist")
 
 
 def command_eval(args) -> int:
-    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
-    from nanoae.train import reconstruction_errors  # noqa: PLC0415
-
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
-    if not hasattr(checkpoint.model, "reconstruct"):
-        raise CLIError(f"{args.checkpoint} holds a {type(checkpoint.model).__name__}, not an autoencoder; eval measures reconstructions")
+    _require_autoencoder(checkpoint, args.checkpoint, "eval measures reconstructions")
     dataset = _dataset_of(checkpoint, args)
     data = _load_split(dataset, args.split, args)
     errors = reconstruction_errors(checkpoint.model, data.images)
@@ -391,11 +475,8 @@ def command_eval(args) -> int:
 
 
 def command_plot(args) -> int:
-    from nanoae.checkpoint import load_checkpoint  # noqa: PLC0415
-
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
-    if not hasattr(checkpoint.model, "reconstruct"):
-        raise CLIError(f"{args.checkpoint} holds a {type(checkpoint.model).__name__}, not an autoencoder; plot draws reconstructions")
+    _require_autoencoder(checkpoint, args.checkpoint, "plot draws reconstructions")
     out_dir = _prepare_out_dir(Path(args.out) if args.out else Path(args.checkpoint).parent, allow_existing_run=True)
     data = _load_split(_dataset_of(checkpoint, args), "test", args)
     metrics = Path(args.checkpoint).parent / "metrics.csv"
@@ -407,15 +488,10 @@ def command_plot(args) -> int:
 
 
 def command_gradcheck(args) -> int:
-    import numpy as np  # noqa: PLC0415
-
-    from nanoae.gradcheck import gradcheck  # noqa: PLC0415
-    from nanoae.presets import get_preset  # noqa: PLC0415
-
     options = {"seed": args.seed, "backend": args.backend}
     if args.output_activation:
         options["output_activation"] = args.output_activation
-    model = get_preset(args.preset)(**options)
+    model = _as_user_error(get_preset(args.preset), **options)
     x = np.random.default_rng(args.seed).uniform(0.05, 0.95, (args.batch_size, model.in_features))
     report = gradcheck(model, x, max_entries=args.max_entries, seed=args.seed)
     print(f"preset {args.preset}, batch {args.batch_size}, float64 copy of the parameters")
@@ -423,25 +499,31 @@ def command_gradcheck(args) -> int:
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
-def command_classify(args) -> int:
-    import numpy as np  # noqa: PLC0415
-
-    from nanoae.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
-    from nanoae.classifier import Classifier, labelled_subset  # noqa: PLC0415
-    from nanoae.presets import tutorial_encoder  # noqa: PLC0415
-    from nanoae.train import ProgressBar  # noqa: PLC0415
-
-    mode = args.mode or ("finetune" if args.source else "scratch")
+# ---- nanoae classify -------------------------------------------------------------------
+def _classify_source(args, mode: str):
+    """The autoencoder named by --from (None without it), checked against --mode."""
     if mode != "scratch" and not args.source:
         raise CLIError(f"--mode {mode} reuses a trained encoder: give --from CHECKPOINT (an autoencoder's checkpoint.npz)")
-    source = None
-    if args.source:
-        path = Path(args.source)
-        if not path.is_file():
-            raise CLIError(f"--from {path}: no such checkpoint file")
-        source = load_checkpoint(path, backend=args.backend).model
-        if not hasattr(source, "encode"):
-            raise CLIError(f"--from {path}: holds a {type(source).__name__}, not an autoencoder; train one with nanoae train")
+    if not args.source:
+        return None
+    path = Path(args.source)
+    if not path.is_file():
+        raise CLIError(f"--from {path}: no such checkpoint file")
+    source = load_checkpoint(path, backend=args.backend).model
+    if not hasattr(source, "encode"):
+        raise CLIError(f"--from {path}: holds a {type(source).__name__}, not an autoencoder; train one with nanoae train")
+    return source
+
+
+def _new_classifier(args, source, mode: str, optimizer):
+    options = {"optimizer": optimizer, "seed": args.seed, "backend": args.backend}
+    if source is not None:
+        return _as_user_error(Classifier.from_autoencoder, source, 10, mode=mode, **options)
+    return Classifier(tutorial_encoder(), 10, **options)  # from scratch, on the tutorial's encoder
+
+
+def _classify_data_and_out_dir(args):
+    """(dataset name, train set, test set, labels used, --out directory or None)."""
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
@@ -453,13 +535,15 @@ def command_classify(args) -> int:
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
     if out_dir is not None:
         out_dir = _prepare_out_dir(out_dir, args.overwrite)
+    return dataset, train_set, test_set, n_labels, out_dir
 
+
+def command_classify(args) -> int:
+    mode = args.mode or ("finetune" if args.source else "scratch")
+    source = _classify_source(args, mode)
+    dataset, train_set, test_set, n_labels, out_dir = _classify_data_and_out_dir(args)
     optimizer = make_optimizer(args.optimizer, args.lr)
-    options = {"optimizer": optimizer, "seed": args.seed, "backend": args.backend}
-    if source is not None:
-        model = Classifier.from_autoencoder(source, 10, mode=mode, **options)
-    else:  # from scratch, on the tutorial's encoder architecture
-        model = Classifier(tutorial_encoder(), 10, **options)
+    model = _new_classifier(args, source, mode, optimizer)
     picked = labelled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))
     x, y = train_set.images[picked], train_set.labels[picked]
     batch_size = min(args.batch_size, n_labels)
@@ -479,23 +563,29 @@ def command_classify(args) -> int:
         "train_accuracy": model.accuracy(x, y),
         "test_accuracy": model.accuracy(test_set.images, test_set.labels),
     }
+    _write_classify_outputs(args, out_dir, model, result)
+    return EXIT_OK
+
+
+def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> None:
     if out_dir is not None:
         save_checkpoint(out_dir / "checkpoint.npz", model, extra={"config": result})
-        _write_json(out_dir / "result.json", result)
+        write_json_atomically(out_dir / "result.json", result)
     if args.json:
         print(json.dumps(result))
     else:
         print(
-            f"{mode}: test accuracy {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}) "
-            f"with {n_labels} labels, {args.steps} steps of batch {batch_size}"
+            f"{result['mode']}: test accuracy {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}) "
+            f"with {result['labels']} labels, {result['steps']} steps of batch {result['batch_size']}"
         )
-    return EXIT_OK
 
 
 def command_bench(args) -> int:
-    from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415
+    from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415 (heavy optional competitors)
 
-    return run_from_arguments(args)
+    # Its ValueErrors are refused options (unknown framework, batch sizes, rounds);
+    # the competitors themselves run in other processes.
+    return _as_user_error(run_from_arguments, args)
 
 
 COMMANDS = {
@@ -509,17 +599,20 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    """Run one command; return its exit code.
+
+    Bad arguments exit 2 through argparse. The errors in :data:`USER_ERRORS` print one
+    line and return 2 (``NANOAE_DEBUG=1`` shows their traceback instead). Any other
+    exception is a bug in nanoae and propagates with its traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from nanoae.backend import BackendUnavailable  # noqa: PLC0415
-    from nanoae.plot import PlotUnavailable  # noqa: PLC0415
-
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, TypeError, OSError, BackendUnavailable, PlotUnavailable) as exc:
+    except USER_ERRORS as exc:
         if os.environ.get("NANOAE_DEBUG"):
             raise  # the full traceback, for bug reports
         print(f"nanoae {args.command}: error: {exc}", file=sys.stderr)

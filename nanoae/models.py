@@ -6,7 +6,7 @@
 
 A model owns one :class:`~nanoae.params.ParameterArena` (all parameters contiguous),
 one optimizer bound to it, and one seeded generator that draws the initial weights
-and the order of the training batches.
+and the seed of the training batches' sampler.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from nanoae.module import Module, module_from_config
 from nanoae.optim import RMSProp, get_optimizer, optimizer_from_config
 from nanoae.params import ParamSpec
 from nanoae.regularizers import get_corruption
+from nanoae.train import train
 from nanoae.validation import as_batch, check_same_shape
 
 _BUILD_OPTIONS = ("backend", "dtype", "seed", "fast")
@@ -34,7 +35,7 @@ class Model(Module):
         self.loss = get_loss(loss) if loss is not None else None
         self.optimizer = get_optimizer(optimizer) if optimizer is not None else None
         self._build_options = {"backend": backend, "dtype": dtype, "seed": seed, "fast": fast}
-        self.step = 0
+        self.steps_trained = 0
 
     # ---- building ------------------------------------------------------------------
     def build(self, backend=None, dtype=None, seed=None, fast=None) -> "Model":
@@ -45,7 +46,7 @@ class Model(Module):
             self.loss.bind(self.backend)
         if self.optimizer is not None:
             self.optimizer.bind(self.arena)
-        self.step = 0
+        self.steps_trained = 0
         return self
 
     def _ensure_built(self) -> None:
@@ -105,7 +106,7 @@ class Model(Module):
         self.backward(grad_output, need_input_grad=False)  # nobody needs dL/dx
         penalty = self.penalty()  # before the update: the terms at the weights used
         self.optimizer.step()
-        self.step += 1
+        self.steps_trained += 1
         return loss if type(penalty) is float and penalty == 0.0 else loss + penalty
 
     @property
@@ -146,17 +147,16 @@ class Model(Module):
         x: (n, in_features); target: (n, out_features), or None where the model has
         its own (an autoencoder's target is its input).
         steps or epochs: how many more steps (epochs may be fractional).
-        Batches are drawn like TF1's ``next_batch``: shuffled each epoch with the
-        model's generator, continuing across epoch boundaries. With the default
+        Batches are drawn like TF1's ``next_batch``: shuffled each epoch by a batch
+        sampler seeded from the model's generator, continuing across epoch boundaries
+        and across fit calls. With the default
         log_every=1 the history holds every step's loss. See :func:`nanoae.train.train`
         for callbacks (progress bar, CSV metrics, checkpoints, evaluation).
         """
-        from nanoae.train import train  # noqa: PLC0415 (train imports models)
-
         if sampler is None:
             # Keep drawing from the same shuffled order across fit calls on data of the
             # same size, so fit(steps=10) twice equals fit(steps=20).
-            kept = getattr(self, "_sampler", None)
+            kept = getattr(self, "_batch_sampler", None)
             rows = x.shape[0] if getattr(x, "ndim", 0) >= 1 else None
             if kept is not None and kept.n == rows and kept.batch_size == batch_size:
                 sampler = kept
@@ -171,7 +171,7 @@ class Model(Module):
             callbacks=callbacks,
             sampler=sampler,
         )
-        self._sampler = history.sampler
+        self._batch_sampler = history.sampler
         return history
 
     def config(self) -> dict:

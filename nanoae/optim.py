@@ -46,14 +46,14 @@ class Optimizer:
         self.lr = positive_float(lr, "learning rate (lr)")
         self.arena = None
         self.state: dict = {}
-        self.steps = 0
+        self.update_count = 0
         self._workspace: dict = {}
 
     def bind(self, arena) -> "Optimizer":
         """Allocate state buffers shaped like ``arena.values``."""
         self.arena = arena
         self.state = {name: self._new_buffer(arena, fill) for name, fill in self._state_fills().items()}
-        self.steps = 0
+        self.update_count = 0
         return self
 
     def _state_fills(self) -> dict:
@@ -71,7 +71,7 @@ class Optimizer:
         """Apply one update to the bound arena from its gradients."""
         if self.arena is None:
             raise RuntimeError(f"{type(self).__name__} is not bound to a model; build the model first")
-        self.steps += 1
+        self.update_count += 1
         self._update(self.arena.backend.ops, self.arena.values, self.arena.grads)
 
     def _update(self, ops, params, grads) -> None:
@@ -79,7 +79,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """{"steps": int, "<buffer>": array, ...} (arrays are the live buffers)."""
-        return {"steps": self.steps, **self.state}
+        return {"steps": self.update_count, **self.state}
 
     def load_state_dict(self, state: dict) -> None:
         if self.arena is None:
@@ -92,7 +92,7 @@ class Optimizer:
                     f"optimizer state {name!r} has shape {tuple(state[name].shape)}, expected {tuple(buffer.shape)}"
                 )
             buffer[...] = self.arena.backend.asarray(state[name], dtype=buffer.dtype)
-        self.steps = int(state.get("steps", 0))
+        self.update_count = int(state.get("steps", 0))
         self._workspace = {}  # a fast path may cache step-dependent values (GPU Adam)
 
     CONFIG_FIELDS: tuple = ("lr",)
@@ -255,7 +255,7 @@ class Adam(Optimizer):
             self.beta1,
             self.beta2,
             self.eps,
-            self.steps,
+            self.update_count,
             self.weight_decay,
             self.decoupled,
             self.flavor,

@@ -1,8 +1,9 @@
-"""The training loop: batches, logging, callbacks, a guard against NaN, checkpoints.
+"""The training loop: batches, logging, callbacks, a guard against NaN.
 
 ``train(model, x, ...)`` (and ``model.fit``, which calls it) runs::
 
     for each block of steps (up to the next log step, MAX_INDEX_BLOCK at most):
+        snapshot = sampler.state_dict()
         draw the block's indices with sampler.next_indices()   # TF1 next_batch order
         for each step of the block:
             loss = model._train_step(x[indices], target[indices])
@@ -12,48 +13,49 @@
 The loss is read back to the host only on log steps, so a GPU is never made to wait
 per step unless you log every step (the tutorial does). Each block's indices are
 drawn at once, so inside a block (in ``on_step_end``) the sampler is already past the
-step being trained; at a log step, and after ``train`` returns or raises, it is
-exactly where the steps taken leave it, so a stopped run continues with the batches
-it would have had (see :func:`train`).
+step being trained. When a run stops (or a step raises) part-way through a block,
+the sampler is put back to its snapshot and advanced by the steps actually taken;
+since it owns its generator, that is exact, and a stopped run continues with the
+batches an unstopped one gets.
 
-Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state)``,
-``on_log(state)``, ``on_train_end(state)``; they may set ``state.stop`` (with a
-``state.stop_reason``) to end training early. Built in:
+The batch order: a new :class:`~nanoae.data.BatchSampler` is seeded with one integer
+drawn from the model's generator, so the run's seed fixes it, yet the sampler's
+stream is its own (that integer is hashed by a SeedSequence into a fresh PCG64): the
+model's generator (a VAE's noise, a denoiser's corruption) and the sampler's are
+independent streams, and drawing from one never moves the other.
+The snapshot per block copies the current permutation (n int64): microseconds
+beside a training step.
 
-* :class:`ProgressBar`   tqdm when installed, else one plain line per log step
-* :class:`MetricsCSV`    step, epoch, train loss, samples/s, wall time, test MSE
-* :class:`Evaluator`     test reconstruction MSE every N steps and at the end
-* :class:`Checkpointer`  an atomic checkpoint every N steps and at the end, only of
-                         finite parameters, so the last one is always good
-* :class:`StopOnNonFinite` ends training when the loss is NaN or infinite (always on)
+Callbacks: see :mod:`nanoae.callbacks`. A :class:`~nanoae.callbacks.StopOnNonFinite`
+always runs (first, unless the caller passed one).
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from nanoae.callbacks import NonFiniteLossWarning, StopOnNonFinite
+from nanoae.data.batching import BatchSampler
 from nanoae.validation import as_batch, positive_int
 
+__all__ = ["MAX_INDEX_BLOCK", "History", "TrainingState", "train"]
 
 MAX_INDEX_BLOCK = 1024  # steps of batch indices sent to the device at once, at most
-
-
-class NonFiniteLossWarning(RuntimeWarning):
-    """Training stopped because the loss became NaN or infinite."""
+_SEED_BOUND = 2**63  # the sampler's seed is drawn from [0, 2**63)
 
 
 @dataclass
 class TrainingState:
-    """What callbacks see. ``loss`` is a float on log steps and None otherwise."""
+    """What callbacks see. ``loss`` is a float on log steps and None otherwise.
+
+    step: ``model.steps_trained`` after the step just taken; start_step: where this
+    run began; total_steps: where it ends; epoch: the sampler's progress in epochs.
+    """
 
     model: object
     sampler: object
@@ -90,245 +92,81 @@ class History(list):
         self.sampler = None
 
 
-class Callback:
-    """Base class with no-op hooks."""
-
-    def on_train_begin(self, state: TrainingState) -> None:
-        pass
-
-    def on_step_end(self, state: TrainingState) -> None:
-        pass
-
-    def on_log(self, state: TrainingState) -> None:
-        pass
-
-    def on_train_end(self, state: TrainingState) -> None:
-        pass
+def _steps_to_take(x_rows: int, batch_size: int, steps, epochs) -> int:
+    """steps, or ceil(epochs * rows / batch_size); exactly one of them is given."""
+    if (steps is None) == (epochs is None):
+        raise ValueError("pass exactly one of steps= or epochs=")
+    if steps is None:
+        if not (isinstance(epochs, (int, float)) and epochs > 0):
+            raise ValueError(f"epochs must be a number > 0, got {epochs!r}")
+        steps = math.ceil(epochs * x_rows / batch_size)
+    return positive_int(steps, "steps")
 
 
-def _format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class ProgressBar(Callback):
-    """Step, loss, samples/s and ETA: a tqdm bar when tqdm is installed, else plain lines."""
-
-    def __init__(self, stream=None, use_tqdm: bool | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.use_tqdm = use_tqdm
-        self._bar = None
-
-    def on_train_begin(self, state: TrainingState) -> None:
-        if self.use_tqdm is not False:
-            try:
-                from tqdm.auto import tqdm  # noqa: PLC0415 (optional)
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(
-                    total=state.total_steps, initial=state.start_step, file=self.stream, unit="step", dynamic_ncols=True
-                )
-        self._last_step = state.start_step
-
-    def on_log(self, state: TrainingState) -> None:
-        remaining = state.total_steps - state.step
-        rate = state.samples_per_s / state.batch_size if state.samples_per_s else float("nan")
-        eta = remaining / rate if rate and rate > 0 else float("nan")
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{state.loss:.5f}", samples_s=f"{state.samples_per_s:,.0f}", refresh=False)
-            self._bar.update(state.step - self._last_step)
-        else:
-            width = len(str(state.total_steps))
-            print(
-                f"step {state.step:>{width}}/{state.total_steps} | loss {state.loss:.6f} | "
-                f"{state.samples_per_s:,.0f} samples/s | ETA {_format_duration(eta)}",
-                file=self.stream,
-                flush=True,
-            )
-        self._last_step = state.step
-
-    def on_train_end(self, state: TrainingState) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class Evaluator(Callback):
-    """Test reconstruction MSE (mean over pixels and images) every ``every`` steps and at the end.
-
-    x_test: (n, features); target_test: defaults to x_test (an autoencoder's target).
-    The value lands in ``state.test_mse`` before the other on_log callbacks run, so
-    put the Evaluator before a MetricsCSV.
-    """
-
-    def __init__(self, x_test, target_test=None, every: int | None = None, batch_size: int = 1000) -> None:
-        self.x_test = x_test
-        self.target_test = target_test
-        self.every = every
-        self.batch_size = batch_size
-        self._last = None
-
-    def evaluate(self, model) -> float:
-        x = as_batch(self.x_test, model.in_features, model.backend, "x_test")
-        target = x if self.target_test is None else as_batch(self.target_test, model.out_features, model.backend, "target_test")
-        total = 0.0
-        for start in range(0, x.shape[0], self.batch_size):
-            stop = start + self.batch_size
-            difference = model.inference(x[start:stop]) - target[start:stop]
-            total += float((difference * difference).sum())
-        return total / (x.shape[0] * x.shape[1])
-
-    def _run(self, state: TrainingState) -> None:
-        state.test_mse = self.evaluate(state.model)
-        self._last = state.step
-        state.history.test_mse.append((state.step, state.test_mse))
-
-    def on_log(self, state: TrainingState) -> None:
-        state.test_mse = None
-        due = self.every and state.step % self.every == 0
-        if due or state.step == state.total_steps:
-            self._run(state)
-
-    def on_train_end(self, state: TrainingState) -> None:
-        if self._last != state.step:
-            self._run(state)
-
-
-class MetricsCSV(Callback):
-    """Append one row per log step to a CSV file (flushed, so a crash loses nothing)."""
-
-    COLUMNS = ("step", "epoch", "train_loss", "samples_per_s", "wall_time_s", "test_mse")
-
-    def __init__(self, path, append: bool = False) -> None:
-        self.path = Path(path)
-        self.append = append
-        self._file = None
-        self._writer = None
-        self._written_step = None
-
-    def on_train_begin(self, state: TrainingState) -> None:
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        self._file = open(self.path, "a" if self.append else "w", newline="")
-        self._writer = csv.writer(self._file)
-        if not (self.append and exists):
-            self._writer.writerow(self.COLUMNS)
-
-    def _row(self, state: TrainingState) -> None:
-        test = "" if state.test_mse is None else f"{state.test_mse:.8g}"
-        loss = "" if state.loss is None else f"{state.loss:.8g}"
-        self._writer.writerow(
-            [state.step, f"{state.epoch:.4f}", loss, f"{state.samples_per_s:.1f}", f"{state.wall_time:.3f}", test]
+def _sampler_for(model, rows: int, batch_size: int, sampler) -> BatchSampler:
+    """The given sampler, checked against the data, or a new one seeded from model.rng."""
+    if sampler is None:
+        return BatchSampler(rows, batch_size, int(model.rng.integers(_SEED_BOUND)))
+    if sampler.n != rows or sampler.batch_size != batch_size:
+        raise ValueError(
+            f"the batch sampler was made for {sampler.n} rows in batches of {sampler.batch_size}, "
+            f"but this run has {rows} rows in batches of {batch_size}"
         )
-        self._file.flush()
-        self._written_step = state.step
+    return sampler
 
-    def on_log(self, state: TrainingState) -> None:
-        self._row(state)
 
-    def on_train_end(self, state: TrainingState) -> None:
-        if self._file is None:
+def _with_nan_guard(callbacks) -> list:
+    """The callbacks, with a StopOnNonFinite first unless one is there already."""
+    callbacks = [*callbacks]
+    if not any(isinstance(callback, StopOnNonFinite) for callback in callbacks):
+        callbacks.insert(0, StopOnNonFinite())
+    return callbacks
+
+
+class _LogClock:
+    """Wall time since the start and samples/s since the previous log step."""
+
+    def __init__(self, step: int) -> None:
+        self.start = self.last_time = time.perf_counter()
+        self.last_step = step
+
+    def tick(self, state: TrainingState) -> None:
+        now = time.perf_counter()
+        steps = state.step - self.last_step
+        state.samples_per_s = steps * state.batch_size / max(now - self.last_time, 1e-12)
+        state.wall_time = now - self.start
+        self.last_time, self.last_step = now, state.step
+
+
+def _train_block(block, run_step, state: TrainingState, callbacks) -> None:
+    """One training step per row of ``block`` (batch_size indices each), with
+    on_step_end after each; ends early when a callback stops the run."""
+    for row in range(block.shape[0]):
+        state.loss_array = run_step(block[row])
+        state.step = state.model.steps_trained
+        state.loss = None
+        for callback in callbacks:
+            callback.on_step_end(state)
+        if state.stop:
             return
-        if state.test_mse is not None and self._written_step == state.step:
-            pass  # the last row already has it
-        elif state.test_mse is not None:
-            self._row(state)
-        self._file.close()
-        self._file = None
 
 
-class Checkpointer(Callback):
-    """Save an atomic checkpoint every ``every`` steps (on log steps) and at the end.
-
-    A checkpoint is written only when the last loss and every parameter are finite,
-    so after a divergence the file on disk is the last good state.
-    extra: a JSON-able dict stored in the header (e.g. the run's config)
-    """
-
-    def __init__(self, path, every: int | None = None, extra: dict | None = None) -> None:
-        self.path = Path(path)
-        self.every = every
-        self.extra = extra or {}
-        self.saved_step: int | None = None
-
-    def _save(self, state: TrainingState) -> None:
-        from nanoae.checkpoint import save_checkpoint  # noqa: PLC0415
-
-        model = state.model
-        if state.loss is not None and not math.isfinite(state.loss):
-            return
-        if not bool(model.backend.xp.isfinite(model.arena.values).all()):
-            return
-        save_checkpoint(self.path, model, sampler=state.sampler, extra=self.extra)
-        self.saved_step = state.step
-
-    def on_log(self, state: TrainingState) -> None:
-        if self.every and state.step % self.every == 0 and not state.stop:
-            self._save(state)
-
-    def on_train_end(self, state: TrainingState) -> None:
-        if self.saved_step != state.step and not state.stop:
-            self._save(state)
+def _log(state: TrainingState, clock: _LogClock, callbacks) -> None:
+    """A log step: read the loss on the host (the one sync), record it, call on_log."""
+    state.loss = float(state.loss_array)
+    clock.tick(state)
+    state.epoch = state.sampler.progress
+    state.history.append(state.loss)
+    state.history.steps.append(state.step)
+    for callback in callbacks:
+        callback.on_log(state)
 
 
-class StopOnNonFinite(Callback):
-    """End training at the first logged loss that is NaN or infinite."""
-
-    def on_log(self, state: TrainingState) -> None:
-        if not math.isfinite(state.loss):
-            state.stop = True
-            state.stop_reason = (
-                f"training stopped at step {state.step}: the loss is {state.loss} "
-                "(diverged; try a smaller learning rate)"
-            )
-
-
-def _same_rng_state(a, b) -> bool:
-    """Equal ``bit_generator.state`` values (dicts that may hold arrays, as MT19937's do)."""
-    if isinstance(a, dict) or isinstance(b, dict):
-        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
-            _same_rng_state(a[key], b[key]) for key in a
-        )
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.array_equal(a, b)
-    return a == b
-
-
-class _BlockStart:
-    """Where the sampler stood before a block of indices was drawn, so that a run that
-    stops (or fails) part-way through the block can put it where the steps taken leave it.
-
-    Cheap enough to take every block: a shallow copy of the sampler (it rebinds its
-    permutation at each reshuffle and never writes into it) and the generator's state.
-    """
-
-    def __init__(self, sampler, step: int) -> None:
-        self.step = step
-        self.sampler = copy.copy(sampler)
-        self.rng_before = sampler._rng.bit_generator.state
-        self.rng_after = None
-
-    def drawn(self, sampler) -> None:
-        self.rng_after = sampler._rng.bit_generator.state
-
-    def rewind(self, sampler, taken: int) -> None:
-        """Leave ``sampler`` as if it had handed out only ``taken`` batches of the block."""
-        rng = sampler._rng
-        if _same_rng_state(rng.bit_generator.state, self.rng_after):
-            # Only the block's draws used the generator: give back the reshuffles of steps
-            # not taken too, so continuing draws the very batches an unstopped run would.
-            replay_rng = rng
-        else:
-            # Something else drew from it since (a VAE's noise, a denoiser's corruption):
-            # leave it be, never hand out those numbers twice; replay on a copy.
-            replay_rng = np.random.Generator(copy.deepcopy(rng.bit_generator))
-        replay_rng.bit_generator.state = self.rng_before
-        replay = self.sampler
-        replay._rng = replay_rng
-        for _ in range(taken):
-            replay.next_indices()
-        sampler.load_state_dict(replay.state_dict())
+def _put_back(sampler, snapshot: dict, taken: int) -> None:
+    """Leave ``sampler`` as if only ``taken`` batches were drawn since ``snapshot``."""
+    sampler.load_state_dict(snapshot)
+    for _ in range(taken):
+        sampler.next_indices()
 
 
 def train(
@@ -348,20 +186,16 @@ def train(
     x: (n, in_features); target: (n, out_features) or None (the model decides: an
     autoencoder reconstructs x). steps or epochs: how many more steps to take (epochs
     may be fractional: steps = ceil(epochs n / batch_size)); step numbers continue from
-    ``model.step``, so a model restored from a checkpoint counts on from there.
-    sampler: a :class:`~nanoae.data.BatchSampler` to continue (from a checkpoint);
-    by default a new one shuffled by the model's generator.
+    ``model.steps_trained``, so a model restored from a checkpoint counts on from there.
+    sampler: a :class:`~nanoae.data.BatchSampler` to continue (from a checkpoint, or
+    ``history.sampler``); by default a new one seeded by one draw from the model's
+    generator.
 
     The loss is logged (and on_log called) at multiples of log_every and at the last
-    step. When a callback stops training, or a step raises, part-way through a block
-    of drawn indices, the sampler is put back to exactly the steps taken: its batches
-    not trained are handed out again next time (``history.sampler``, which
-    ``model.fit`` keeps, continues from the stop). Reshuffles drawn for the untaken
-    steps are given back to the generator too, unless something else drew from it
-    meanwhile; then it is left alone and later epochs get fresh shuffles.
+    step. When a callback stops training, or a step raises, the sampler is left
+    exactly where the steps taken leave it, so continuing with it trains on the
+    batches an unstopped run would have had.
     """
-    from nanoae.data.batching import BatchSampler  # noqa: PLC0415
-
     model._require_training_parts()
     x = as_batch(x, model.in_features, model.backend, "x")
     target = model._target_for(x, target)
@@ -369,106 +203,40 @@ def train(
     log_every = positive_int(log_every, "log_every")
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
-    if (steps is None) == (epochs is None):
-        raise ValueError("pass exactly one of steps= or epochs=")
-    if steps is None:
-        if not (isinstance(epochs, (int, float)) and epochs > 0):
-            raise ValueError(f"epochs must be a number > 0, got {epochs!r}")
-        steps = math.ceil(epochs * x.shape[0] / batch_size)
-    total_steps = model.step + positive_int(steps, "steps")
-    if sampler is None:
-        sampler = BatchSampler(x.shape[0], batch_size, model.rng)
-    elif sampler.n != x.shape[0] or sampler.batch_size != batch_size:
-        raise ValueError(
-            f"the batch sampler was made for {sampler.n} rows in batches of {sampler.batch_size}, "
-            f"but this run has {x.shape[0]} rows in batches of {batch_size}"
-        )
-
-    callbacks = [*callbacks]
-    if not any(isinstance(callback, StopOnNonFinite) for callback in callbacks):
-        callbacks.insert(0, StopOnNonFinite())
+    total_steps = model.steps_trained + _steps_to_take(x.shape[0], batch_size, steps, epochs)
+    sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
+    callbacks = _with_nan_guard(callbacks)
     history = History()
     history.sampler = sampler
-    state = TrainingState(model, sampler, batch_size, total_steps, step=model.step, start_step=model.step, history=history)
+    start = model.steps_trained
+    state = TrainingState(model, sampler, batch_size, total_steps, step=start, start_step=start, history=history)
 
     run_step = model.backend.ops.compile_train_step(model, x, None if target is x else target, {})
-    start_time = time.perf_counter()
-    last_log_time, last_log_step = start_time, model.step
+    clock = _LogClock(start)
     for callback in callbacks:
         callback.on_train_begin(state)
-    rewindable = isinstance(sampler, BatchSampler)
-    block_start, block_end = None, model.step
+    snapshot, block_start, block_end = None, start, start
     try:
-        while model.step < total_steps and not state.stop:
+        while model.steps_trained < total_steps and not state.stop:
             # The row numbers of every step up to the next log step (MAX_INDEX_BLOCK steps
             # at most), sent to the device in one copy. Blocks end at every log step, so
-            # there the sampler's state is exactly the trained state; a stop inside a
-            # block is undone in the finally below.
-            block_end = min(total_steps, (model.step // log_every + 1) * log_every, model.step + MAX_INDEX_BLOCK)
-            block_start = _BlockStart(sampler, model.step) if rewindable else None
-            block = np.stack([sampler.next_indices() for _ in range(block_end - model.step)])
-            if block_start is not None:
-                block_start.drawn(sampler)
-            block = model.backend.asarray(block)
-            for row in range(block.shape[0]):
-                state.loss_array = run_step(block[row])
-                state.step = model.step
-                state.loss = None
-                for callback in callbacks:
-                    callback.on_step_end(state)
-                if state.stop:
-                    break
-            if state.step % log_every and state.step != total_steps:
-                continue  # a block cut at MAX_INDEX_BLOCK or by a stop: not a log step
-            state.loss = float(state.loss_array)  # the one host sync per log step
-            now = time.perf_counter()
-            state.samples_per_s = (state.step - last_log_step) * batch_size / max(now - last_log_time, 1e-12)
-            state.wall_time = now - start_time
-            state.epoch = sampler.progress
-            last_log_time, last_log_step = now, state.step
-            history.append(state.loss)
-            history.steps.append(state.step)
-            for callback in callbacks:
-                callback.on_log(state)
+            # there the sampler stands exactly at the steps trained.
+            block_start = model.steps_trained
+            block_end = min(total_steps, (block_start // log_every + 1) * log_every, block_start + MAX_INDEX_BLOCK)
+            snapshot = sampler.state_dict()
+            block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
+            _train_block(model.backend.asarray(block), run_step, state, callbacks)
+            if state.step % log_every == 0 or state.step == total_steps:
+                _log(state, clock, callbacks)  # not at a block cut at MAX_INDEX_BLOCK or by a stop
     finally:
-        if block_start is not None and model.step < block_end:
-            block_start.rewind(sampler, model.step - block_start.step)
+        if snapshot is not None and model.steps_trained < block_end:
+            _put_back(sampler, snapshot, model.steps_trained - block_start)
         state.epoch = sampler.progress
         for callback in callbacks:
             callback.on_train_end(state)
     if state.stop:
         history.stopped = True
         history.stop_reason = state.stop_reason
-        if any(isinstance(callback, StopOnNonFinite) for callback in callbacks) and "loss is" in state.stop_reason:
+        if any(isinstance(callback, StopOnNonFinite) and callback.stopped for callback in callbacks):
             warnings.warn(state.stop_reason, NonFiniteLossWarning, stacklevel=2)
     return history
-
-
-def reconstruction_errors(model, x, batch_size: int = 1000) -> dict:
-    """Test-set reconstruction MSE and BCE (outputs clipped to [1e-7, 1 - 1e-7]) as floats."""
-    from nanoae.losses import BCE, MSE  # noqa: PLC0415
-
-    x = as_batch(x, model.in_features, model.backend, "x")
-    mse, bce = MSE().bind(model.backend), BCE().bind(model.backend)
-    totals = {"mse": 0.0, "bce": 0.0}
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start : start + batch_size]
-        output = model.inference(chunk)  # images, not logits; a VAE's mean code, no noise
-        totals["mse"] += float(mse(output, chunk)) * chunk.shape[0]
-        totals["bce"] += float(bce(output, chunk)) * chunk.shape[0]
-    return {name: value / x.shape[0] for name, value in totals.items()}
-
-
-__all__ = [
-    "Callback",
-    "Checkpointer",
-    "Evaluator",
-    "History",
-    "MetricsCSV",
-    "NonFiniteLossWarning",
-    "ProgressBar",
-    "StopOnNonFinite",
-    "TrainingState",
-    "reconstruction_errors",
-    "train",
-]

@@ -70,8 +70,8 @@ def assert_same_state(a, b):
     assert np.dtype(a.arena.values.dtype) == np.dtype(b.arena.values.dtype)
     assert np.array_equal(host(a.arena.values), host(b.arena.values))
     assert a.arena.layout == b.arena.layout
-    assert a.step == b.step
-    assert a.optimizer.steps == b.optimizer.steps
+    assert a.steps_trained == b.steps_trained
+    assert a.optimizer.update_count == b.optimizer.update_count
     assert set(a.optimizer.state) == set(b.optimizer.state)
     for name in a.optimizer.state:
         assert np.array_equal(host(a.optimizer.state[name]), host(b.optimizer.state[name])), name
@@ -91,7 +91,7 @@ def test_round_trip_is_exact(tmp_path, name):
     assert isinstance(loaded, Checkpoint)
     assert loaded.model is not model
     assert_same_state(loaded.model, model)
-    assert loaded.step == model.step == 7
+    assert loaded.step == model.steps_trained == 7
     assert loaded.extra == extra
     assert loaded.sampler_state is None
     assert loaded.path == path
@@ -158,7 +158,7 @@ def test_save_keeps_the_exact_name_and_creates_parents(tmp_path):
 
 def test_the_file_is_plain_arrays_and_json(tmp_path):
     model = small_autoencoder(RMSProp(flavor="tf1", momentum=0.9))
-    sampler = BatchSampler(50, 10, model.rng)
+    sampler = BatchSampler(50, 10, seed=7)
     path = save_checkpoint(tmp_path / "m.npz", model, sampler=sampler)
     with np.load(path, allow_pickle=False) as archive:
         assert sorted(archive.files) == [
@@ -172,13 +172,15 @@ def test_the_file_is_plain_arrays_and_json(tmp_path):
         "format", "format_version", "nanoae_version", "dtype", "arena_size", "layout",
         "model", "step", "optimizer", "rng_state", "sampler", "extra",
     }
+    rng_state = header["sampler"].pop("rng_state")
     assert header["sampler"] == {"n": 50, "batch_size": 10, "epoch": 0, "position": 0}
+    assert rng_state == json.loads(json.dumps(sampler.state_dict()["rng_state"]))  # the sampler's own generator
     assert "_layout" not in header
 
 
 def test_extra_must_be_json(tmp_path):
     model = small_autoencoder()
-    with pytest.raises(CheckpointError, match="extra must be JSON-serialisable") as info:
+    with pytest.raises(CheckpointError, match="extra must be JSON-serializable") as info:
         save_checkpoint(tmp_path / "x.npz", model, extra={"weights": np.zeros(3)})
     assert str(tmp_path / "x.npz") in str(info.value)
     with pytest.raises(CheckpointError, match="extra must be a dict"):
@@ -218,11 +220,11 @@ def test_resume_is_bit_for_bit(tmp_path, make, n, features, batch, steps):
     assert x.min() > 0
 
     straight = make()
-    sampler = BatchSampler(n, batch, straight.rng)
+    sampler = BatchSampler(n, batch, seed=3)
     losses_straight = train(straight, sampler, x, 2 * steps)
 
     first = make()
-    sampler = BatchSampler(n, batch, first.rng)
+    sampler = BatchSampler(n, batch, seed=3)
     losses_first = train(first, sampler, x, steps)
     path = save_checkpoint(tmp_path / "resume.npz", first, sampler=sampler, extra={"batch_size": batch})
     saved_permutation = sampler.state_dict()["permutation"]
@@ -237,14 +239,15 @@ def test_resume_is_bit_for_bit(tmp_path, make, n, features, batch, steps):
 
     assert losses_first + losses_second == losses_straight
     assert np.array_equal(loaded.model.arena.values, straight.arena.values)
-    assert loaded.model.step == straight.step == 2 * steps
+    assert loaded.model.steps_trained == straight.steps_trained == 2 * steps
     assert loaded.model.rng.bit_generator.state == straight.rng.bit_generator.state
 
 
-def test_restore_sampler_leaves_the_generator_where_it_was(tmp_path):
-    """Building a BatchSampler draws a permutation; restore_sampler undoes that draw."""
+def test_restore_sampler_continues_the_samplers_own_generator(tmp_path):
+    """The saved sampler state holds its generator: later epochs shuffle as before,
+    and restoring it draws nothing from the model's generator."""
     model = small_autoencoder()
-    sampler = BatchSampler(40, 8, model.rng)
+    sampler = BatchSampler(40, 8, seed=11)
     for _ in range(7):
         sampler.next_indices()
     loaded = load_checkpoint(save_checkpoint(tmp_path / "s.npz", model, sampler=sampler), backend="numpy")
@@ -255,6 +258,33 @@ def test_restore_sampler_leaves_the_generator_where_it_was(tmp_path):
     for _ in range(12):  # over two more epoch boundaries
         assert np.array_equal(again.next_indices(), sampler.next_indices())
     assert restore_sampler(load_checkpoint(save_checkpoint(tmp_path / "n.npz", model), backend="numpy")) is None
+
+
+def test_a_sampler_saved_without_its_generator_still_resumes(tmp_path):
+    """Checkpoints from before samplers owned a generator: the saved epoch's order is
+    kept exactly; later epochs come from a generator seeded by the model's."""
+    model = small_autoencoder()
+    sampler = BatchSampler(40, 8, seed=11)
+    for _ in range(7):  # epoch 1, position 16
+        sampler.next_indices()
+    path = save_checkpoint(tmp_path / "old.npz", model, sampler=sampler)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays["header"].tobytes())
+    del header["sampler"]["rng_state"]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+
+    loaded = load_checkpoint(tmp_path / "old.npz", backend="numpy")
+    model_rng = loaded.model.rng.bit_generator.state
+    restored = restore_sampler(loaded)
+    assert loaded.model.rng.bit_generator.state != model_rng  # one seed drawn from it
+    assert (restored.epoch, restored.position) == (1, 16)
+    for _ in range(3):  # the rest of the saved epoch: the very same batches
+        assert np.array_equal(restored.next_indices(), sampler.next_indices())
+    assert (restored.epoch, restored.position) == (2, 0)
+    next_epoch = np.concatenate([restored.next_indices() for _ in range(5)])
+    assert sorted(next_epoch) == list(range(40))  # a whole fresh permutation
 
 
 def test_restore_into_existing_model(tmp_path):
@@ -299,7 +329,7 @@ CHILD = textwrap.dedent(
     while True:
         model.arena.values[:8] = i
         model.arena.values[-8:] = i
-        model.step = i
+        model.steps_trained = i
         save_checkpoint(sys.argv[1], model, extra={"iteration": i})
         if i == 0:
             print("saved", flush=True)
@@ -393,7 +423,7 @@ def good(tmp_path):
     """A valid checkpoint's arrays, and a helper to write variants of it."""
     model = small_autoencoder(RMSProp(0.01, momentum=0.9))
     model.fit(data(64, 20), steps=2, batch_size=32)
-    path = save_checkpoint(tmp_path / "good.npz", model, sampler=BatchSampler(64, 32, model.rng))
+    path = save_checkpoint(tmp_path / "good.npz", model, sampler=BatchSampler(64, 32, seed=7))
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     header = json.loads(arrays["header"].tobytes())

@@ -199,8 +199,9 @@ def test_checkpoint_round_trip(tmp_path, mode):
 def test_on_every_backend(backend_name):
     x, y = clustered(64)
     model = Classifier(Sequential([Dense(12, 8, "relu")]), 3, seed=0, backend=backend_name)
-    history = model.fit(x, y, steps=30, batch_size=16)
-    assert history[-1] < history[0]
+    before = model.evaluate(x, y)  # the whole set: one minibatch's loss is too noisy to compare
+    model.fit(x, y, steps=30, batch_size=16)
+    assert model.evaluate(x, y) < 0.9 * before
     assert model.predict_classes(x).shape == (64,)
 
 

@@ -151,3 +151,34 @@ def test_errors_print_no_traceback_from_a_real_process(tmp_path):
     assert "Traceback" not in result.stderr and "nanoae train: error:" in result.stderr
     result = subprocess.run([sys.executable, "-m", "nanoae"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "train" in result.stdout
+
+
+def test_an_internal_error_is_a_bug_not_a_usage_error(tmp_path, mnist_dir, monkeypatch, capsys):
+    """A TypeError or RuntimeError deep inside a command propagates with its traceback;
+    it is never turned into exit 2 and a one-line 'error:' message."""
+    from nanoae import presets
+    from nanoae.checkpoint import save_checkpoint
+    from nanoae.losses import MSE
+
+    path = save_checkpoint(tmp_path / "model.npz", presets.tutorial(seed=0, backend="numpy"))
+    for error in (TypeError("a bug in the model"), RuntimeError("a bug in the loop")):
+        def broken_loss(self, output, target, error=error):
+            raise error
+
+        monkeypatch.setattr(MSE, "__call__", broken_loss)
+        with pytest.raises(type(error), match="a bug in the"):
+            run(["eval", path, "--data", mnist_dir])
+        assert "error:" not in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_data_is_a_usage_error(tmp_path, mnist_dir, capsys):
+    assert run(["train", "--data", mnist_dir, "--out", tmp_path / "run", "--batch-size", 60001, "--steps", 1, "--quiet"]) == 2
+    assert "--batch-size 60001: the mnist training set has only 60000 images" in capsys.readouterr().err
+
+
+def test_resuming_with_another_batch_size_is_a_usage_error(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    assert small_run(out, mnist_dir, 5) == 0
+    capsys.readouterr()
+    assert run(["train", "--data", mnist_dir, "--resume", out / "checkpoint.npz", "--steps", 10, "--batch-size", 128, "--quiet"]) == 2
+    assert "Resume with --batch-size 256" in capsys.readouterr().err

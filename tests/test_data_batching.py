@@ -1,5 +1,7 @@
 """BatchSampler: shuffled batches that run on across epochs, resumable exactly."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,7 +19,7 @@ def draw(sampler: BatchSampler, batches: int) -> np.ndarray:
 def test_every_index_once_per_epoch(n, data):
     batch_size = data.draw(st.integers(1, n))
     seed = data.draw(st.integers(0, 2**32 - 1))
-    sampler = BatchSampler(n, batch_size, np.random.default_rng(seed))
+    sampler = BatchSampler(n, batch_size, seed=seed)
     epochs = 3
     batches = -(-epochs * n // batch_size)  # enough to cover three epochs
     flat = np.concatenate([sampler.next_indices() for _ in range(batches)])
@@ -31,8 +33,7 @@ def test_every_index_once_per_epoch(n, data):
 
 def test_batches_cross_epoch_boundaries():
     n, bs = 10, 4
-    rng = np.random.default_rng(7)
-    sampler = BatchSampler(n, bs, rng)
+    sampler = BatchSampler(n, bs, seed=7)
     # Replay the generator's draws to know the permutations it makes.
     replay = np.random.default_rng(7)
     first, second = replay.permutation(n), replay.permutation(n)
@@ -46,7 +47,7 @@ def test_batches_cross_epoch_boundaries():
 
 
 def test_whole_batches_fill_epochs_exactly():
-    sampler = BatchSampler(8, 4, np.random.default_rng(0))
+    sampler = BatchSampler(8, 4, seed=0)
     sampler.next_indices()
     assert sampler.epoch == 0
     sampler.next_indices()
@@ -55,16 +56,16 @@ def test_whole_batches_fill_epochs_exactly():
 
 
 def test_batch_size_equal_to_n():
-    sampler = BatchSampler(5, 5, np.random.default_rng(3))
+    sampler = BatchSampler(5, 5, seed=3)
     for epoch in range(4):
         assert sorted(sampler.next_indices().tolist()) == [0, 1, 2, 3, 4]
         assert sampler.epoch == epoch + 1
 
 
 def test_same_seed_same_sequence_other_seed_differs():
-    a = draw(BatchSampler(100, 32, np.random.default_rng(42)), 20)
-    b = draw(BatchSampler(100, 32, np.random.default_rng(42)), 20)
-    c = draw(BatchSampler(100, 32, np.random.default_rng(43)), 20)
+    a = draw(BatchSampler(100, 32, seed=42), 20)
+    b = draw(BatchSampler(100, 32, seed=42), 20)
+    c = draw(BatchSampler(100, 32, seed=43), 20)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -72,41 +73,50 @@ def test_same_seed_same_sequence_other_seed_differs():
 @pytest.mark.parametrize("stop_after", [0, 1, 3, 4, 7])
 def test_state_dict_round_trip_resumes_exactly(tmp_path, stop_after):
     n, bs = 50, 16
-    reference = BatchSampler(n, bs, np.random.default_rng(5))
+    reference = BatchSampler(n, bs, seed=5)
     expected = [reference.next_indices() for _ in range(stop_after + 12)]
 
-    rng = np.random.default_rng(5)
-    first = BatchSampler(n, bs, rng)
+    first = BatchSampler(n, bs, seed=5)
     for _ in range(stop_after):
         first.next_indices()
     state = first.state_dict()
-    gen_state = rng.bit_generator.state  # saved by the caller, not by the sampler
     assert {k for k, v in state.items() if type(v) is int} == {"n", "batch_size", "epoch", "position"}
     assert state["permutation"].dtype == np.int64
+    assert state["rng_state"]["bit_generator"] == "PCG64"
 
-    # Through an .npz, as a checkpoint would store it (no pickle).
-    np.savez(tmp_path / "ckpt.npz", **state)
+    # As a checkpoint stores it, with no pickle: the array in an .npz, the rest as JSON.
+    np.savez(tmp_path / "ckpt.npz", permutation=state["permutation"])
+    scalars = json.loads(json.dumps({k: v for k, v in state.items() if k != "permutation"}))
     with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as f:
-        loaded = {k: f[k] for k in f.files}
+        loaded = {**scalars, "permutation": f["permutation"]}
 
-    rng2 = np.random.default_rng(999)
-    resumed = BatchSampler(n, bs, rng2)
-    rng2.bit_generator.state = gen_state
+    resumed = BatchSampler(n, bs, seed=999)
     resumed.load_state_dict(loaded)
     assert resumed.epoch == first.epoch and resumed.position == first.position
-    for want in expected[stop_after:]:
+    for want in expected[stop_after:]:  # the next epochs too: the generator came back
         np.testing.assert_array_equal(resumed.next_indices(), want)
+    again = BatchSampler.from_state_dict(loaded)
+    np.testing.assert_array_equal(draw(again, 12), np.concatenate(expected[stop_after:]))
+
+
+def test_a_seed_gives_the_stream_of_default_rng_of_that_seed():
+    sampler = BatchSampler(30, 7, seed=3)
+    replay = np.random.default_rng(3)
+    first, second = replay.permutation(30), replay.permutation(30)
+    np.testing.assert_array_equal(draw(sampler, 8)[:56], np.concatenate([first, second[:26]]))
+    spawned = np.random.SeedSequence(3).spawn(1)[0]
+    np.testing.assert_array_equal(draw(BatchSampler(30, 30, spawned), 1), np.random.default_rng(spawned).permutation(30))
 
 
 def test_state_dict_is_a_copy():
-    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    sampler = BatchSampler(10, 3, seed=0)
     state = sampler.state_dict()
     state["permutation"][:] = 0
     assert sorted(sampler.state_dict()["permutation"].tolist()) == list(range(10))
 
 
 def test_returned_batches_are_independent_arrays():
-    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    sampler = BatchSampler(10, 3, seed=0)
     b = sampler.next_indices()
     b[:] = -1
     assert sorted(sampler.state_dict()["permutation"].tolist()) == list(range(10))
@@ -115,26 +125,28 @@ def test_returned_batches_are_independent_arrays():
 @pytest.mark.parametrize("batch_size", [0, -1, 11])
 def test_bad_batch_sizes(batch_size):
     with pytest.raises(ValueError, match=r"batch_size must lie in 1\.\.10"):
-        BatchSampler(10, batch_size, np.random.default_rng(0))
+        BatchSampler(10, batch_size, seed=0)
 
 
 @pytest.mark.parametrize("batch_size", [2.5, "4", None, True])
 def test_batch_size_must_be_an_int(batch_size):
     with pytest.raises(TypeError, match="batch_size must be an integer"):
-        BatchSampler(10, batch_size, np.random.default_rng(0))
+        BatchSampler(10, batch_size, seed=0)
 
 
-def test_bad_n_and_rng():
+def test_bad_n_and_seed():
     with pytest.raises(ValueError, match="n must be at least 1"):
-        BatchSampler(0, 1, np.random.default_rng(0))
-    with pytest.raises(TypeError, match="numpy.random.Generator"):
-        BatchSampler(10, 2, np.random.RandomState(0))
+        BatchSampler(0, 1, seed=0)
+    with pytest.raises(TypeError, match="pass a seed, not a generator"):
+        BatchSampler(10, 2, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="seed must be an integer >= 0"):
+        BatchSampler(10, 2, -1)
     # NumPy integers are fine.
-    assert BatchSampler(np.int64(10), np.int32(2), np.random.default_rng(0)).batch_size == 2
+    assert BatchSampler(np.int64(10), np.int32(2), seed=0).batch_size == 2
 
 
 def test_bad_states_are_refused():
-    sampler = BatchSampler(10, 3, np.random.default_rng(0))
+    sampler = BatchSampler(10, 3, seed=0)
     good = sampler.state_dict()
     with pytest.raises(ValueError, match="lacks permutation"):
         sampler.load_state_dict({k: v for k, v in good.items() if k != "permutation"})
@@ -146,6 +158,13 @@ def test_bad_states_are_refused():
         sampler.load_state_dict({**good, "position": 10})
     with pytest.raises(ValueError, match=r"shape \(10,\)"):
         sampler.load_state_dict({**good, "permutation": np.arange(10.0)})
+    with pytest.raises(ValueError, match="lacks rng_state"):
+        sampler.load_state_dict({k: v for k, v in good.items() if k != "rng_state"})
+    with pytest.raises(ValueError, match="must be a PCG64"):
+        sampler.load_state_dict({**good, "rng_state": np.random.MT19937(0).state})
+    with pytest.raises(ValueError, match="rng_state cannot be restored"):
+        sampler.load_state_dict({**good, "rng_state": {"bit_generator": "PCG64", "state": "garbage"}})
     # A refused state changes nothing.
     assert sampler.state_dict()["position"] == good["position"]
+    assert sampler.state_dict()["rng_state"] == good["rng_state"]
     np.testing.assert_array_equal(sampler.state_dict()["permutation"], good["permutation"])

@@ -5,7 +5,7 @@ import pytest
 
 from nanoae import presets
 from nanoae.data import load_dataset
-from nanoae.train import reconstruction_errors
+from nanoae.evaluation import reconstruction_errors
 
 
 @pytest.fixture(scope="module")

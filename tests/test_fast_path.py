@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nanoae import SGD, Adam, AdamW, Autoencoder, Dense, RMSProp, Sequential, gradcheck, presets
 from nanoae.backend import get_backend
 from nanoae.ops import cpu
-from nanoae.train import Callback
+from nanoae.callbacks import Callback
 
 KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not cpu.numba_available()[0], reason="numba not installed"))]
 OPTIMIZERS = {

@@ -17,7 +17,7 @@ from nanoae.backend import get_backend
 from nanoae.checkpoint import load_checkpoint, save_checkpoint
 from nanoae.data import load_dataset
 from nanoae.ops import reference
-from nanoae.train import reconstruction_errors
+from nanoae.evaluation import reconstruction_errors
 
 CUPY_OK, CUPY_WHY = backend_module.cupy_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUPY_OK, reason=f"no GPU backend here: {CUPY_WHY}")]
@@ -78,7 +78,7 @@ def test_captured_graph_equals_eager_launches(monkeypatch):
         monkeypatch.setenv("NANOAE_CUDA_GRAPHS", graphs)
         model = presets.tutorial(seed=0, backend=get_backend("cupy"))
         losses = model.fit(data, steps=30, batch_size=128, log_every=10)
-        results.append((losses, host(model.arena.values), model.step, model.optimizer.steps))
+        results.append((losses, host(model.arena.values), model.steps_trained, model.optimizer.update_count))
     assert results[0][2:] == results[1][2:] == (30, 30)
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert results[0][0] == results[1][0]
@@ -266,7 +266,7 @@ def test_the_graph_is_used_and_survives_an_evaluation_in_between():
     assert not eager_run.graph_used
     assert graph_losses == eager_losses
     np.testing.assert_array_equal(host(graphed.arena.values), host(eager.arena.values))
-    assert graphed.step == eager.step == 12 and graphed.optimizer.steps == 12
+    assert graphed.steps_trained == eager.steps_trained == 12 and graphed.optimizer.update_count == 12
 
 
 def test_a_step_that_allocates_is_captured_safely():

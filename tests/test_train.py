@@ -7,17 +7,11 @@ import warnings
 import numpy as np
 import pytest
 
-from nanoae import Autoencoder, Dense, RMSProp, SGD
-from nanoae.train import (
-    Callback,
-    Evaluator,
-    MetricsCSV,
-    NonFiniteLossWarning,
-    ProgressBar,
-    StopOnNonFinite,
-    reconstruction_errors,
-    train,
-)
+from nanoae import Autoencoder, Dense, MaskingNoise, RMSProp, SGD, VariationalAutoencoder
+from nanoae.callbacks import Callback, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar, StopOnNonFinite
+from nanoae.data import BatchSampler
+from nanoae.evaluation import reconstruction_errors
+from nanoae.train import MAX_INDEX_BLOCK, train
 
 
 def small_model(seed=0, lr=0.01, optimizer=None):
@@ -67,7 +61,7 @@ def test_steps_continue_from_the_models_step():
     model = small_model()
     train(model, data(), steps=5, batch_size=32)
     history = train(model, data(), steps=3, batch_size=32)
-    assert model.step == 8 and history.steps == [6, 7, 8]
+    assert model.steps_trained == 8 and history.steps == [6, 7, 8]
 
 
 def test_epochs_are_converted_to_steps():
@@ -80,7 +74,7 @@ def test_nan_loss_stops_training_with_a_clear_warning():
     with np.errstate(all="ignore"), pytest.warns(NonFiniteLossWarning, match=r"training stopped at step \d+: the loss is (nan|inf)"):
         history = train(model, data(), steps=500, batch_size=32)
     assert history.stopped and "smaller learning rate" in history.stop_reason
-    assert model.step < 500
+    assert model.steps_trained < 500
 
 
 def test_user_callback_can_stop_training():
@@ -124,11 +118,32 @@ def test_plain_progress_lines():
     assert lines[0].startswith("step 2/4 | loss ") and "samples/s | ETA" in lines[0]
 
 
-def test_stop_on_non_finite_is_not_duplicated():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        history = train(small_model(), data(), steps=3, batch_size=32, callbacks=[StopOnNonFinite()])
-    assert not history.stopped
+def diverging_model():
+    return Autoencoder([Dense(16, 8, "relu")], [Dense(8, 16)], optimizer=SGD(1e3), seed=0)
+
+
+def test_stop_on_non_finite_is_not_duplicated(monkeypatch):
+    guards = []  # the StopOnNonFinite instance behind every on_log call
+    original = StopOnNonFinite.on_log
+
+    def spy(self, state):
+        guards.append(self)
+        original(self, state)
+
+    monkeypatch.setattr(StopOnNonFinite, "on_log", spy)
+    mine = StopOnNonFinite()
+    with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = train(diverging_model(), data(), steps=500, batch_size=32, callbacks=[mine])
+    assert history.stopped and mine.stopped
+    assert len(guards) == len(history) and all(guard is mine for guard in guards)  # no second guard
+    assert [w.category for w in caught if issubclass(w.category, NonFiniteLossWarning)] == [NonFiniteLossWarning]
+
+    guards.clear()  # without one, the loop adds exactly one
+    with np.errstate(all="ignore"), pytest.warns(NonFiniteLossWarning) as record:
+        history = train(diverging_model(), data(), steps=500, batch_size=32)
+    assert len({id(guard) for guard in guards}) == 1 and len(guards) == len(history)
+    assert len([w for w in record if issubclass(w.category, NonFiniteLossWarning)]) == 1
 
 
 def test_bad_training_arguments():
@@ -137,10 +152,8 @@ def test_bad_training_arguments():
         train(model, data(), steps=3, batch_size=32, log_every=0)
     with pytest.raises(ValueError, match="epochs must be a number > 0"):
         train(model, data(), epochs=0, batch_size=32)
-    from nanoae.data import BatchSampler
-
     with pytest.raises(ValueError, match="batch sampler was made for 10 rows"):
-        train(model, data(), steps=3, batch_size=32, sampler=BatchSampler(10, 5, np.random.default_rng(0)))
+        train(model, data(), steps=3, batch_size=32, sampler=BatchSampler(10, 5, seed=0))
 
 
 class LogSteps(Callback):
@@ -152,8 +165,6 @@ class LogSteps(Callback):
 
 
 def test_logs_only_at_log_steps_when_log_every_exceeds_the_index_block():
-    from nanoae.train import MAX_INDEX_BLOCK
-
     log_every = MAX_INDEX_BLOCK + 76  # index blocks are cut at 1024 and 2124 too: no logs there
     model = Autoencoder([Dense(16, 4, "tanh")], [Dense(4, 16, "sigmoid")], optimizer=RMSProp(0.01), seed=0)
     logs = LogSteps()
@@ -163,59 +174,105 @@ def test_logs_only_at_log_steps_when_log_every_exceeds_the_index_block():
 
 
 class StopAt(Callback):
-    def __init__(self, step, draw_from_model_rng=False):
+    """Stops the run after step ``step`` (never, for None); with draw_from_model_rng,
+    draws from the model's generator every step, as a VAE's noise does."""
+
+    def __init__(self, step=None, draw_from_model_rng=False):
         self.step = step
         self.draw = draw_from_model_rng
-        self.rng_state = None
 
     def on_step_end(self, state):
         if self.draw:
-            state.model.rng.random()  # another user of the generator, like a VAE's noise
+            state.model.rng.random()
         if state.step == self.step:
             state.stop, state.stop_reason = True, "enough"
-            self.rng_state = state.model.rng.bit_generator.state
 
 
 def params(model):
     return np.array(model.arena.values, copy=True)
 
 
+def small_vae(seed=0):
+    return VariationalAutoencoder(
+        [Dense(16, 8, "tanh"), Dense(8, 4)], [Dense(2, 8, "tanh"), Dense(8, 16)], loss="bce_logits", seed=seed
+    )
+
+
+def small_denoiser(seed=0):
+    return Autoencoder(
+        [Dense(16, 8, "relu"), Dense(8, 4, "tanh")],
+        [Dense(4, 8, "relu"), Dense(8, 16, "sigmoid")],
+        optimizer=RMSProp(0.01),
+        corruption=MaskingNoise(0.3),
+        seed=seed,
+    )
+
+
+MODELS = {"plain": small_model, "vae": small_vae, "denoising": small_denoiser}
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("stop_at", [3, 7, 12, 23])
-def test_an_early_stop_leaves_the_sampler_at_the_steps_taken_and_resumes_exactly(stop_at):
+def test_an_early_stop_leaves_the_sampler_at_the_steps_taken_and_resumes_exactly(kind, stop_at):
     # 40 rows in batches of 4: an epoch is 10 steps, so the 25-step index block holds
-    # reshuffles that the stopped run never reaches.
+    # reshuffles that the stopped run never reaches. A VAE and a denoiser draw noise
+    # from the model's generator at every step, between the sampler's draws.
     x = data(40)
-    model = small_model()
+    model = MODELS[kind]()
     history = model.fit(x, steps=60, batch_size=4, log_every=25, callbacks=[StopAt(stop_at)])
-    assert history.stopped and model.step == stop_at and history.steps == ([] if stop_at < 25 else [25])
+    assert history.stopped and model.steps_trained == stop_at and history.steps == ([] if stop_at < 25 else [25])
     sampler = history.sampler
     assert (sampler.epoch, sampler.position) == divmod(stop_at * 4, 40)
-    model.fit(x, steps=60 - stop_at, batch_size=4, log_every=25)  # continues with model._sampler
+    model.fit(x, steps=60 - stop_at, batch_size=4, log_every=25)  # continues with model._batch_sampler
 
-    straight = small_model()
+    straight = MODELS[kind]()
     straight.fit(x, steps=60, batch_size=4, log_every=25)
-    assert model.step == straight.step == 60
+    assert model.steps_trained == straight.steps_trained == 60
     np.testing.assert_array_equal(params(model), params(straight))
-    assert model._sampler.state_dict()["position"] == straight._sampler.state_dict()["position"]
-    np.testing.assert_array_equal(model._sampler.state_dict()["permutation"], straight._sampler.state_dict()["permutation"])
+    assert model._batch_sampler.state_dict()["position"] == straight._batch_sampler.state_dict()["position"]
+    np.testing.assert_array_equal(
+        model._batch_sampler.state_dict()["permutation"], straight._batch_sampler.state_dict()["permutation"]
+    )
+    assert model._batch_sampler.state_dict()["rng_state"] == straight._batch_sampler.state_dict()["rng_state"]
     assert model.rng.bit_generator.state == straight.rng.bit_generator.state
 
 
-def test_an_early_stop_never_rewinds_a_generator_someone_else_drew_from():
-    from nanoae.data import BatchSampler
+def test_other_draws_from_the_models_generator_leave_the_batches_alone():
+    x = data(40)
+    quiet, busy = small_model(), small_model()
+    quiet_history = train(quiet, x, steps=13, batch_size=4, log_every=25)
+    busy_history = train(busy, x, steps=13, batch_size=4, log_every=25, callbacks=[StopAt(draw_from_model_rng=True)])
+    assert busy.rng.bit_generator.state != quiet.rng.bit_generator.state
+    quiet_state, busy_state = quiet_history.sampler.state_dict(), busy_history.sampler.state_dict()
+    np.testing.assert_array_equal(busy_state["permutation"], quiet_state["permutation"])
+    assert busy_state["rng_state"] == quiet_state["rng_state"]
+    np.testing.assert_array_equal(params(busy), params(quiet))  # the same batches trained
 
+
+def test_a_stop_with_other_draws_resumes_like_an_unstopped_run_with_them():
     x = data(40)
     model = small_model()
-    stop = StopAt(13, draw_from_model_rng=True)
-    history = train(model, x, steps=60, batch_size=4, log_every=25, callbacks=[stop])
+    history = train(model, x, steps=60, batch_size=4, log_every=25, callbacks=[StopAt(13, draw_from_model_rng=True)])
     assert (history.sampler.epoch, history.sampler.position) == (1, 12)
-    assert model.rng.bit_generator.state == stop.rng_state  # those numbers are not handed out again
-    # the permutation of epoch 1 is the one the 13 steps trained on
-    reference = small_model()
-    sampler = BatchSampler(40, 4, reference.rng)
-    for _ in range(13):
-        sampler.next_indices()
-    np.testing.assert_array_equal(history.sampler.state_dict()["permutation"], sampler.state_dict()["permutation"])
+    train(model, x, steps=47, batch_size=4, log_every=25, callbacks=[StopAt(draw_from_model_rng=True)], sampler=history.sampler)
+    straight = small_model()
+    train(straight, x, steps=60, batch_size=4, log_every=25, callbacks=[StopAt(draw_from_model_rng=True)])
+    np.testing.assert_array_equal(params(model), params(straight))
+    assert model.rng.bit_generator.state == straight.rng.bit_generator.state
+
+
+def test_the_sampler_is_seeded_by_one_draw_from_the_models_generator():
+    model = small_model()
+    model.build()
+    probe = np.random.default_rng(0)
+    probe.bit_generator.state = model.rng.bit_generator.state
+    seed = int(probe.integers(2**63))
+    history = train(model, data(40), steps=3, batch_size=4)
+    expected = BatchSampler(40, 4, seed=seed)
+    for _ in range(3):
+        expected.next_indices()
+    assert history.sampler.state_dict()["rng_state"] == expected.state_dict()["rng_state"]
+    np.testing.assert_array_equal(history.sampler.state_dict()["permutation"], expected.state_dict()["permutation"])
 
 
 def test_a_failing_step_leaves_the_sampler_at_the_steps_taken():
@@ -224,10 +281,13 @@ def test_a_failing_step_leaves_the_sampler_at_the_steps_taken():
             if state.step == 5:
                 raise RuntimeError("boom")
 
-    from nanoae.data import BatchSampler
-
     model = small_model()
-    sampler = BatchSampler(40, 4, model.rng)
+    sampler = BatchSampler(40, 4, seed=1)
     with pytest.raises(RuntimeError, match="boom"):
         train(model, data(40), steps=60, batch_size=4, log_every=25, callbacks=[Boom()], sampler=sampler)
-    assert model.step == 5 and (sampler.epoch, sampler.position) == (0, 20)
+    assert model.steps_trained == 5 and (sampler.epoch, sampler.position) == (0, 20)
+    reference = BatchSampler(40, 4, seed=1)
+    for _ in range(5):
+        reference.next_indices()
+    assert sampler.state_dict()["rng_state"] == reference.state_dict()["rng_state"]
+    np.testing.assert_array_equal(sampler.next_indices(), reference.next_indices())

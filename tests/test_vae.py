@@ -11,7 +11,7 @@ from nanoae import Dense, gradcheck, presets
 from nanoae.checkpoint import load_checkpoint, restore_sampler, save_checkpoint
 from nanoae.ops import reference
 from nanoae.optim import Adam
-from nanoae.train import reconstruction_errors
+from nanoae.evaluation import reconstruction_errors
 from nanoae.vae import GaussianSample, VariationalAutoencoder
 
 TOLERANCE = 1e-7
@@ -196,7 +196,7 @@ def test_checkpoint_round_trip(tmp_path):
     checkpoint = load_checkpoint(tmp_path / "vae.npz", backend="numpy")
     loaded = checkpoint.model
     assert isinstance(loaded, VariationalAutoencoder)
-    assert loaded.beta == 0.5 and loaded.latent_size == 3 and loaded.step == 5
+    assert loaded.beta == 0.5 and loaded.latent_size == 3 and loaded.steps_trained == 5
     np.testing.assert_array_equal(loaded.arena.values, vae.arena.values)
     np.testing.assert_array_equal(loaded.reconstruct(x), vae.reconstruct(x))
     assert loaded.rng.bit_generator.state == vae.rng.bit_generator.state

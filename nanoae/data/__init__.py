@@ -4,7 +4,7 @@ Typical use::
 
     from nanoae.data import load_dataset, BatchSampler
     train = load_dataset("mnist", "train")          # images float32 (60000, 784) in [0, 1]
-    sampler = BatchSampler(len(train), 256, np.random.default_rng(0))
+    sampler = BatchSampler(len(train), 256, seed=0)          # owns its generator
     x = train.images[sampler.next_indices()]         # (256, 784)
 
 Modules, one job each:

@@ -6,10 +6,12 @@ batch has exactly ``batch_size`` indices, and a batch that reaches the end
 of an epoch is completed from the start of the next, freshly shuffled, one.
 So each index appears exactly once per epoch and no batch is short.
 
-Its state (position, epoch, the current permutation) round-trips through
-:meth:`BatchSampler.state_dict` as plain ints and one int64 array, which a
-``.npz`` checkpoint stores without pickle. The random generator's own state
-belongs to the caller, who saves it beside this.
+The sampler owns its random generator (a PCG64 made from the ``seed`` it is
+given) and shares it with nothing, so no other draw (a VAE's noise, a denoiser's
+corruption) can change which batches come next. Its whole state (position, epoch,
+the current permutation and the generator's state) round-trips through
+:meth:`BatchSampler.state_dict` as plain ints, one int64 array and the generator's
+JSON-able state dict, which a ``.npz`` checkpoint stores without pickle.
 """
 
 from __future__ import annotations
@@ -34,14 +36,28 @@ def _as_int(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__}).") from None
 
 
+def _generator_from(seed: Any) -> np.random.Generator:
+    """A new PCG64 generator from an int >= 0 or a ``numpy.random.SeedSequence``."""
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.Generator(np.random.PCG64(seed))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(
+            f"seed must be an integer >= 0 or a numpy.random.SeedSequence, got {seed!r} "
+            f"({type(seed).__name__}); the sampler makes and owns its generator, so pass a seed, not a generator."
+        )
+    return np.random.Generator(np.random.PCG64(int(seed)))
+
+
 class BatchSampler:
     """Endless shuffled batches of indices into a data set of ``n`` rows.
 
     Args:
         n: number of rows, >= 1.
         batch_size: indices per batch, 1..n.
-        rng: the ``numpy.random.Generator`` that draws every permutation,
-            the first one included (drawn here, in the constructor).
+        seed: an int >= 0 or a ``numpy.random.SeedSequence``; the sampler's own
+            PCG64 generator is made from it and draws every permutation, the
+            first one included (drawn here, in the constructor). The same seed
+            gives the same batches as ``numpy.random.default_rng(seed)`` would.
 
     Attributes:
         epoch: completed epochs: the number of full passes over the data
@@ -50,7 +66,7 @@ class BatchSampler:
         position: how many indices of the current epoch were handed out.
     """
 
-    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+    def __init__(self, n: int, batch_size: int, seed: int | np.random.SeedSequence):
         n = _as_int(n, "n")
         batch_size = _as_int(batch_size, "batch_size")
         if n < 1:
@@ -60,32 +76,19 @@ class BatchSampler:
                 f"batch_size must lie in 1..{n} (the number of rows), got {batch_size}; "
                 "use a smaller batch or more data."
             )
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(
-                f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), "
-                f"got {type(rng).__name__}."
-            )
         self._n = n
         self._batch_size = batch_size
-        self._rng = rng
+        self._rng = _generator_from(seed)
         self._epoch = 0
         self._position = 0
         self._perm = self._shuffle()
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], rng: np.random.Generator) -> "BatchSampler":
-        """A sampler positioned exactly as ``state`` says, drawing later epochs from ``rng``.
-
-        Building a sampler draws a first permutation; this puts the generator's state
-        back afterwards, so a resumed run shuffles its next epochs exactly as an
-        uninterrupted run would.
-        """
-        saved = rng.bit_generator.state
-        try:
-            sampler = cls(state["n"], state["batch_size"], rng)
-            sampler.load_state_dict(state)
-        finally:
-            rng.bit_generator.state = saved
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "BatchSampler":
+        """A sampler positioned exactly as ``state`` (from :meth:`state_dict`) says,
+        its generator included, so later epochs shuffle as in an unstopped run."""
+        sampler = cls(_as_int(state.get("n"), "state['n']"), _as_int(state.get("batch_size"), "state['batch_size']"), 0)
+        sampler.load_state_dict(state)
         return sampler
 
     def _shuffle(self) -> np.ndarray:
@@ -140,11 +143,12 @@ class BatchSampler:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly, except the generator's state.
+        """Everything needed to resume exactly.
 
         Returns:
-            ``{"n", "batch_size", "epoch", "position"}`` as Python ints and
-            ``"permutation"``: int64 (n,), a copy of the current epoch's order.
+            ``{"n", "batch_size", "epoch", "position"}`` as Python ints,
+            ``"permutation"``: int64 (n,), a copy of the current epoch's order, and
+            ``"rng_state"``: the generator's ``bit_generator.state`` (a dict of ints).
         """
         return {
             "n": self._n,
@@ -152,15 +156,16 @@ class BatchSampler:
             "epoch": self._epoch,
             "position": self._position,
             "permutation": self._perm.copy(),
+            "rng_state": self._rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict` output (values may be 0-d arrays).
 
-        ``n`` and ``batch_size`` must match this sampler's. Restore the
-        generator's state separately for the following epochs to match.
+        ``n`` and ``batch_size`` must match this sampler's. The generator's state
+        is restored too, so the following epochs shuffle as they would have.
         """
-        keys = {"n", "batch_size", "epoch", "position", "permutation"}
+        keys = {"n", "batch_size", "epoch", "position", "permutation", "rng_state"}
         missing = keys - set(state)
         if missing:
             raise ValueError(f"BatchSampler state lacks {', '.join(sorted(missing))}; expected keys {sorted(keys)}.")
@@ -180,5 +185,14 @@ class BatchSampler:
             raise ValueError(f"BatchSampler state's permutation must be an integer array of shape ({n},), got {perm.dtype} {perm.shape}.")
         if not np.array_equal(np.sort(perm), np.arange(n)):
             raise ValueError(f"BatchSampler state's permutation is not a permutation of 0..{n - 1}.")
+        rng_state = state["rng_state"]
+        if not (isinstance(rng_state, Mapping) and rng_state.get("bit_generator") == "PCG64"):
+            raise ValueError(f"BatchSampler state's rng_state must be a PCG64 bit_generator.state dict, got {rng_state!r}.")
+        generator = np.random.PCG64()
+        try:
+            generator.state = dict(rng_state)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"BatchSampler state's rng_state cannot be restored: {exc}.") from exc
         self._epoch, self._position = epoch, position
         self._perm = perm.astype(np.int64, copy=True)
+        self._rng = np.random.Generator(generator)

@@ -22,7 +22,7 @@ object (a capture-time allocator keeps every block), and so are all arrays in th
 model's, loss's and optimizer's workspaces at capture time (an evaluation with another
 batch size may replace a layer's buffer; the graph keeps writing into its own).
 
-Python-side counters (``model.step``, ``optimizer.steps``) are advanced by hand after
+Python-side counters (``model.steps_trained``, ``optimizer.update_count``) are advanced by hand after
 a replay, since no Python runs inside the graph. When capture is not possible (an old
 CuPy or driver, a step that needs the host, ``NANOAE_CUDA_GRAPHS=0``), the step runs
 eagerly and says why once (:class:`GraphCaptureUnavailable`). Models that draw fresh
@@ -128,7 +128,7 @@ class CapturedTrainStep:
     def _capture(self) -> None:
         cp = self.cp
         model = self.model
-        step, optimizer_steps = model.step, model.optimizer.steps
+        step, optimizer_steps = model.steps_trained, model.optimizer.update_count
         previous, allocate = self._keeping_allocator()
         graph = None
         failure = None
@@ -162,7 +162,7 @@ class CapturedTrainStep:
             failure = failure or exc
         finally:
             # Capturing records the work without running it: undo the Python-side counts.
-            model.step, model.optimizer.steps = step, optimizer_steps
+            model.steps_trained, model.optimizer.update_count = step, optimizer_steps
         if self.graph is None:
             self.enabled = False
             self._kept_memory.clear()
@@ -185,6 +185,6 @@ class CapturedTrainStep:
             self._copy_indices(indices)
             self.graph.launch(self.stream)
         self.graph_used = True
-        self.model.step += 1
-        self.model.optimizer.steps += 1
+        self.model.steps_trained += 1
+        self.model.optimizer.update_count += 1
         return self.loss

@@ -317,7 +317,7 @@ def curve_error(ours, theirs) -> float:
 @pytest.fixture(scope="module")
 def batches(mnist_dir):
     images = load_dataset("mnist", "train", data_dir=mnist_dir).images
-    sampler = BatchSampler(images.shape[0], BATCH, np.random.default_rng(BATCH_SEED))
+    sampler = BatchSampler(images.shape[0], BATCH, seed=BATCH_SEED)
     return [np.ascontiguousarray(images[sampler.next_indices()]) for _ in range(STEPS)]
 
 
