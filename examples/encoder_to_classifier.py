@@ -3,10 +3,10 @@
 The budget (full mode):
 
 * pretraining: the ``tutorial`` preset exactly, 1,000 steps of batch 256 of the tutorial's
-  RMSProp on the 60,000 unlabelled training images (or ``--from CHECKPOINT``);
+  RMSProp on the 60,000 unlabeled training images (or ``--from CHECKPOINT``);
 * classifiers: the tutorial's encoder (784-784-256-128, ReLU) and a linear softmax head
   of 10; 1,000 steps of Adam(lr 0.001), batch min(128, labels), on a class-balanced
-  subset of 100, 1,000 or 60,000 labelled training images (drawn with the seed);
+  subset of 100, 1,000 or 60,000 labeled training images (drawn with the seed);
   (a) scratch: random init; (b) finetune: the pretrained encoder, copied, all weights
   trained; (c) probe: the pretrained encoder frozen, only the head trained.
 * 100 labels: three label draws (seeds 0, 1, 2), mean and range; otherwise seed 0.
@@ -29,7 +29,7 @@ import _study  # noqa: E402
 
 from nanoae import Adam, presets  # noqa: E402
 from nanoae.checkpoint import load_checkpoint  # noqa: E402
-from nanoae.classifier import MODES, Classifier, labelled_subset  # noqa: E402
+from nanoae.classifier import MODES, Classifier, labeled_subset  # noqa: E402
 from nanoae.evaluation import reconstruction_errors  # noqa: E402
 
 FULL = {"pretrain_steps": 1000, "steps": 1000, "batch_size": 128, "lr": 0.001, "labels": (100, 1000, 60000), "seeds": {100: (0, 1, 2)}}
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     numbers = {"budget": {k: v for k, v in budget.items() if k != "seeds"}, "pretraining": pretraining, "pretrained_test_mse": pretrained_mse, "runs": []}
     for n_labels in budget["labels"]:
         for seed in budget["seeds"].get(n_labels, (args.seed,)):
-            picked = labelled_subset(train_y, n_labels, np.random.default_rng(seed))
+            picked = labeled_subset(train_y, n_labels, np.random.default_rng(seed))
             x, y = train_x[picked], train_y[picked]
             for mode in MODES:
                 start = clock()
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"Test accuracy on {test_x.shape[0]:,} MNIST test images. Pretraining: {pretraining} "
         f"(test reconstruction MSE {pretrained_mse:.5f}). Each classifier: {budget['steps']:,} steps of Adam(lr {budget['lr']}), "
-        f"batch min({budget['batch_size']}, labels), class-balanced labelled subset; "
+        f"batch min({budget['batch_size']}, labels), class-balanced labeled subset; "
         + ("three label draws for 100 labels (mean, and min-max in brackets)." if budget["seeds"] else "one label draw each."),
         "",
         _study.table(["labels", "(a) scratch", "(b) pretrained, fine-tuned", "(c) linear probe (frozen)"], rows),
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
         curves = {label: [np.mean(accuracies(n, mode)) for n in budget["labels"]] for label, mode in
                   (("scratch", "scratch"), ("pretrained, fine-tuned", "finetune"), ("linear probe", "probe"))}
-        plot.plot_curves(list(budget["labels"]), curves, args.out / "encoder_to_classifier.png", "labelled training images",
+        plot.plot_curves(list(budget["labels"]), curves, args.out / "encoder_to_classifier.png", "labeled training images",
                          "test accuracy", title="Classifier from the autoencoder's encoder", log_y=False)
     except ImportError as exc:
         _study.say(f"no figure: {exc}")

@@ -137,7 +137,7 @@ def figures(args, pca, models, test_x, test_y, numbers) -> None:
         ("autoencoder, 2-unit code", models[("autoencoder", 2)].encode(test_x), test_y),
         ("VAE, mean of the 2-D code", models[("vae", 2)].encode(test_x), test_y),
     ]
-    plot.plot_latent_maps(panels, args.out / "latent_maps_2d.png", title="Test set in 2-D codes, coloured by digit")
+    plot.plot_latent_maps(panels, args.out / "latent_maps_2d.png", title="Test set in 2-D codes, colored by digit")
     _study.say(f"figures in {args.out}")
 
 

@@ -1,7 +1,7 @@
 """The tutorial's autoencoder against a variational autoencoder of the same shape.
 
 The budget (full mode), equal for both: the tutorial's own, 1,000 steps of batch 256 of
-the tutorial's RMSProp (TF1 flavour, lr 0.001), seed 0, float32, MNIST training images.
+the tutorial's RMSProp (TF1 flavor, lr 0.001), seed 0, float32, MNIST training images.
 
 * autoencoder: the ``tutorial`` preset exactly (784-784-256-128 / 128-128-256-784, ReLU
   everywhere including the output, MSE);
@@ -10,7 +10,7 @@ the tutorial's RMSProp (TF1 flavour, lr 0.001), seed 0, float32, MNIST training 
 
 Shows: test reconstruction errors, reconstructions side by side, 64 VAE samples (and,
 for contrast, the autoencoder decoding random codes from a Gaussian fitted to its
-training codes), both codes of the test set in 2-D coloured by digit (the autoencoder's
+training codes), both codes of the test set in 2-D colored by digit (the autoencoder's
 128-D code through PCA), and interpolation strips between test digits.
 
     python examples/vae_vs_autoencoder.py --data ../shared/data/mnist      # ~1.5 min on 2 cores
@@ -106,7 +106,7 @@ def figures(args, models, train_x, test_x, test_y) -> None:
         ("tutorial autoencoder: 128-D code, first 2 principal components", PCA(2).fit(ae_codes).transform(ae_codes), test_y),
         ("VAE: mean of the 2-D code", vae.encode(test_x), test_y),
     ]
-    plot.plot_latent_maps(panels, args.out / "latent_maps_vae_vs_autoencoder.png", title="MNIST test set, coloured by digit")
+    plot.plot_latent_maps(panels, args.out / "latent_maps_vae_vs_autoencoder.png", title="MNIST test set, colored by digit")
     rows = []
     for first, second in PAIRS:
         a = test_x[np.flatnonzero(test_y == first)[0]]

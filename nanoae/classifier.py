@@ -203,8 +203,8 @@ def check_labels(labels, rows: int, n_classes: int, backend):
     return host if backend is None else backend.asarray(host)
 
 
-def labelled_subset(labels, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of n labelled examples drawn with ``rng``, class-balanced when possible.
+def labeled_subset(labels, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of n labeled examples drawn with ``rng``, class-balanced when possible.
 
     labels: (N,) integers. n == N: every index. Otherwise n // k examples from each of
     the k classes (the remainder from random classes) when every class has that many,
@@ -214,7 +214,7 @@ def labelled_subset(labels, n: int, rng: np.random.Generator) -> np.ndarray:
     total = labels.shape[0]
     n = positive_int(n, "n")
     if n > total:
-        raise ValueError(f"asked for {n} labelled examples but there are only {total}")
+        raise ValueError(f"asked for {n} labeled examples but there are only {total}")
     if n == total:
         return np.arange(total, dtype=np.int64)
     classes = np.unique(labels)

@@ -30,7 +30,7 @@ from nanoae.atomic import write_json_atomically
 from nanoae.backend import BackendUnavailable
 from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
 from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler, save_checkpoint
-from nanoae.classifier import Classifier, labelled_subset
+from nanoae.classifier import Classifier, labeled_subset
 from nanoae.data import DataError, load_dataset
 from nanoae.evaluation import reconstruction_errors
 from nanoae.gradcheck import gradcheck
@@ -161,7 +161,7 @@ def _add_classify_command(commands) -> None:
     )
     classify.add_argument("--from", dest="source", metavar="CHECKPOINT", help="a trained autoencoder or VAE checkpoint whose encoder is reused")
     classify.add_argument("--mode", choices=("scratch", "finetune", "probe"), help="default: finetune with --from, else scratch")
-    classify.add_argument("--labels", type=_positive_int, help="labelled training examples used, class-balanced (default: all 60,000)")
+    classify.add_argument("--labels", type=_positive_int, help="labeled training examples used, class-balanced (default: all 60,000)")
     classify.add_argument("--steps", type=_positive_int, default=1000, help="training steps (default: 1000)")
     classify.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step, at most --labels (default: 128)")
     classify.add_argument("--lr", type=_positive_float, default=0.001, help="learning rate (default: 0.001)")
@@ -544,7 +544,7 @@ def command_classify(args) -> int:
     dataset, train_set, test_set, n_labels, out_dir = _classify_data_and_out_dir(args)
     optimizer = make_optimizer(args.optimizer, args.lr)
     model = _new_classifier(args, source, mode, optimizer)
-    picked = labelled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))
+    picked = labeled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))
     x, y = train_set.images[picked], train_set.labels[picked]
     batch_size = min(args.batch_size, n_labels)
     _say(f"classify: mode {mode}, {n_labels} labels, {args.steps} steps of batch {batch_size}, {args.optimizer} lr {args.lr}", args.quiet)

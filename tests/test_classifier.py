@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import nanoae
 from nanoae import Autoencoder, Dense, RMSProp, SGD, Sequential, gradcheck
 from nanoae.checkpoint import load_checkpoint, save_checkpoint
-from nanoae.classifier import Classifier, labelled_subset
+from nanoae.classifier import Classifier, labeled_subset
 from nanoae.losses import SoftmaxCrossEntropy
 from nanoae.ops import reference
 
@@ -206,23 +206,23 @@ def test_on_every_backend(backend_name):
 
 
 # ---- label subsets ------------------------------------------------------------------------------
-def test_labelled_subset_is_balanced_and_seeded():
+def test_labeled_subset_is_balanced_and_seeded():
     labels = np.repeat(np.arange(10), 50)
-    picked = labelled_subset(labels, 100, np.random.default_rng(0))
+    picked = labeled_subset(labels, 100, np.random.default_rng(0))
     assert len(np.unique(picked)) == 100
     np.testing.assert_array_equal(np.bincount(labels[picked]), np.full(10, 10))
-    np.testing.assert_array_equal(picked, labelled_subset(labels, 100, np.random.default_rng(0)))
-    uneven = labelled_subset(labels, 105, np.random.default_rng(1))
+    np.testing.assert_array_equal(picked, labeled_subset(labels, 100, np.random.default_rng(0)))
+    uneven = labeled_subset(labels, 105, np.random.default_rng(1))
     assert sorted(np.bincount(labels[uneven]).tolist()) == [10] * 5 + [11] * 5
-    np.testing.assert_array_equal(labelled_subset(labels, 500, np.random.default_rng(0)), np.arange(500))
-    almost_all = labelled_subset(labels, 499, np.random.default_rng(0))  # 49 or 50 a class: still balanced
+    np.testing.assert_array_equal(labeled_subset(labels, 500, np.random.default_rng(0)), np.arange(500))
+    almost_all = labeled_subset(labels, 499, np.random.default_rng(0))  # 49 or 50 a class: still balanced
     assert len(almost_all) == 499 and sorted(np.bincount(labels[almost_all]).tolist()) == [49] + [50] * 9
     # class 9 holds 5 examples but 100 // 10 = 10 are wanted from each: a uniform draw instead
     short = np.concatenate([np.repeat(np.arange(9), 50), np.full(5, 9)])
-    uniform = labelled_subset(short, 100, np.random.default_rng(0))
+    uniform = labeled_subset(short, 100, np.random.default_rng(0))
     np.testing.assert_array_equal(uniform, np.sort(np.random.default_rng(0).choice(455, size=100, replace=False)))
     with pytest.raises(ValueError, match="only 500"):
-        labelled_subset(labels, 501, np.random.default_rng(0))
+        labeled_subset(labels, 501, np.random.default_rng(0))
 
 
 # ---- real MNIST -----------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_classifier_learns_on_mnist(mnist_dir):
 
     train = load_dataset("mnist", "train", data_dir=mnist_dir)
     test = load_dataset("mnist", "test", data_dir=mnist_dir)
-    picked = labelled_subset(train.labels, 1000, np.random.default_rng(0))
+    picked = labeled_subset(train.labels, 1000, np.random.default_rng(0))
     model = Classifier(Sequential([Dense(784, 128, "relu")]), 10, seed=0)
     model.fit(train.images[picked], train.labels[picked], steps=200, batch_size=100, log_every=50)
     accuracy = model.accuracy(test.images[:2000], test.labels[:2000])

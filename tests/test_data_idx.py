@@ -153,7 +153,7 @@ def test_ndim_larger_than_the_header(tmp_path):
 
 
 def test_ndim_smaller_than_the_data(tmp_path):
-    # A (4, 3) array relabelled as ndim 1: dims (4,) then 3 * 4 bytes that read as extra.
+    # A (4, 3) array relabeled as ndim 1: dims (4,) then 3 * 4 bytes that read as extra.
     path = tmp_path / "ndim1.idx"
     data = bytearray(good_bytes((4, 3)))
     data[3] = 1

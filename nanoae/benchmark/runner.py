@@ -110,7 +110,7 @@ def run(
     have passed; the row's ``rss_steps`` says how many).
 
     batches_per_process: one process per competitor and round measures every batch size
-    (the GPU benchmark: it saves a framework start-up and CUDA initialisation per batch).
+    (the GPU benchmark: it saves a framework start-up and CUDA initialization per batch).
     """
     frameworks = list(frameworks)
     missing = [name for name in frameworks if not available(name)]

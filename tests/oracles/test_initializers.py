@@ -1,6 +1,6 @@
 """nanoae's Xavier/Glorot uniform against TensorFlow's, weights and the 1-D bias rule.
 
-The tutorial initialises weights *and biases* with ``tf.contrib.layers.xavier_initializer()``
+The tutorial initializes weights *and biases* with ``tf.contrib.layers.xavier_initializer()``
 (variance scaling, fan average, uniform). On a 1-D bias of length n TensorFlow's fan rule
 gives fan_in = fan_out = n, so U(+-sqrt(3/n)). nanoae's ``glorot_uniform`` claims the same
 distribution, for weights and biases; here a two-sample Kolmogorov-Smirnov test on large

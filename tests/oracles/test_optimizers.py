@@ -10,7 +10,7 @@ on the same MNIST batches (64 images each, one fixed order). The comparisons:
    <= 1e-5, and TF1's RMSProp to the last bit.
 2. **Each on its own, float64** (every case). nanoae (default ops) and the framework each
    run forward, loss, backward and update on the same batches (their first 16 images, to
-   save time). Weights and loss curve agree to 1e-9, except PyTorch-flavoured RMSProp,
+   save time). Weights and loss curve agree to 1e-9, except PyTorch-flavored RMSProp,
    whose run amplifies rounding even in float64 (eps 1e-8 outside the root makes the step
    jump near g = 0): 1e-5 there, and the test records how far nanoae moves from itself
    when started from weights moved by one ulp.
@@ -21,7 +21,7 @@ on the same MNIST batches (64 images each, one fixed order). The comparisons:
    one run and not in the other moves that sample's share of a few gradient entries; of
    the 1.1 M weights about 25 then differ by up to 8e-6 of their tensor's largest entry
    (momentum 0.9, two BLAS threads) while the rest agree to ~1e-7.
-4. Keras RMSprop, run eagerly, against nanoae's "keras" flavour: the same bits.
+4. Keras RMSprop, run eagerly, against nanoae's "keras" flavor: the same bits.
 
 Why not (3) for every case: with sign-like updates (g / sqrt(mean g^2) once the mean
 square has forgotten its start) the tutorial model's training amplifies a one-ulp
@@ -451,7 +451,7 @@ if os.environ.get("NANOAE_ORACLE_ALL_FLOAT32", "").strip() == "1":  # defined on
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_keras_rmsprop_eager_update_is_keras_bit_for_bit(tf, momentum):
     """Keras's update as its Python source writes it (run eagerly) is nanoae's "keras"
-    flavour operation for operation, so the float32 bits agree. (Inside tf.function,
+    flavor operation for operation, so the float32 bits agree. (Inside tf.function,
     TensorFlow's graph optimizer rewrites lr*g / sqrt(v + eps) into lr*g * rsqrt(v + eps),
     which moves some results by a few ulps of the update: the 1e-7-level differences of
     the shared-gradient test above.)"""
@@ -482,7 +482,7 @@ def test_keras_adam_float32_differs_only_by_its_bias_correction_rounding(tf):
     updates use the Python float 1 - 0.999. nanoae computes 1 - 0.999**t in float64 and
     rounds the step size once, so its float32 step is larger by up to ~6.4e-6 relative
     (sqrt of 1.3e-5). Shown both ways: nanoae's formula with Keras's rounding of the bias
-    correction gives Keras's bits exactly; nanoae's own "keras" flavour stays within 2e-4
+    correction gives Keras's bits exactly; nanoae's own "keras" flavor stays within 2e-4
     of the distance travelled. (In float64, with beta as float64 tensors, the two agree
     to 1e-14: test 2 above.)"""
     import keras  # noqa: PLC0415
