@@ -202,7 +202,62 @@ def test_private_import_checker(tmp_path):
 
 
 def test_no_module_imports_a_private_name_from_another():
-    """A leading underscore means "this module's own business": other modules (the ops
-    package excepted, whose tables share kernels) must not import such names."""
-    offenders = private_imports(PACKAGE_DIR, exempt="nanoae.ops")
+    """A leading underscore means "this module's own business": no other module imports
+    such a name (what the ops tables share, such as the activation codes, is public)."""
+    offenders = private_imports(PACKAGE_DIR)
     assert not offenders, "private names imported across modules:\n" + "\n".join(offenders)
+
+
+# ---- the layering drawn in docs/architecture.md ---------------------------------------------
+ARCHITECTURE = PACKAGE_DIR.parent / "docs" / "architecture.md"
+
+
+def drawn_layers(text: str) -> list[list[str]]:
+    """The rows of the import-order figure (the first fenced block), top row first: each row
+    the names it lists (``models.py``, ``ops/``), the words that describe them left out."""
+    block = text.split("```")[1]
+    rows = []
+    for line in block.strip("\n").splitlines():
+        names = [word for word in line.split() if word.endswith((".py", "/"))]
+        rows.append(names)
+    return rows
+
+
+def drawn_name(module: str) -> str:
+    """The name a module goes by in the figure: ``nanoae.ops.cpu`` -> ``ops/``,
+    ``nanoae.models`` -> ``models.py``."""
+    parts = module.split(".")[1:]
+    return f"{parts[0]}/" if len(parts) > 1 or (PACKAGE_DIR / parts[0]).is_dir() else f"{parts[0]}.py"
+
+
+def layering_violations(graph: dict[str, set[str]], rows: list[list[str]]) -> list[str]:
+    """Every import that points to the same row or a row above (rows are listed top down),
+    and every module the figure leaves out."""
+    row_of = {name: index for index, row in enumerate(rows) for name in row}
+    problems = []
+    for module in sorted(graph):
+        if module == "nanoae":  # the package's __init__ gathers everything; it is no layer
+            continue
+        name = drawn_name(module)
+        if name not in row_of:
+            problems.append(f"{name} is not in the figure")
+            continue
+        for target in sorted(graph[module] - {"nanoae"}):
+            target_name = drawn_name(target)
+            if target_name != name and row_of.get(target_name, -1) <= row_of[name]:
+                problems.append(f"{module} imports {target}, which the figure draws on the same row or above")
+    return problems
+
+
+def test_the_import_order_drawn_in_the_architecture_doc_is_true():
+    rows = drawn_layers(ARCHITECTURE.read_text())
+    assert ["models.py"] in rows and ["ops/"] in rows[-4:-2], "the figure's rows are not where they should be"
+    problems = layering_violations(import_graph(PACKAGE_DIR), rows)
+    assert not problems, "docs/architecture.md's import-order figure is out of date:\n" + "\n".join(problems)
+
+
+def test_the_layering_check_catches_an_import_upward():
+    graph = {"nanoae.layers": {"nanoae.models"}, "nanoae.models": {"nanoae.layers"}}
+    rows = [["models.py"], ["layers.py"]]
+    assert layering_violations(graph, rows) == ["nanoae.layers imports nanoae.models, which the figure draws on the same row or above"]
+    assert layering_violations({"nanoae.extra": set()}, rows) == ["extra.py is not in the figure"]
