@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoae.version import __version__
 from nanoae.atomic import write_json_atomically
 from nanoae.backend import BackendUnavailable
+from nanoae.benchmark.runner import add_arguments as add_bench_arguments
+from nanoae.benchmark.runner import run_from_arguments as run_benchmark
 from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
 from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler, save_checkpoint
 from nanoae.classifier import Classifier, labeled_subset
@@ -38,6 +39,7 @@ from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.plot import PlotUnavailable
 from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
 from nanoae.train import train
+from nanoae.version import __version__
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -182,9 +184,6 @@ def _add_bench_command(commands) -> None:
         description="Each competitor runs in its own process, alternating, for several rounds; "
         "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every one.",
     )
-    # Lazy: the benchmark runner pulls in heavy optional competitors.
-    from nanoae.benchmark.runner import add_arguments as add_bench_arguments  # noqa: PLC0415
-
     add_bench_arguments(bench)
 
 
@@ -581,11 +580,9 @@ def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> 
 
 
 def command_bench(args) -> int:
-    from nanoae.benchmark.runner import run_from_arguments  # noqa: PLC0415 (heavy optional competitors)
-
     # Its ValueErrors are refused options (unknown framework, batch sizes, rounds);
     # the competitors themselves run in other processes.
-    return _as_user_error(run_from_arguments, args)
+    return _as_user_error(run_benchmark, args)
 
 
 COMMANDS = {

@@ -11,11 +11,14 @@ same). Frameworks are imported only inside their builder.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from nanoae import presets
+from nanoae.backend import get_backend
 from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes
 
 LR, RHO = 0.001, 0.9
@@ -44,9 +47,6 @@ def _initial_weights(seed: int = 0):
 
 # ---- nanoae ---------------------------------------------------------------------------
 def nanoae_competitor(mode: str, fast: bool, kernels: str = "auto") -> Competitor:
-    from nanoae import presets  # noqa: PLC0415
-    from nanoae.backend import get_backend  # noqa: PLC0415
-
     backend = get_backend("numpy", fast=fast, kernels=kernels)
     model = presets.tutorial(seed=0, backend=backend)
     info = {"ops": backend.ops.name}
@@ -170,9 +170,6 @@ def nanoae_cupy_competitor(mode: str) -> Competitor:
     nanoae does one more copy per step than the others.
     """
     import cupy  # noqa: PLC0415
-
-    from nanoae import presets  # noqa: PLC0415
-    from nanoae.backend import get_backend  # noqa: PLC0415
 
     backend = get_backend("cupy")
     model = presets.tutorial(seed=0, backend=backend)
@@ -299,8 +296,6 @@ def cublas_peak(size: int = 8192, repeats: int = 20) -> float:
     """Median float32 GFLOP/s of an n^3 cuBLAS matmul through CuPy (CUDA events), no TF32."""
     import cupy  # noqa: PLC0415
 
-    from nanoae.backend import get_backend  # noqa: PLC0415
-
     get_backend("cupy")  # sets cuBLAS's float32 compute type to plain float32, as nanoae runs
     a = cupy.random.random((size, size), dtype=cupy.float32)
     b = cupy.random.random((size, size), dtype=cupy.float32)
@@ -321,8 +316,6 @@ def cublas_peak(size: int = 8192, repeats: int = 20) -> float:
 # ---- the matmul peak ------------------------------------------------------------------
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     """Median float32 GFLOP/s of an n x n x n NumPy matmul: the machine's attainable peak."""
-    import time  # noqa: PLC0415
-
     rng = np.random.default_rng(0)
     a = rng.random((size, size), dtype=np.float32)
     b = rng.random((size, size), dtype=np.float32)

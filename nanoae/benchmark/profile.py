@@ -22,9 +22,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
+from nanoae import presets
+from nanoae.backend import get_backend
+from nanoae.benchmark.competitors import matmul_peak
 from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes, train_step_flops
 
 
@@ -84,10 +88,6 @@ class _TimedOps:
 
 def _timed_model(backend, timed):
     """A tutorial model whose layers, loss and arena call ``timed`` instead of the ops table."""
-    from dataclasses import replace  # noqa: PLC0415
-
-    from nanoae import presets  # noqa: PLC0415
-
     model = presets.tutorial(seed=0, backend=backend)
     object.__setattr__(model, "backend", replace(backend, ops=timed))
     for module in model.modules():
@@ -101,10 +101,6 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
     """Medians over ``rounds`` rounds; each round measures, one after the other, the whole
     step, the step through the timed ops table, the matmul floor and the 2048^3 peak, so
     that a slow phase of a shared machine lands on all four rather than on one."""
-    from nanoae import presets  # noqa: PLC0415
-    from nanoae.backend import get_backend  # noqa: PLC0415
-    from nanoae.benchmark.competitors import matmul_peak  # noqa: PLC0415
-
     backend = get_backend("numpy", fast=fast, kernels=kernels)
     model = presets.tutorial(seed=0, backend=backend)
     timed = _TimedOps(backend.ops)

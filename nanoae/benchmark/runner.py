@@ -13,6 +13,8 @@ GFLOP/s and its share of the measured matmul peak, and peak memory.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -22,7 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from nanoae.benchmark.competitors import FRAMEWORKS
 from nanoae.benchmark.flops import inference_flops, train_step_flops
+from nanoae.plot import require_matplotlib
 
 DEFAULT_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "tf-xla", "keras", "torch-eager", "torch-compile")
 QUICK_FRAMEWORKS = ("nanoae", "nanoae-reference", "tf-function", "torch-eager")
@@ -42,7 +48,6 @@ _REQUIRES = {
 
 
 def available(framework: str) -> bool:
-    import importlib.util  # noqa: PLC0415
 
     module = _REQUIRES.get(framework)
     return module is None or importlib.util.find_spec(module) is not None
@@ -83,9 +88,7 @@ def machine_description() -> dict:
                     break
     except OSError:
         pass
-    import numpy  # noqa: PLC0415
-
-    description["numpy"] = numpy.__version__
+    description["numpy"] = np.__version__
     return description
 
 
@@ -230,10 +233,7 @@ def markdown_table(result: dict) -> str:
 
 
 def chart(result: dict, path) -> Path:
-    from nanoae.plot import require_matplotlib  # noqa: PLC0415
-
     plt = require_matplotlib()
-    import numpy as np  # noqa: PLC0415
 
     train = [entry for entry in result["summary"] if entry["mode"] == "train"] or result["summary"]
     batches = sorted({entry["batch"] for entry in train})
@@ -271,8 +271,6 @@ def chart(result: dict, path) -> Path:
 
 
 def main(argv=None) -> int:
-    import argparse  # noqa: PLC0415
-
     parser = argparse.ArgumentParser(prog="nanoae bench", description="nanoae against TensorFlow, PyTorch and (on a GPU) JAX on the tutorial model")
     add_arguments(parser)
     return run_from_arguments(parser.parse_args(argv))
@@ -292,8 +290,6 @@ def add_arguments(parser) -> None:
 
 
 def run_from_arguments(args) -> int:
-    from nanoae.benchmark.competitors import FRAMEWORKS  # noqa: PLC0415
-
     gpu = getattr(args, "gpu", False)
     frameworks = args.frameworks or (GPU_DEFAULT_FRAMEWORKS if gpu else (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS))
     unknown = [name for name in frameworks if name not in FRAMEWORKS]

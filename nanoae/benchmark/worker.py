@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from nanoae.benchmark.competitors import FRAMEWORKS, cublas_peak, matmul_peak
+
 
 def _rss_mib() -> float:
     """Resident memory now, from /proc (Linux), in MiB; NaN elsewhere."""
@@ -47,14 +49,10 @@ def measure(
     ``memory_steps`` is larger, over untimed steps until that many have run or
     ``memory_seconds`` have passed (``rss_steps`` says how many it covers).
     """
-    from nanoae.benchmark.competitors import FRAMEWORKS, matmul_peak  # noqa: PLC0415
-
     started = time.perf_counter()
     if framework == "matmul-peak":
         return {"framework": framework, "gflops": matmul_peak(), "seconds": time.perf_counter() - started}
     if framework == "cublas-peak":
-        from nanoae.benchmark.competitors import cublas_peak  # noqa: PLC0415
-
         return {"framework": framework, "gflops": cublas_peak(), "seconds": time.perf_counter() - started}
     if competitor is None:
         competitor = FRAMEWORKS[framework](mode)
@@ -119,8 +117,6 @@ def main(argv=None) -> int:
     batches = args.batch or [256]
     competitor = None
     if len(batches) > 1 and args.framework not in ("matmul-peak", "cublas-peak"):
-        from nanoae.benchmark.competitors import FRAMEWORKS  # noqa: PLC0415
-
         competitor = FRAMEWORKS[args.framework](args.mode)
     for batch in batches:
         result = measure(
