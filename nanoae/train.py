@@ -3,7 +3,7 @@
 ``train(model, x, ...)`` (and ``model.fit``, which calls it) runs::
 
     for each block of steps (up to the next log step, MAX_INDEX_BLOCK at most):
-        snapshot = sampler.state_dict()
+        snapshot = sampler.snapshot()
         draw the block's indices with sampler.next_indices()   # TF1 next_batch order
         for each step of the block:
             loss = model._train_step(x[indices], target[indices])
@@ -23,8 +23,8 @@ drawn from the model's generator, so the run's seed fixes it, yet the sampler's
 stream is its own (that integer is hashed by a SeedSequence into a fresh PCG64): the
 model's generator (a VAE's noise, a denoiser's corruption) and the sampler's are
 independent streams, and drawing from one never moves the other.
-The snapshot per block copies the current permutation (n int64): microseconds
-beside a training step.
+The snapshot per block holds the current permutation without copying it (the sampler
+never writes into one) and the generator's state: microseconds beside a training step.
 
 Callbacks: see :mod:`nanoae.callbacks`. A :class:`~nanoae.callbacks.StopOnNonFinite`
 always runs (first, unless the caller passed one).
@@ -223,7 +223,7 @@ def train(
             # there the sampler stands exactly at the steps trained.
             block_start = model.steps_trained
             block_end = min(total_steps, (block_start // log_every + 1) * log_every, block_start + MAX_INDEX_BLOCK)
-            snapshot = sampler.state_dict()
+            snapshot = sampler.snapshot()
             block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
             _train_block(model.backend.asarray(block), run_step, state, callbacks)
             if state.step % log_every == 0 or state.step == total_steps:

@@ -168,3 +168,19 @@ def test_bad_states_are_refused():
     assert sampler.state_dict()["position"] == good["position"]
     assert sampler.state_dict()["rng_state"] == good["rng_state"]
     np.testing.assert_array_equal(sampler.state_dict()["permutation"], good["permutation"])
+
+
+def test_snapshot_returns_to_the_same_batches_without_copying_the_permutation():
+    sampler = BatchSampler(10, 4, seed=3)
+    sampler.next_indices()
+    snapshot = sampler.snapshot()
+    assert snapshot["permutation"] is sampler.snapshot()["permutation"]  # held, not copied
+    assert sampler.state_dict()["permutation"] is not snapshot["permutation"]  # a checkpoint copies
+    kept = snapshot["permutation"].copy()
+    ahead = [sampler.next_indices() for _ in range(7)]  # crosses two reshuffles
+    assert sampler.snapshot()["permutation"] is not snapshot["permutation"]
+    np.testing.assert_array_equal(snapshot["permutation"], kept)  # the reshuffles left it alone
+    sampler.load_state_dict(snapshot)
+    again = [sampler.next_indices() for _ in range(7)]
+    for first, second in zip(ahead, again):
+        np.testing.assert_array_equal(first, second)

@@ -150,12 +150,21 @@ class BatchSampler:
             ``"permutation"``: int64 (n,), a copy of the current epoch's order, and
             ``"rng_state"``: the generator's ``bit_generator.state`` (a dict of ints).
         """
+        return {**self.snapshot(), "permutation": self._perm.copy()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`state_dict` without copying the permutation, for a training loop that
+        may have to come back to this point (``load_state_dict`` takes it).
+
+        Cheap enough for every step: the sampler never writes into a permutation, it
+        draws a new array at each reshuffle, so holding the current one is safe.
+        """
         return {
             "n": self._n,
             "batch_size": self._batch_size,
             "epoch": self._epoch,
             "position": self._position,
-            "permutation": self._perm.copy(),
+            "permutation": self._perm,
             "rng_state": self._rng.bit_generator.state,
         }
 
