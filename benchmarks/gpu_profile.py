@@ -3,7 +3,7 @@
     python benchmarks/gpu_profile.py [--batch 256 --batch 8192] [--steps 200]
 
 For each batch size: microseconds per step with the captured CUDA graph and with eager
-launches (wall clock, synchronised), the same step's 17 matmuls alone (captured as a
+launches (wall clock, synchronized), the same step's 17 matmuls alone (captured as a
 graph, so launch cost is out), and the achieved float32 TFLOP/s. The difference between
 the full step and its matmuls is the elementwise work plus per-kernel overhead.
 """
@@ -20,6 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from nanoae import presets  # noqa: E402 (after the path above)
+from nanoae.backend import get_backend  # noqa: E402
+from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes, train_step_flops  # noqa: E402
+
 
 def _time(run, steps: int, sync) -> float:
     for _ in range(5):
@@ -33,11 +37,7 @@ def _time(run, steps: int, sync) -> float:
 
 
 def profile(batch: int, steps: int) -> dict:
-    import cupy
-
-    from nanoae import presets
-    from nanoae.backend import get_backend
-    from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes, train_step_flops
+    import cupy  # noqa: PLC0415 (optional: this script needs a GPU)
 
     backend = get_backend("cupy")
     sync = cupy.cuda.Device().synchronize

@@ -8,8 +8,8 @@
 NumPy is the only hard dependency; CuPy (GPU), Numba, matplotlib and tqdm are optional.
 """
 
-# Every module is imported here, so that each Module, Loss and Optimizer subclass has
-# registered itself for module_from_config (and checkpoints) once nanoae is imported.
+# Importing these registers every Module, Loss and Optimizer class nanoae defines, so that
+# module_from_config (and so every checkpoint) finds them once nanoae is imported.
 from nanoae import checkpoint, data, init, params, plot, presets, train, validation
 from nanoae.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from nanoae.backend import Backend, BackendUnavailable, get_backend

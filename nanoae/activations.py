@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from nanoae.module import Module
-from nanoae.validation import as_batch, real_number
+from nanoae.validation import real_number
 
 DEFAULT_LEAKY_ALPHA = 0.2
 _ALIASES = {"linear": "identity", "none": "identity", None: "identity", "leaky": "leaky_relu", "lrelu": "leaky_relu"}
@@ -50,10 +50,6 @@ class Activation(Module):
         if not need_input_grad:
             return None
         return self.backend.ops.activation_backward(grad_output, self._output, self.name, self.alpha, self._workspace)
-
-    def __call__(self, x):
-        self._ensure_built()
-        return self._handed_out(self.forward(as_batch(x, None, self.backend)))
 
     def config(self) -> dict:
         return {"type": type(self).__name__, "name": self.name, "alpha": self.alpha}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nanoae.ops import OpsTable, load_ops
+from nanoae.ops import REFERENCE_TABLE, OpsTable, load_ops
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -165,11 +165,11 @@ def get_backend(
                 raise BackendUnavailable(f"backend 'cupy' was requested but cannot run: {why}")
         else:
             _set_tf32(cupy, allow_tf32)
-            ops, ops_name = load_ops("cupy", fast)
-            return Backend("cupy", cupy, ops, resolved_dtype, ops_name != "reference")
+            ops = load_ops("cupy", fast)
+            return Backend("cupy", cupy, ops, resolved_dtype, ops is not REFERENCE_TABLE)
 
-    ops, ops_name = load_ops("numpy", fast, kernels)
-    return Backend("numpy", np, ops, resolved_dtype, ops_name != "reference")
+    ops = load_ops("numpy", fast, kernels)
+    return Backend("numpy", np, ops, resolved_dtype, ops is not REFERENCE_TABLE)
 
 
 def _set_tf32(cupy, allow: bool) -> None:

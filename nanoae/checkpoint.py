@@ -187,11 +187,18 @@ def _encode_rng_state(state):
     return state
 
 
-def _decode_rng_state(state):
+def _decode_rng_state(state, path: Path, owner: str):
+    """The inverse of :func:`_encode_rng_state`; a garbled array is the file's fault."""
     if isinstance(state, dict):
         if set(state) == {"__ndarray__", "dtype"}:
-            return np.asarray(state["__ndarray__"], dtype=np.dtype(state["dtype"]))
-        return {key: _decode_rng_state(value) for key, value in state.items()}
+            try:
+                dtype = np.dtype(state["dtype"])
+                if dtype.kind not in "biu":
+                    raise TypeError(f"dtype {dtype} is not an integer type")
+                return np.asarray(state["__ndarray__"], dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise CheckpointError(path, f"invalid header: the {owner}'s rng_state holds a bad array ({exc})") from exc
+        return {key: _decode_rng_state(value, path, owner) for key, value in state.items()}
     return state
 
 
@@ -519,7 +526,7 @@ def _restore(path: Path, model, header: dict, arrays: dict) -> None:
             raise CheckpointError(path, f"{'; '.join(parts)} for {optimizer!r}")
     elif header["optimizer"] is not None:
         raise CheckpointError(path, "holds optimizer state but the model has no optimizer")
-    rng_state = _decode_rng_state(header["rng_state"]) if header["rng_state"] is not None else None
+    rng_state = _decode_rng_state(header["rng_state"], path, "model") if header["rng_state"] is not None else None
     new_rng = None
     if rng_state is not None:
         kind = rng_state["bit_generator"]
@@ -547,12 +554,12 @@ def _restore(path: Path, model, header: dict, arrays: dict) -> None:
             model.rng = np.random.Generator(new_rng)
 
 
-def _sampler_state_from(header: dict, arrays: dict) -> dict | None:
+def _sampler_state_from(path: Path, header: dict, arrays: dict) -> dict | None:
     if header["sampler"] is None:
         return None
     state = dict(header["sampler"])
     if "rng_state" in state:
-        state["rng_state"] = _decode_rng_state(state["rng_state"])
+        state["rng_state"] = _decode_rng_state(state["rng_state"], path, "sampler")
     for name, array in arrays.items():
         if name.startswith("sampler/"):
             state[name[len("sampler/"):]] = array.astype(np.int64, copy=True) if array.dtype.kind in "iu" else array
@@ -589,7 +596,7 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     return Checkpoint(
         model=model,
         step=header["step"],
-        sampler_state=_sampler_state_from(header, arrays),
+        sampler_state=_sampler_state_from(path, header, arrays),
         extra=header["extra"],
         header=_public_header(header),
         path=path,
@@ -620,7 +627,7 @@ def restore_into(path, model) -> Checkpoint:
     return Checkpoint(
         model=model,
         step=header["step"],
-        sampler_state=_sampler_state_from(header, arrays),
+        sampler_state=_sampler_state_from(path, header, arrays),
         extra=header["extra"],
         header=_public_header(header),
         path=path,

@@ -117,7 +117,7 @@ class Dense(Module):
 
     def config(self) -> dict:
         return {
-            "type": "Dense",
+            "type": type(self).__name__,
             "in_features": self.in_features,
             "out_features": self.out_features,
             "activation": self.activation.name,

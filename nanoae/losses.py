@@ -17,7 +17,7 @@ The VAE's KL term is not a loss of (prediction, target): it lives in the samplin
 from __future__ import annotations
 
 from nanoae.backend import get_backend
-from nanoae.validation import check_same_shape, fraction
+from nanoae.validation import check_same_shape, fraction, register_class
 
 # name -> Loss subclass, in definition order; filled by Loss.__init_subclass__
 LOSSES: dict[str, type] = {}
@@ -35,7 +35,7 @@ class Loss:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # a subclass that keeps its parent's name does not replace it
-            LOSSES[cls.name] = cls
+            register_class(LOSSES, cls.name, cls, "loss")
 
     def __init__(self) -> None:
         self.backend = None
@@ -176,8 +176,10 @@ def get_loss(spec) -> Loss:
     """A Loss from a name ("mse", "bce", "bce_logits") or a Loss instance."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, str) and spec.lower() in LOSSES:
-        return LOSSES[spec.lower()]()
+    if isinstance(spec, str):
+        for name in (spec, spec.lower()):  # "MSE" finds mse; a user's "MyLoss" finds itself
+            if name in LOSSES:
+                return LOSSES[name]()
     raise ValueError(f"unknown loss {spec!r}; choose one of {', '.join(LOSSES)} or pass a Loss object")
 
 

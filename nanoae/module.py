@@ -17,7 +17,9 @@ subclass of Module registers itself under its class name when it is defined, and
 rebuilds itself in its ``from_config`` classmethod; :func:`module_from_config` looks
 the type up in that registry. So this module imports none of the classes built on it,
 and a user's own Module subclass is rebuilt (from a checkpoint, say) like nanoae's.
-Importing ``nanoae`` imports every nanoae module, so the registry is then complete.
+Importing ``nanoae`` imports every module that defines a Module, Loss or Optimizer, so
+the registries are then complete. A class from outside nanoae may not take the name of
+one of nanoae's own (it would change how every saved nanoae model rebuilds).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from nanoae.backend import Backend, get_backend, make_rng
 from nanoae.params import ParameterArena, ParamSpec
-from nanoae.validation import as_batch
+from nanoae.validation import as_batch, register_class
 
 # class name -> Module subclass; filled by Module.__init_subclass__
 _MODULE_TYPES: dict[str, type] = {}
@@ -53,9 +55,8 @@ class Module:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        # Keyed by class name, as config()["type"] is; a later class of the same name
-        # (a test's local class, a user's redefinition) replaces the earlier one.
-        _MODULE_TYPES[cls.__name__] = cls
+        # Keyed by class name, as config()["type"] is.
+        register_class(_MODULE_TYPES, cls.__name__, cls, "Module")
 
     def __init__(self) -> None:
         self.backend: Backend | None = None
@@ -133,7 +134,7 @@ class Module:
         penalty (:class:`Dense` with ``weight_decay``), an L1 penalty on activations,
         a VAE's KL term. Returns 0.0 when there are none, else a 0-d array. Each
         module's ``backward`` already adds the gradient of its own term, so
-        objective = loss(output, target) + penalty() is what training minimises.
+        objective = loss(output, target) + penalty() is what training minimizes.
         """
         return sum_penalties(child.penalty() for _, child in self.children())
 
@@ -171,8 +172,9 @@ class Module:
 
 
 def known_module_types() -> list[str]:
-    """The config types :func:`module_from_config` can look up, sorted."""
-    return sorted(_MODULE_TYPES)
+    """The config types :func:`module_from_config` can rebuild (those with a
+    ``from_config`` of their own, not bases such as Model), sorted."""
+    return sorted(name for name, cls in _MODULE_TYPES.items() if cls.from_config.__func__ is not Module.from_config.__func__)
 
 
 def module_from_config(config: dict, **build_options) -> Module:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoae.validation import choice, fraction, non_negative_float, positive_float
+from nanoae.validation import choice, fraction, non_negative_float, positive_float, register_class
 
 # name -> Optimizer subclass, in definition order; filled by Optimizer.__init_subclass__
 OPTIMIZERS: dict[str, type] = {}
@@ -40,7 +40,7 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # a subclass that keeps its parent's name does not replace it
-            OPTIMIZERS[cls.name] = cls
+            register_class(OPTIMIZERS, cls.name, cls, "optimizer")
 
     def __init__(self, lr: float) -> None:
         self.lr = positive_float(lr, "learning rate (lr)")
@@ -285,8 +285,10 @@ def get_optimizer(spec, **kwargs) -> Optimizer:
         if kwargs:
             raise ValueError("pass options to the optimizer's constructor, not alongside an instance")
         return spec
-    if isinstance(spec, str) and spec.lower() in OPTIMIZERS:
-        return OPTIMIZERS[spec.lower()](**kwargs)
+    if isinstance(spec, str):
+        for name in (spec, spec.lower()):  # "Adam" finds adam; a user's "MyOpt" finds itself
+            if name in OPTIMIZERS:
+                return OPTIMIZERS[name](**kwargs)
     raise ValueError(f"unknown optimizer {spec!r}; choose one of {', '.join(OPTIMIZERS)} or pass an Optimizer")
 
 

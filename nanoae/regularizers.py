@@ -68,7 +68,7 @@ class ActivityL1(Module):
         return self._penalty
 
     def config(self) -> dict:
-        return {"type": "ActivityL1", "strength": self.strength}
+        return {"type": type(self).__name__, "strength": self.strength}
 
     @classmethod
     def from_config(cls, config: dict, **build_options) -> "ActivityL1":

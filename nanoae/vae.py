@@ -134,7 +134,7 @@ class GaussianSample(Module):
         return self.forward(as_batch(h, self.in_features, self.backend, "h"))
 
     def config(self) -> dict:
-        return {"type": "GaussianSample", "latent_size": self.latent_size, "kl_weight": self.kl_weight}
+        return {"type": type(self).__name__, "latent_size": self.latent_size, "kl_weight": self.kl_weight}
 
     @classmethod
     def from_config(cls, config: dict, **build_options) -> "GaussianSample":

@@ -126,3 +126,21 @@ def choice(value, name: str, options) -> str:
     if value not in options:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, options))}")
     return value
+
+
+def register_class(registry: dict, key: str, cls: type, kind: str) -> None:
+    """Put ``cls`` in a name -> class registry (modules, losses, optimizers) under ``key``.
+
+    Checkpoints and configs find classes by these names, so a class from outside
+    nanoae may not take a name that one of nanoae's own classes holds: it would change
+    how every saved nanoae model rebuilds. Any other redefinition (a class run again in
+    a notebook, a test's local class) replaces the earlier one.
+    """
+    held = registry.get(key)
+    ours = held is not None and held.__module__.startswith("nanoae.")
+    if ours and held is not cls and not cls.__module__.startswith("nanoae."):
+        raise TypeError(
+            f"a {kind} named {key!r} is already nanoae's ({held.__module__}.{held.__qualname__}), and "
+            f"configs and checkpoints find {kind}s by that name; give {cls.__qualname__} another one"
+        )
+    registry[key] = cls

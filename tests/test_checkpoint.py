@@ -560,6 +560,19 @@ def test_unknown_bit_generator_name_is_not_looked_up(good):
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))
 
 
+@pytest.mark.parametrize("owner", ["model", "sampler"])
+@pytest.mark.parametrize("dtype", ["nonsense", "float64", "object"])
+def test_a_garbled_array_in_an_rng_state_is_the_files_fault(good, owner, dtype):
+    _, _, header, write = good
+    bad = {"__ndarray__": [1, 2], "dtype": dtype}
+    if owner == "model":
+        changed = {**header, "rng_state": {**header["rng_state"], "state": bad}}
+    else:
+        sampler = header["sampler"]
+        changed = {**header, "sampler": {**sampler, "rng_state": {**sampler["rng_state"], "state": bad}}}
+    expect_error(write(f"rng-{owner}-{dtype}.npz", header=changed), f"the {owner}'s rng_state holds a bad array")
+
+
 def test_model_config_that_cannot_be_rebuilt(good):
     _, _, header, write = good
     expect_error(write("cfg.npz", header={**header, "model": {"type": "Transformer"}}),
@@ -677,3 +690,24 @@ def test_checkpoints_cross_backends(tmp_path, backend_name):
     back = load_checkpoint(save_checkpoint(tmp_path / "dev.npz", device), backend="numpy")
     assert back.model.backend.name == "numpy"
     assert_same_state(back.model, device)
+
+
+# ---- 5. files written by earlier code ----------------------------------------------
+FIXTURES = pathlib.Path(__file__).resolve().parent / "data"
+
+
+def test_a_checkpoint_written_before_the_sampler_owned_its_generator_still_loads():
+    """tests/data/checkpoint-9ef28b8.npz was written by the code of commit 9ef28b8 (a
+    denoising Autoencoder with LeakyReLU, weight decay, an L1 code penalty, BCE and Adam,
+    after 3 steps), with that code's outputs beside it: today's code rebuilds the same
+    model, gives the same outputs and continues the saved epoch where it stopped."""
+    restored = load_checkpoint(FIXTURES / "checkpoint-9ef28b8.npz", backend="numpy")
+    model = restored.model
+    with np.load(FIXTURES / "checkpoint-9ef28b8-outputs.npz") as saved:
+        expected = {name: saved[name] for name in saved.files}
+    assert type(model) is Autoencoder and model.steps_trained == 3 and model.optimizer.update_count == 3
+    assert [type(layer).__name__ for layer in model.encoder] == ["Dense", "LeakyReLU", "Dense", "ActivityL1"]
+    assert model.encoder[0].weight_decay == 1e-3 and model.corruption.config() == {"kind": "mask", "p": 0.2}
+    np.testing.assert_allclose(model.reconstruct(expected["x"]), expected["reconstruction"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.encode(expected["x"]), expected["code"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(restore_sampler(restored).next_indices(), expected["next_batch"])

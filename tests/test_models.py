@@ -382,3 +382,58 @@ def test_bad_fit_arguments():
         model.fit(data, steps=0, batch_size=2)
     with pytest.raises(TypeError, match="batch_size must be an integer"):
         model.fit(data, steps=1, batch_size=2.5)
+
+
+def test_a_class_from_outside_nanoae_cannot_take_the_name_of_one_of_its_own():
+    """Checkpoints find classes by name: a user's Dense would change how every saved
+    nanoae model rebuilds, so it is refused, and nanoae's Dense stays registered."""
+    with pytest.raises(TypeError, match="a Module named 'Dense' is already nanoae's .*give .*Dense another one"):
+
+        class Dense(nanoae.Module):  # noqa: F811 (the point of the test)
+            pass
+
+    with pytest.raises(TypeError, match="a loss named 'mse' is already nanoae's"):
+
+        class LoudMSE(nanoae.MSE):
+            name = "mse"
+
+    with pytest.raises(TypeError, match="an? optimizer named 'adam' is already nanoae's"):
+
+        class MyAdam(nanoae.Adam):
+            name = "adam"
+
+    assert type(module_from_config(nanoae.Dense(3, 2).config())) is nanoae.Dense
+    assert type(nanoae.losses.get_loss("mse")) is nanoae.MSE
+    assert type(nanoae.optim.get_optimizer("adam")) is nanoae.Adam
+
+
+def test_a_user_class_may_be_defined_again_and_found_by_its_exact_name():
+    for _ in range(2):  # a notebook cell run twice
+
+        class MyLoss(nanoae.MSE):
+            name = "MyLoss"
+
+    assert type(nanoae.losses.get_loss("MyLoss")) is MyLoss  # capitals kept
+    assert type(nanoae.losses.get_loss("MSE")) is nanoae.MSE  # nanoae's names in any case
+
+
+def test_subclasses_of_the_built_in_layers_rebuild_as_themselves():
+    class ClippedDense(nanoae.Dense):
+        def forward(self, x):
+            return np.minimum(super().forward(x), 0.5)
+
+    class Louder(nanoae.ActivityL1):
+        pass
+
+    model = Sequential([ClippedDense(3, 2, "sigmoid"), Louder(0.1)], seed=0).build()
+    copy = clone_module(model)
+    assert [type(layer) for layer in copy] == [ClippedDense, Louder]
+    x = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(copy(x), model(x))
+    assert float(model(x).max()) <= 0.5
+
+
+def test_only_classes_that_can_be_rebuilt_are_offered_as_known_types():
+    known = nanoae.module.known_module_types()
+    assert {"Dense", "Sequential", "Autoencoder", "GaussianSample", "ReLU"} <= set(known)
+    assert not {"Module", "Model"} & set(known)

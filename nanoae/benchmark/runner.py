@@ -48,7 +48,6 @@ _REQUIRES = {
 
 
 def available(framework: str) -> bool:
-
     module = _REQUIRES.get(framework)
     return module is None or importlib.util.find_spec(module) is not None
 
@@ -234,7 +233,6 @@ def markdown_table(result: dict) -> str:
 
 def chart(result: dict, path) -> Path:
     plt = require_matplotlib()
-
     train = [entry for entry in result["summary"] if entry["mode"] == "train"] or result["summary"]
     batches = sorted({entry["batch"] for entry in train})
     frameworks = [name for name in DEFAULT_FRAMEWORKS if any(entry["framework"] == name for entry in train)]

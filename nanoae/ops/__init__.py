@@ -26,8 +26,8 @@ REFERENCE_TABLE = OpsTable()
 __all__ = ["OPS_API", "REFERENCE_TABLE", "OpsTable", "load_ops"]
 
 
-def load_ops(library: str, fast: bool | None, kernels: str = "auto") -> tuple[OpsTable, str]:
-    """Return (ops table, its name) for ``library`` ("numpy" or "cupy").
+def load_ops(library: str, fast: bool | None, kernels: str = "auto") -> OpsTable:
+    """The ops table for ``library`` ("numpy" or "cupy"); its ``name`` says which it is.
 
     fast=False: the reference table. fast=None or True: the library's fast table
     (for CuPy, :mod:`nanoae.ops.gpu`; for NumPy, :mod:`nanoae.ops.cpu` on Numba kernels
@@ -35,6 +35,5 @@ def load_ops(library: str, fast: bool | None, kernels: str = "auto") -> tuple[Op
     kernels="numpy" forces the latter).
     """
     if fast is False:
-        return REFERENCE_TABLE, REFERENCE_TABLE.name
-    table = gpu.load() if library == "cupy" else cpu.load(kernels)
-    return table, table.name
+        return REFERENCE_TABLE
+    return gpu.load() if library == "cupy" else cpu.load(kernels)

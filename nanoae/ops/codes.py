@@ -2,7 +2,9 @@
 
 Kernels (Numba loops, CUDA sources) branch on an int, not a string. The numbers are
 part of those kernels' source (``code == 3`` is the sigmoid), so they are fixed here,
-once, for the CPU and GPU tables alike.
+once, for the CPU and GPU tables alike. Numba compiles them into its cached machine code
+and only notices a change to ``kernels_numba.py`` itself: after changing a number here,
+clear Numba's cache (the ``__pycache__`` beside it).
 """
 
 from __future__ import annotations

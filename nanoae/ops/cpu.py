@@ -31,7 +31,7 @@ VAE, an L1 code penalty, denoising) allocate their arrays each step.
 
 Arrays returned by the workspace-backed functions are workspace buffers: the next call
 with the same workspace overwrites them. Layers and models own their workspaces and
-copy what they hand to users (``Model.predict``/``reconstruct``/``encode``/``decode``
+copy what they hand to users (calling a model, ``reconstruct``, ``encode`` and ``decode``
 return fresh arrays).
 
 ``CpuOps(kernels)`` builds a table on a given kernel set; ``load("auto")`` picks Numba

@@ -43,10 +43,11 @@ ctypes cuBLAS binding in :mod:`nanoae.ops.gpu_cublas`, the graph capture in
 :mod:`nanoae.ops.gpu_graph`. Everything here needs a CUDA GPU at run time (the modules
 import without CuPy); its tests (``tests/test_gpu.py``) skip without one.
 
-Unlike the CPU table, ``gather_rows`` (given a workspace) takes row numbers in [0, n)
-only, as the trainer passes them: it neither checks them, which would read them back
-to the host every step and cannot run inside a captured graph, nor counts negative
-ones from the end. CuPy's own indexing does not check them either.
+Unlike the CPU table, ``gather_rows`` does not raise for a row number outside [-n, n):
+checking would read the indices back to the host every step, which cannot run inside a
+captured graph. Given a workspace, its kernel wraps row numbers modulo n, as CuPy's own
+indexing (its path without a workspace) does: negative ones count from the end, as in
+NumPy, and no row number makes it read outside the data.
 """
 
 from __future__ import annotations
@@ -203,11 +204,11 @@ class GpuOps(OpsTable):
 
     # ---- data ----------------------------------------------------------------------
     def gather_rows(self, data, indices, workspace=None):
-        if workspace is None or data.ndim < 1 or not data.flags.c_contiguous or indices.dtype.kind not in "iu":
+        if workspace is None or data.ndim < 1 or data.size == 0 or not data.flags.c_contiguous or indices.dtype.kind not in "iu":
             return super().gather_rows(data, indices)
         out = self._buffer(workspace, f"rows{id(data)}", (indices.shape[0], *data.shape[1:]), data.dtype)
-        width = data.size // data.shape[0] if data.shape[0] else 0
-        self.kernels.gather(data, indices, numpy.int64(width), out)
+        width = data.size // data.shape[0]
+        self.kernels.gather(data, indices, numpy.int64(width), numpy.int64(data.shape[0]), out)
         return out
 
     # ---- optimizers ----------------------------------------------------------------

@@ -213,7 +213,11 @@ class GpuKernels:
             "T p, T t", "T loss", "(p - t) * (p - t)", "a + b", "loss = a / (_in_ind.size() / _out_ind.size())", "0", "nanoae_mse_loss"
         )
         self.gather = ew(
-            "raw T data, raw I rows, int64 width", "T out", "out = data[rows[i / width] * width + i % width]", "nanoae_gather_rows"
+            "raw T data, raw I rows, int64 width, int64 n",
+            "T out",
+            # Row numbers wrap modulo n, as CuPy's own indexing does: never a read outside data.
+            "long long row = (long long)rows[i / width] % n; if (row < 0) row += n; out = data[row * width + i % width];",
+            "nanoae_gather_rows",
         )
         self.rmsprop = ew(
             "T grad, T lr, T rho, T decay_complement, T eps, T momentum, int32 flavor, bool use_momentum",

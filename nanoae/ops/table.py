@@ -7,10 +7,11 @@ table they call is an :class:`OpsTable`: the plain base class *is* the reference
 every method they leave alone runs the reference math.
 
 The table's calling convention differs from :mod:`nanoae.ops.reference` in one way:
-functions that produce arrays take a last argument ``workspace``, a dict a fast table
-may fill with buffers it reuses from call to call (the caller owns it; one per layer,
-loss or optimizer). The methods below accept it and ignore it. Functions that return
-only a loss value take none.
+the functions that fill or return arrays on a training step's path take a last argument
+``workspace``, a dict a fast table may fill with buffers it reuses from call to call
+(the caller owns it; one per layer, loss or optimizer). The methods below accept it and
+ignore it. ``softmax`` and the functions that return only a loss or a penalty
+(``mse_loss``, ``bce_loss``, ``l2_penalty``, ...) take none.
 
 Two hooks are not math and so are not in the reference: :meth:`OpsTable.gather_rows`
 (the rows of a mini-batch) and :meth:`OpsTable.compile_train_step` (a whole training
