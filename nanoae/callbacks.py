@@ -129,7 +129,6 @@ class Evaluator(Callback):
         state.history.test_mse.append((state.step, state.test_mse))
 
     def on_log(self, state) -> None:
-        state.test_mse = None
         due = self.every and state.step % self.every == 0
         if due or state.step == state.total_steps:
             self._run(state)
@@ -209,7 +208,9 @@ class Checkpointer(Callback):
             self._save(state)
 
     def on_train_end(self, state) -> None:
-        if self.saved_step != state.step and not state.stop:
+        # Not after an exception: it may have struck between an update and the step
+        # count, and the checkpoint from the last log step stays the good one.
+        if self.saved_step != state.step and not state.stop and not state.aborted:
             self._save(state)
 
 

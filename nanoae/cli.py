@@ -36,7 +36,7 @@ from nanoae.data import DataError, load_dataset
 from nanoae.evaluation import reconstruction_errors
 from nanoae.gradcheck import gradcheck
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
-from nanoae.plot import PlotUnavailable
+from nanoae.plot import PlotUnavailable, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
 from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
 from nanoae.train import train
 from nanoae.version import __version__
@@ -263,22 +263,29 @@ def _require_autoencoder(checkpoint, path, purpose: str) -> None:
         raise CLIError(f"{path} holds a {type(checkpoint.model).__name__}, not an autoencoder; {purpose}")
 
 
+def _require_width(model, path, images, dataset: str) -> None:
+    """A saved model takes rows of the width it was trained on."""
+    if model.in_features != images.shape[1]:
+        raise CLIError(
+            f"{path} holds a model of {model.in_features} input features, but {dataset} images have "
+            f"{images.shape[1]}; use it on data of the width it was trained on"
+        )
+
+
 def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
     """reconstructions.png (16 test digits beside the model's output), samples.png (a VAE:
     64 draws from the prior) and loss.png (when the metrics file has rows); returns the paths."""
-    from nanoae import plot  # noqa: PLC0415 (lazy: it needs the optional matplotlib)
-
     originals = test_images[:16]
     reconstructions = model.backend.to_host(model.reconstruct(originals))
-    written = [plot.plot_reconstructions(originals, reconstructions, out_dir / "reconstructions.png", title=title)]
+    written = [plot_reconstructions(originals, reconstructions, out_dir / "reconstructions.png", title=title)]
     if hasattr(model, "sample"):  # a VAE: new digits from the prior
         samples = model.backend.to_host(model.sample(64))
-        written.append(plot.plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
+        written.append(plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
     if metrics_path is not None and metrics_path.exists():
-        metrics = plot.read_metrics(metrics_path)
+        metrics = read_metrics(metrics_path)
         if len(metrics["step"]):
             written.append(
-                plot.plot_loss(
+                plot_loss(
                     metrics["step"], metrics["train_loss"], out_dir / "loss.png", metrics["test_step"], metrics["test_mse"], title=title
                 )
             )
@@ -298,6 +305,7 @@ def _load_resume_checkpoint(args):
     if not path.is_file():
         raise CLIError(f"--resume {path}: no such checkpoint file")
     resumed = load_checkpoint(path, backend=args.backend)
+    _require_autoencoder(resumed, path, "nanoae train resumes autoencoder runs (a classifier's run: nanoae classify)")
     saved_config = resumed.extra.get("config", {})
     for key in _RESUMED_OPTIONS:
         if getattr(args, key, None) is None and key in saved_config:
@@ -329,10 +337,12 @@ def _new_model(args):
     return model
 
 
-def _model_and_sampler(args, resumed, rows: int, batch_size: int):
+def _model_and_sampler(args, resumed, images, batch_size: int):
     """(model, sampler): restored from --resume, or a new model and no sampler yet."""
     if resumed is None:
         return _new_model(args), None
+    _require_width(resumed.model, args.resume, images, args.dataset)
+    rows = len(images)
     sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
     if sampler is not None and (sampler.n, sampler.batch_size) != (rows, batch_size):
         raise CLIError(
@@ -395,42 +405,43 @@ def _report_run(model, history, test_images, out_dir: Path, preset: str) -> None
     figures = []
     try:
         figures = draw_figures(model, test_images, out_dir, out_dir / "metrics.csv", title=f"nanoae {preset}, step {model.steps_trained}")
-    except ImportError as exc:
+    except PlotUnavailable as exc:
         _say(f"no figures: {exc}")
     final_loss = f"{history[-1]:.6f}" if history else "n/a"
     print(f"step {model.steps_trained}: final training loss {final_loss}, test reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}")
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
 
 
-def _train_data_and_run_directory(args, batch_size: int):
-    """(train set, test set, run directory): the run directory is checked before the
-    data is loaded and created only after, so a run that cannot start leaves nothing."""
-    out_dir = _run_directory(args)
-    allow_existing = args.overwrite or bool(args.resume)
-    _check_out_dir(out_dir, allow_existing)
+def _train_data(args, batch_size: int):
+    """(train set, test set), checked against the batch size."""
     train_set = _load_split(args.dataset, "train", args)
     test_set = _load_split(args.dataset, "test", args)
     rows = len(train_set.images)
     if batch_size > rows:
         raise CLIError(f"--batch-size {batch_size}: the {args.dataset} training set has only {rows} images")
-    out_dir = _prepare_out_dir(out_dir, allow_existing)
     _say(f"data: {train_set.source}", args.quiet)
-    return train_set, test_set, out_dir
+    return train_set, test_set
 
 
 def _total_steps(args, rows: int, batch_size: int) -> int:
-    if args.epochs is not None:
-        return math.ceil(args.epochs * rows / batch_size)
-    return args.steps or TUTORIAL_TRAINING["steps"]
+    if args.epochs is None:
+        return args.steps or TUTORIAL_TRAINING["steps"]
+    steps = args.epochs * rows / batch_size
+    if not math.isfinite(steps) or steps > 2**53:
+        raise CLIError(f"--epochs {args.epochs}: that is more steps than can be counted; give fewer epochs")
+    return math.ceil(steps)
 
 
 def command_train(args) -> int:
+    # Every check (run directory, data, model, step count) before anything is written.
     resumed = _load_resume_checkpoint(args)
     batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
-    train_set, test_set, out_dir = _train_data_and_run_directory(args, batch_size)
-    rows = len(train_set.images)
-    model, sampler = _model_and_sampler(args, resumed, rows, batch_size)
-    total_steps = _total_steps(args, rows, batch_size)
+    out_dir, allow_existing = _run_directory(args), args.overwrite or bool(args.resume)
+    _check_out_dir(out_dir, allow_existing)
+    train_set, test_set = _train_data(args, batch_size)
+    model, sampler = _model_and_sampler(args, resumed, train_set.images, batch_size)
+    total_steps = _total_steps(args, len(train_set.images), batch_size)
+    out_dir = _prepare_out_dir(out_dir, allow_existing)
     remaining = total_steps - model.steps_trained
     config = _train_config(args, model, train_set, total_steps, batch_size)
     write_json_atomically(out_dir / "config.json", config)
@@ -463,6 +474,7 @@ def command_eval(args) -> int:
     _require_autoencoder(checkpoint, args.checkpoint, "eval measures reconstructions")
     dataset = _dataset_of(checkpoint, args)
     data = _load_split(dataset, args.split, args)
+    _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
     errors = reconstruction_errors(checkpoint.model, data.images)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
@@ -476,8 +488,10 @@ def command_eval(args) -> int:
 def command_plot(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
     _require_autoencoder(checkpoint, args.checkpoint, "plot draws reconstructions")
+    dataset = _dataset_of(checkpoint, args)
+    data = _load_split(dataset, "test", args)
+    _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
     out_dir = _prepare_out_dir(Path(args.out) if args.out else Path(args.checkpoint).parent, allow_existing_run=True)
-    data = _load_split(_dataset_of(checkpoint, args), "test", args)
     metrics = Path(args.checkpoint).parent / "metrics.csv"
     preset = checkpoint.extra.get("config", {}).get("preset", "model")
     figures = draw_figures(checkpoint.model, data.images, out_dir, metrics, title=f"nanoae {preset}, step {checkpoint.step}")
@@ -521,8 +535,9 @@ def _new_classifier(args, source, mode: str, optimizer):
     return Classifier(tutorial_encoder(), 10, **options)  # from scratch, on the tutorial's encoder
 
 
-def _classify_data_and_out_dir(args):
-    """(dataset name, train set, test set, labels used, --out directory or None)."""
+def _classify_data_and_out_dir(args, source):
+    """(dataset name, train set, test set, labels used, --out directory or None); the
+    directory is made only once the data fits the --from model."""
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
@@ -532,6 +547,8 @@ def _classify_data_and_out_dir(args):
     n_labels = args.labels or len(train_set.images)
     if n_labels > len(train_set.images):
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
+    if source is not None:
+        _require_width(source, args.source, train_set.images, dataset)
     if out_dir is not None:
         out_dir = _prepare_out_dir(out_dir, args.overwrite)
     return dataset, train_set, test_set, n_labels, out_dir
@@ -540,7 +557,7 @@ def _classify_data_and_out_dir(args):
 def command_classify(args) -> int:
     mode = args.mode or ("finetune" if args.source else "scratch")
     source = _classify_source(args, mode)
-    dataset, train_set, test_set, n_labels, out_dir = _classify_data_and_out_dir(args)
+    dataset, train_set, test_set, n_labels, out_dir = _classify_data_and_out_dir(args, source)
     optimizer = make_optimizer(args.optimizer, args.lr)
     model = _new_classifier(args, source, mode, optimizer)
     picked = labeled_subset(train_set.labels, n_labels, np.random.default_rng(args.seed))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanoae.callbacks import NonFiniteLossWarning, StopOnNonFinite
+from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.data.batching import BatchSampler
 from nanoae.validation import as_batch, positive_int
 
@@ -54,7 +54,10 @@ class TrainingState:
     """What callbacks see. ``loss`` is a float on log steps and None otherwise.
 
     step: ``model.steps_trained`` after the step just taken; start_step: where this
-    run began; total_steps: where it ends; epoch: the sampler's progress in epochs.
+    run began; total_steps: where it ends; epoch: the sampler's progress in epochs;
+    test_mse: set by an Evaluator on the log steps it evaluates, else None;
+    aborted: True in ``on_train_end`` when an exception (Ctrl-C included) ended the run,
+    which may have landed part-way through a step.
     """
 
     model: object
@@ -70,6 +73,7 @@ class TrainingState:
     test_mse: float | None = None
     stop: bool = False
     stop_reason: str = ""
+    aborted: bool = False
     start_step: int = 0
     history: "History" = None
 
@@ -116,8 +120,17 @@ def _sampler_for(model, rows: int, batch_size: int, sampler) -> BatchSampler:
 
 
 def _with_nan_guard(callbacks) -> list:
-    """The callbacks, with a StopOnNonFinite first unless one is there already."""
+    """The callbacks, with a StopOnNonFinite first unless one is there already.
+
+    An Evaluator must come before a MetricsCSV: its test MSE is what that step's row
+    records, so the other order would write each value on the next log step's row.
+    """
     callbacks = [*callbacks]
+    kinds = [type(callback) for callback in callbacks]
+    evaluators = [i for i, kind in enumerate(kinds) if issubclass(kind, Evaluator)]
+    metrics = [i for i, kind in enumerate(kinds) if issubclass(kind, MetricsCSV)]
+    if evaluators and metrics and max(evaluators) > min(metrics):
+        raise ValueError("put the Evaluator before the MetricsCSV in callbacks, so each test MSE lands on its own step's row")
     if not any(isinstance(callback, StopOnNonFinite) for callback in callbacks):
         callbacks.insert(0, StopOnNonFinite())
     return callbacks
@@ -154,6 +167,7 @@ def _train_block(block, run_step, state: TrainingState, callbacks) -> None:
 def _log(state: TrainingState, clock: _LogClock, callbacks) -> None:
     """A log step: read the loss on the host (the one sync), record it, call on_log."""
     state.loss = float(state.loss_array)
+    state.test_mse = None  # an Evaluator sets it when this step is one it evaluates
     clock.tick(state)
     state.epoch = state.sampler.progress
     state.history.append(state.loss)
@@ -220,14 +234,20 @@ def train(
         while model.steps_trained < total_steps and not state.stop:
             # The row numbers of every step up to the next log step (MAX_INDEX_BLOCK steps
             # at most), sent to the device in one copy. Blocks end at every log step, so
-            # there the sampler stands exactly at the steps trained.
-            block_start = model.steps_trained
-            block_end = min(total_steps, (block_start // log_every + 1) * log_every, block_start + MAX_INDEX_BLOCK)
-            snapshot = sampler.snapshot()
+            # there the sampler stands exactly at the steps trained. One assignment, so
+            # an interrupt never leaves a snapshot of one block beside another's bounds.
+            snapshot, block_start, block_end = (
+                sampler.snapshot(),
+                model.steps_trained,
+                min(total_steps, (model.steps_trained // log_every + 1) * log_every, model.steps_trained + MAX_INDEX_BLOCK),
+            )
             block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
             _train_block(model.backend.asarray(block), run_step, state, callbacks)
             if state.step % log_every == 0 or state.step == total_steps:
                 _log(state, clock, callbacks)  # not at a block cut at MAX_INDEX_BLOCK or by a stop
+    except BaseException:
+        state.aborted = True  # callbacks see it in on_train_end; the exception goes on
+        raise
     finally:
         if snapshot is not None and model.steps_trained < block_end:
             _put_back(sampler, snapshot, model.steps_trained - block_start)

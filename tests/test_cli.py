@@ -182,3 +182,52 @@ def test_resuming_with_another_batch_size_is_a_usage_error(tmp_path, mnist_dir, 
     capsys.readouterr()
     assert run(["train", "--data", mnist_dir, "--resume", out / "checkpoint.npz", "--steps", 10, "--batch-size", 128, "--quiet"]) == 2
     assert "Resume with --batch-size 256" in capsys.readouterr().err
+
+
+@pytest.fixture
+def narrow_checkpoint(tmp_path):
+    """A checkpoint of a 16-feature autoencoder, saved from the Python API, and one of a classifier."""
+    from nanoae import Autoencoder, Classifier, Dense
+    from nanoae.checkpoint import save_checkpoint
+
+    autoencoder = Autoencoder([Dense(16, 4, "relu")], [Dense(4, 16, "sigmoid")], seed=0)
+    classifier = Classifier([Dense(784, 8, "relu")], 10, seed=0)
+    return save_checkpoint(tmp_path / "narrow.npz", autoencoder), save_checkpoint(tmp_path / "classifier.npz", classifier)
+
+
+@pytest.mark.parametrize("command", ["eval", "plot", "resume", "classify"])
+def test_a_checkpoint_of_another_width_is_a_usage_error_and_writes_nothing(command, tmp_path, mnist_dir, narrow_checkpoint, capsys):
+    narrow, _ = narrow_checkpoint
+    out = tmp_path / "out"
+    args = {
+        "eval": ["eval", narrow, "--data", mnist_dir],
+        "plot": ["plot", narrow, "--data", mnist_dir, "--out", out],
+        "resume": ["train", "--resume", narrow, "--data", mnist_dir, "--out", out, "--steps", 5, "--quiet"],
+        "classify": ["classify", "--from", narrow, "--data", mnist_dir, "--out", out, "--steps", 5, "--quiet"],
+    }[command]
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a model of 16 input features, but mnist images have 784" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_resuming_a_classifier_run_with_train_is_a_usage_error(tmp_path, mnist_dir, narrow_checkpoint, capsys):
+    _, classifier = narrow_checkpoint
+    out = tmp_path / "out"
+    assert run(["train", "--resume", classifier, "--data", mnist_dir, "--out", out, "--quiet"]) == 2
+    assert "holds a Classifier, not an autoencoder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "1e306"], "--epochs 1e+306: that is more steps than can be counted"),
+        (["--code-size", "3"], "--code-size does not apply to the tutorial preset"),
+    ],
+)
+def test_a_run_that_cannot_start_leaves_no_run_directory(extra, message, tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    assert run(["train", "--data", mnist_dir, "--out", out, "--quiet", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -291,3 +291,51 @@ def test_a_failing_step_leaves_the_sampler_at_the_steps_taken():
         reference.next_indices()
     assert sampler.state_dict()["rng_state"] == reference.state_dict()["rng_state"]
     np.testing.assert_array_equal(sampler.next_indices(), reference.next_indices())
+
+
+def test_an_evaluator_after_a_metrics_csv_is_refused_with_the_fix(tmp_path):
+    x = data()
+    with pytest.raises(ValueError, match="put the Evaluator before the MetricsCSV"):
+        train(small_model(), x, steps=4, batch_size=32, callbacks=[MetricsCSV(tmp_path / "m.csv"), Evaluator(x[:50], every=2)])
+    assert not (tmp_path / "m.csv").exists()  # refused before any callback ran
+
+
+def test_test_mse_is_only_set_on_the_log_steps_an_evaluator_evaluates():
+    seen = []
+
+    class Watcher(Callback):
+        def on_log(self, state):
+            seen.append((state.step, state.test_mse is not None))
+
+    x = data()
+    train(small_model(), x, steps=8, batch_size=32, log_every=2, callbacks=[Evaluator(x[:50], every=4), Watcher()])
+    assert seen == [(2, False), (4, True), (6, False), (8, True)]
+
+
+def test_an_exception_ends_the_run_without_a_checkpoint_of_a_half_taken_step(tmp_path, monkeypatch):
+    """An interrupt can land between an optimizer update and the step count; the
+    Checkpointer keeps the last one written at a log step instead of saving that state."""
+    from nanoae.callbacks import Checkpointer
+    from nanoae.checkpoint import load_checkpoint
+
+    model, path = small_model(), tmp_path / "checkpoint.npz"
+    update = model.optimizer.step
+
+    def interrupted_after_update_7():
+        update()
+        if model.optimizer.update_count == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(model.optimizer, "step", interrupted_after_update_7)
+    ended = []
+
+    class Ended(Callback):
+        def on_train_end(self, state):
+            ended.append(state.aborted)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data(), steps=10, batch_size=32, log_every=5, callbacks=[Checkpointer(path, every=5), Ended()])
+    assert ended == [True]
+    assert model.optimizer.update_count == 7 and model.steps_trained == 6  # the half-taken step
+    saved = load_checkpoint(path)
+    assert saved.step == 5 and saved.model.optimizer.update_count == 5
