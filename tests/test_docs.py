@@ -148,3 +148,18 @@ def test_tracker_word_pattern_catches_what_it_should():
         assert TRACKER_WORDS.search(line), line
     for line in ("the issues of float32 rounding", "blocks of 1024 steps", "an unblocked thread"):
         assert not TRACKER_WORDS.search(line), line
+
+
+def test_readme_python_runs_as_written_with_fewer_steps(mnist_dir, tmp_path, monkeypatch):
+    """The README's Python blocks, run in order in one namespace, on real MNIST. Only the
+    step counts are cut (to 3) and the data path pointed at the test data; everything
+    else runs as a reader would paste it."""
+    pytest.importorskip("numba")  # the README's model runs on the default (fast) table
+    monkeypatch.chdir(tmp_path)  # its metrics.csv and checkpoint.npz land here
+    code = "\n".join(_fenced_blocks(README.read_text(), "python"))
+    code = re.sub(r"steps=\d+", "steps=3", code).replace('"../shared/data/mnist"', repr(str(mnist_dir)))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own code)
+    assert namespace["model"].steps_trained == 1 + 3 + 3  # train_step, fit, fit with callbacks
+    assert namespace["codes"].shape == (10, 32) and namespace["images"].shape == (10, 784)
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoint.npz").exists()
