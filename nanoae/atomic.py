@@ -12,11 +12,17 @@ On any exception (``KeyboardInterrupt`` included) the temporary file is removed 
 the target is left as it was. A process killed at any moment leaves either the old
 file or the new one at the target; at worst a stray temporary file stays behind,
 which :func:`remove_stale_temp_files` cleans up.
+
+JSON written here (and printed by the command line) is strict JSON: NaN and infinity
+are not JSON numbers, and Python's ``json`` would write them as the non-standard
+tokens ``NaN``/``Infinity`` that other readers reject. :func:`finite_json` turns each
+into ``null`` and names it under ``"non_finite"`` (path -> ``"nan"``/``"inf"``/``"-inf"``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -25,6 +31,8 @@ from typing import BinaryIO, Callable
 
 __all__ = [
     "DirectoryNotWritable",
+    "finite_json",
+    "json_text",
     "remove_stale_temp_files",
     "temp_name",
     "write_atomically",
@@ -89,9 +97,48 @@ def write_atomically(path, write: Callable[[BinaryIO], None]) -> Path:
     return target
 
 
+def _replace_non_finite(value, where: str, found: dict):
+    """A copy of ``value`` with every NaN/infinite float (NumPy's too) turned into None;
+    ``found[path] = "nan" | "inf" | "-inf"`` for each."""
+    if isinstance(value, dict):
+        return {key: _replace_non_finite(item, f"{where}.{key}" if where else str(key), found) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_non_finite(item, f"{where}.{index}" if where else str(index), found) for index, item in enumerate(value)]
+    if isinstance(value, float) or (type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind == "f" and value.ndim == 0):
+        number = float(value)
+        if not math.isfinite(number):
+            found[where] = "nan" if math.isnan(number) else ("inf" if number > 0 else "-inf")
+            return None
+        return number
+    return value
+
+
+def finite_json(document: dict) -> dict:
+    """``document`` with non-finite numbers replaced by ``null``, ready for strict JSON.
+
+    Each replaced number is named in ``document["non_finite"]``: its dotted path (list
+    items by index) -> ``"nan"``, ``"inf"`` or ``"-inf"``. Without any, the document
+    is returned unchanged (as a copy, NumPy floats as Python floats).
+    """
+    found: dict = {}
+    clean = _replace_non_finite(document, "", found)
+    if found:
+        if "non_finite" in clean:
+            raise ValueError("a JSON document with non-finite numbers cannot also hold a 'non_finite' key")
+        clean["non_finite"] = found
+    return clean
+
+
+def json_text(document: dict, **options) -> str:
+    """Strict JSON for ``document`` (``json.dumps`` options pass through): never the
+    non-standard ``NaN``/``Infinity`` tokens; see :func:`finite_json`."""
+    return json.dumps(finite_json(document), allow_nan=False, **options)
+
+
 def write_json_atomically(path, document: dict) -> Path:
-    """Replace ``path`` with ``document`` as indented JSON (sorted keys, final newline)."""
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"  # fails before any file is made
+    """Replace ``path`` with ``document`` as indented strict JSON (sorted keys, final
+    newline); non-finite numbers become ``null``, named under ``"non_finite"``."""
+    text = json_text(document, indent=2, sort_keys=True) + "\n"  # fails before any file is made
     return write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 

@@ -84,6 +84,7 @@ that cannot run here raises :class:`~nanoae.backend.BackendUnavailable`, a bad
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -328,61 +329,275 @@ def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
 
 
 # ---- loading -----------------------------------------------------------------------
-def _read_archive(path: Path) -> tuple[dict, dict]:
-    """Read and validate a file: (header, {name: host array}). Touches no model."""
+# A checkpoint is untrusted input (it may come from anywhere), so the reader trusts no
+# size in it until it has been checked against another: the zip directory's sizes
+# against the file's length, each member's .npy header against the JSON header's
+# layout, the layout against the model config. Only then is any array data read, each
+# member into one array of exactly the checked size, in bounded chunks.
+_HEADER_LIMIT = 64 * 2**20  # bytes of JSON header: far beyond any real model's config
+_NPY_HEADER_LIMIT = 4096  # bytes of a member's .npy preamble (NumPy writes 128)
+_MAX_MEMBERS = 1024
+#: A compressed member may inflate at most this many times its stored size (once over
+#: :data:`_SMALL_MEMBER` bytes). nanoae writes members uncompressed; a recompressed file
+#: of real float parameters shrinks by far less, while a deflate bomb expands 1000-fold.
+_MAX_INFLATION = 64
+_SMALL_MEMBER = 2**20
+_READ_CHUNK = 2**20
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass
+class _Member:
+    """One checked .npy member of the archive: its zip entry, dtype, shape and where
+    its data starts (the length of its .npy preamble)."""
+
+    info: zipfile.ZipInfo
+    dtype: np.dtype
+    shape: tuple
+    data_offset: int
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+def _open_archive(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise CheckpointError(path, "no such file (FileNotFoundError)")
     if path.is_dir():
         raise CheckpointError(path, "is a directory, not a checkpoint file")
     try:
-        empty = path.stat().st_size == 0
+        with open(path, "rb") as handle:
+            start = handle.read(8)
     except OSError as exc:
         raise CheckpointError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    if empty:
+    if not start:
         raise CheckpointError(path, "not a nanoae checkpoint: the file is empty")
+    if start.startswith(_NPY_MAGIC):
+        raise CheckpointError(path, "not a nanoae checkpoint (a single .npy array, not an .npz archive)")
     try:
-        archive = np.load(path, allow_pickle=False)
+        return zipfile.ZipFile(path)
     except OSError as exc:
         raise CheckpointError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(path, f"corrupt or truncated checkpoint (not a readable .npz zip archive): {exc}") from exc
-    except ValueError as exc:  # not .npy / .npz: np.load would have to unpickle it
+    except Exception as exc:  # BadZipFile, and whatever a garbled directory raises
+        if start.startswith(b"PK"):
+            raise CheckpointError(
+                path, f"corrupt or truncated checkpoint (not a readable .npz zip archive): {exc}"
+            ) from exc
         raise CheckpointError(path, "not a nanoae checkpoint (not an .npz archive)") from exc
-    except Exception as exc:  # EOFError and friends
-        raise CheckpointError(path, f"not a nanoae checkpoint (unreadable: {type(exc).__name__}: {exc})") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(path, "not a nanoae checkpoint (a single .npy array, not an .npz archive)")
+
+
+def _check_directory(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """{array name: zip entry}, each entry's sizes checked against the file's length
+    and the inflation bound: nothing in the archive is decompressed yet."""
+    file_size = path.stat().st_size
+    infos = archive.infolist()
+    if len(infos) > _MAX_MEMBERS:
+        raise CheckpointError(path, f"the archive lists {len(infos)} members; a checkpoint has a handful")
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise CheckpointError(path, f"unexpected member {info.filename!r} in the archive (not a .npy array)")
+        name = info.filename[: -len(".npy")]
+        if name in entries:
+            raise CheckpointError(path, f"the archive holds array {name!r} twice; refused (which one is meant?)")
+        known = name in ("header", "params") or name.startswith(("optimizer/", "sampler/"))
+        if not known:
+            raise CheckpointError(path, f"unexpected array {name!r} in the archive (not part of format {FORMAT_VERSION})")
+        if info.flag_bits & 0x1:
+            raise CheckpointError(path, f"array {name!r} is encrypted; a checkpoint is never encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(
+                path, f"array {name!r} uses zip compression method {info.compress_type}; only stored or deflated members are read"
+            )
+        if info.header_offset + info.compress_size > file_size:
+            raise CheckpointError(
+                path,
+                f"corrupt or truncated checkpoint: array {name!r} claims {info.compress_size} bytes beyond the "
+                f"file's {file_size}",
+            )
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise CheckpointError(
+                path, f"corrupt checkpoint: stored array {name!r} declares {info.file_size} bytes but holds {info.compress_size}"
+            )
+        if info.file_size > _SMALL_MEMBER and info.file_size > _MAX_INFLATION * info.compress_size:
+            raise CheckpointError(
+                path,
+                f"array {name!r} would inflate from {info.compress_size} to {info.file_size} bytes (over "
+                f"{_MAX_INFLATION}-fold): refused as a decompression bomb; nanoae writes checkpoints uncompressed "
+                "(re-save it with numpy.savez, not savez_compressed)",
+            )
+        entries[name] = info
+    if "header" not in entries:
+        raise CheckpointError(path, "not a nanoae checkpoint (the archive has no 'header' array)")
+    return entries
+
+
+def _open_member(path: Path, archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo):
+    try:
+        return archive.open(info)
+    except Exception as exc:  # BadZipFile (a garbled local header), NotImplementedError, ...
+        raise CheckpointError(path, f"corrupt or truncated checkpoint: array {name!r} cannot be read ({exc})") from exc
+
+
+def _read_npy_preamble(path: Path, archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _Member:
+    """A member's dtype and shape from the first bytes of its .npy header only."""
+    with _open_member(path, archive, name, info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=_NPY_HEADER_LIMIT)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=_NPY_HEADER_LIMIT)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+            offset = member.tell()
+        except Exception as exc:  # ValueError (bad magic, header), zlib.error, BadZipFile, EOFError
+            raise CheckpointError(path, f"corrupt or truncated checkpoint: array {name!r} has no valid .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise CheckpointError(path, f"array {name!r} holds Python objects (pickled data); refused, nothing was unpickled")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointError(path, f"array {name!r} has dtype {dtype}, not a plain numeric array")
+    if len(shape) > 1 and fortran_order:
+        raise CheckpointError(path, f"array {name!r} is stored in Fortran order; a checkpoint holds flat arrays")
+    member_info = _Member(info, dtype, tuple(shape), offset)
+    expected = offset + member_info.count * dtype.itemsize
+    if info.file_size != expected:
+        raise CheckpointError(
+            path,
+            f"corrupt checkpoint: array {name!r} ({dtype.name} {tuple(shape)}) should take {expected} bytes; "
+            f"the archive declares {info.file_size}",
+        )
+    return member_info
+
+
+def _read_member(path: Path, archive: zipfile.ZipFile, name: str, checked: _Member) -> np.ndarray:
+    """The member's data, into one array of the checked dtype and shape (native byte
+    order), read in bounded chunks; the zip CRC is verified at the end."""
+    array = np.empty(checked.count, dtype=checked.dtype)
+    view = memoryview(array).cast("B") if array.nbytes else memoryview(b"")
+    with _open_member(path, archive, name, checked.info) as member:
+        try:
+            member.read(checked.data_offset)
+            position = 0
+            while position < array.nbytes:
+                chunk = member.read(min(_READ_CHUNK, array.nbytes - position))
+                if not chunk:
+                    raise EOFError(f"the data ends after {position} of {array.nbytes} bytes")
+                view[position : position + len(chunk)] = chunk
+                position += len(chunk)
+            if member.read(1):
+                raise ValueError("more data than its header declares")
+        except CheckpointError:
+            raise
+        except Exception as exc:  # BadZipFile (CRC), EOFError, zlib.error, ...
+            raise CheckpointError(path, f"corrupt or truncated checkpoint: array {name!r} cannot be read ({exc})") from exc
+    array = array.reshape(checked.shape)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def _declared_parameter_count(config) -> int:
+    """How many parameters the model config's layers declare, without building anything.
+
+    Each leaf layer (a config with ``in_features`` and ``out_features``) is rebuilt
+    alone (a layer allocates nothing until a model binds it) and asked for its
+    parameter shapes. A layer that cannot be rebuilt counts 0: rebuilding the whole
+    model will report it.
+    """
+    total = 0
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            leaf = isinstance(item.get("in_features"), int) and isinstance(item.get("out_features"), int)
+            if leaf and isinstance(item.get("type"), str):
+                try:
+                    layer = module_from_config(item)
+                    if getattr(layer, "arena", None) is None and not getattr(layer, "built", False):
+                        total += sum(math.prod(int(d) for d in spec.shape) for spec in layer.parameter_specs())
+                        continue
+                except Exception:  # reported by the full rebuild
+                    pass
+            stack.extend(item.values())
+    return total
+
+
+def _read_archive(path: Path, allow_non_finite: bool = False) -> tuple[dict, dict]:
+    """Read and validate a file: (header, {name: host array}). Touches no model.
+
+    Order: zip directory (sizes against the file), the JSON header (bounded), each
+    member's .npy preamble against the header's layout, the model config's parameter
+    count against the arena; then the data, each array allocated at its checked size;
+    then finiteness.
+    """
+    archive = _open_archive(path)
     with archive:
-        names = list(archive.files)
-        if "header" not in names:
-            raise CheckpointError(path, "not a nanoae checkpoint (the archive has no 'header' array)")
-        header = _parse_header(path, _read_array(path, archive, "header"))
-        arrays = {}
-        for name in names:
-            if name == "header":
-                continue
-            known = name == "params" or name.startswith(("optimizer/", "sampler/"))
-            if not known:
-                raise CheckpointError(path, f"unexpected array {name!r} in the archive (not part of format {FORMAT_VERSION})")
-            arrays[name] = _read_array(path, archive, name)
-    _check_arrays(path, header, arrays)
+        try:
+            entries = _check_directory(path, archive)
+        except OSError as exc:
+            raise CheckpointError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        header_member = _read_npy_preamble(path, archive, "header", entries["header"])
+        if header_member.dtype != np.uint8 or len(header_member.shape) != 1:
+            raise CheckpointError(
+                path,
+                f"not a nanoae checkpoint (header is {header_member.dtype} {header_member.shape}, expected uint8 bytes)",
+            )
+        if header_member.count > _HEADER_LIMIT:
+            raise CheckpointError(path, f"the JSON header is {header_member.count} bytes; refused (over {_HEADER_LIMIT})")
+        header = _parse_header(path, _read_member(path, archive, "header", header_member))
+        members = {
+            name: _read_npy_preamble(path, archive, name, info) for name, info in entries.items() if name != "header"
+        }
+        _check_arrays(path, header, {name: (member.dtype, member.shape) for name, member in members.items()})
+        declared = _declared_parameter_count(header["model"])
+        if declared > header["arena_size"]:
+            raise CheckpointError(
+                path,
+                f"the model config declares {declared} parameters but the arena holds {header['arena_size']}; "
+                "refused before building the model",
+            )
+        arrays = {name: _read_member(path, archive, name, member) for name, member in members.items()}
+    if not allow_non_finite:
+        _check_finite(path, header, arrays)
     return header, arrays
 
 
-def _read_array(path: Path, archive, name: str) -> np.ndarray:
-    try:
-        array = archive[name]
-    except ValueError as exc:  # "Object arrays cannot be loaded when allow_pickle=False"
-        if "pickle" in str(exc) or "Object arrays" in str(exc):
+def _check_finite(path: Path, header: dict, arrays: dict) -> None:
+    for name, array in arrays.items():
+        if not (name == "params" or name.startswith("optimizer/")):
+            continue
+        bad = ~np.isfinite(array)
+        count = int(np.count_nonzero(bad))
+        if count:
+            first = int(np.argmax(bad))
+            tensor = next(
+                (t for t, (offset, shape) in header["_layout"].items() if offset <= first < offset + math.prod(shape)),
+                None,
+            )
+            where = f" (the first in {tensor!r})" if tensor is not None and name == "params" else ""
             raise CheckpointError(
-                path, f"array {name!r} holds Python objects (pickled data); refused, nothing was unpickled"
-            ) from exc
-        raise CheckpointError(path, f"array {name!r} is corrupt: {exc}") from exc
-    except Exception as exc:  # BadZipFile (CRC), EOFError, zlib.error, ...
-        raise CheckpointError(path, f"corrupt or truncated checkpoint: array {name!r} cannot be read ({exc})") from exc
-    if array.dtype.kind not in "biuf":
-        raise CheckpointError(path, f"array {name!r} has dtype {array.dtype}, not a plain numeric array")
-    return array
+                path,
+                f"array {name!r} holds {count} non-finite value(s) (NaN or infinity){where}: the run diverged "
+                "before this was saved; refused (load_checkpoint(path, allow_non_finite=True) loads it for inspection)",
+            )
+
+
+_MAX_HEADER_DEPTH = 64  # a real header nests about 6 levels; deeper ones would make readers recurse
+
+
+def _nesting_depth(document) -> int:
+    """How deeply lists and dicts nest in a parsed JSON document (no recursion)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _parse_header(path: Path, raw: np.ndarray) -> dict:
@@ -390,8 +605,10 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
         raise CheckpointError(path, f"not a nanoae checkpoint (header is {raw.dtype} {raw.shape}, expected uint8 bytes)")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(path, f"not a nanoae checkpoint (the header is not UTF-8 JSON: {exc})") from exc
+    if _nesting_depth(header) > _MAX_HEADER_DEPTH:
+        raise CheckpointError(path, f"invalid header: nested more than {_MAX_HEADER_DEPTH} levels deep")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise CheckpointError(path, f"not a nanoae checkpoint (header format is {found!r}, expected {FORMAT!r})")
@@ -435,7 +652,7 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
         if not ok:
             raise bad(f"layout entry {name!r} is {entry!r}, expected [offset, [shape...]]")
         offset, shape = entry[0], tuple(entry[1])
-        if offset < 0 or offset + int(np.prod(shape, dtype=np.int64)) > header["arena_size"]:
+        if offset < 0 or offset + math.prod(shape) > header["arena_size"]:
             raise bad(f"layout entry {name!r} lies outside the arena of {header['arena_size']} values")
         parsed[name] = (offset, shape)
     header["_layout"] = parsed
@@ -461,16 +678,16 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
 
 
 def _check_arrays(path: Path, header: dict, arrays: dict) -> None:
-    """Shapes and dtypes of the arrays against the header."""
+    """Dtypes and shapes of the arrays ({name: (dtype, shape)}) against the header."""
     dtype, size = header["dtype"], header["arena_size"]
     if "params" not in arrays:
         raise CheckpointError(path, "the archive has no 'params' array")
-    for name, array in arrays.items():
+    for name, (array_dtype, shape) in arrays.items():
         if name == "params" or name.startswith("optimizer/"):
-            if array.shape != (size,) or array.dtype.name != dtype:
+            if shape != (size,) or array_dtype.name != dtype:
                 raise CheckpointError(
                     path,
-                    f"array {name!r} is {array.dtype.name} {array.shape}; the header says {dtype} ({size},)",
+                    f"array {name!r} is {array_dtype.name} {shape}; the header says {dtype} ({size},)",
                 )
     optimizer_names = sorted(name for name in arrays if name.startswith("optimizer/"))
     if header["optimizer"] is None and optimizer_names:
@@ -483,9 +700,10 @@ def _check_arrays(path: Path, header: dict, arrays: dict) -> None:
         permutation = arrays.get("sampler/permutation")
         if permutation is None:
             raise CheckpointError(path, "the header has a sampler but the archive has no 'sampler/permutation'")
-        if permutation.dtype.kind not in "iu" or (isinstance(n, int) and permutation.shape != (n,)):
+        permutation_dtype, permutation_shape = permutation
+        if permutation_dtype.kind not in "iu" or permutation_dtype.itemsize > 8 or permutation_shape != (n,):
             raise CheckpointError(
-                path, f"array 'sampler/permutation' is {permutation.dtype} {permutation.shape}, expected int ({n},)"
+                path, f"array 'sampler/permutation' is {permutation_dtype} {permutation_shape}, expected int ({n},)"
             )
 
 
@@ -570,19 +788,21 @@ def _public_header(header: dict) -> dict:
     return {key: value for key, value in header.items() if not key.startswith("_")}
 
 
-def load_checkpoint(path, backend=None) -> Checkpoint:
+def load_checkpoint(path, backend=None, *, allow_non_finite: bool = False) -> Checkpoint:
     """Rebuild the saved model and restore its parameters, optimizer, step and RNG.
 
     path:    a file written by :func:`save_checkpoint`
     backend: "numpy" | "cupy" | "auto" | a Backend; None: ``$NANOAE_BACKEND`` (default
              auto). The dtype is the checkpoint's. Any backend reads any checkpoint.
+    allow_non_finite: load parameters or optimizer state holding NaN or infinity (a
+             diverged run's), for inspection; by default such a file is refused.
     Returns a :class:`Checkpoint`. Raises :class:`CheckpointError` for every problem
     with the file (the message names it), BackendUnavailable for a backend that
     cannot run here.
     """
     path = Path(os.fspath(path))
     resolved = get_backend(backend)  # a bad name or a missing GPU: the caller's error, raised first
-    header, arrays = _read_archive(path)
+    header, arrays = _read_archive(path, allow_non_finite)
     target_backend = get_backend(resolved, dtype=header["dtype"])
     try:
         model = module_from_config(header["model"], backend=target_backend, dtype=header["dtype"])
@@ -603,15 +823,16 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     )
 
 
-def restore_into(path, model) -> Checkpoint:
+def restore_into(path, model, *, allow_non_finite: bool = False) -> Checkpoint:
     """Load a checkpoint's state into an existing model of the same architecture.
 
     The model's config (layers, loss, optimizer) and dtype must match the file's;
     its backend may differ. On any error the model is left untouched.
+    ``allow_non_finite`` as for :func:`load_checkpoint`.
     Returns a :class:`Checkpoint` whose ``model`` is ``model``.
     """
     path = Path(os.fspath(path))
-    header, arrays = _read_archive(path)
+    header, arrays = _read_archive(path, allow_non_finite)
     if getattr(model, "arena", None) is None:
         if getattr(model, "built", False):
             raise CheckpointError(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoae.atomic import write_json_atomically
+from nanoae.atomic import json_text, write_json_atomically
 from nanoae.backend import BackendUnavailable
 from nanoae.benchmark.runner import add_arguments as add_bench_arguments
 from nanoae.benchmark.runner import run_from_arguments as run_benchmark
@@ -477,7 +476,7 @@ def command_eval(args) -> int:
     _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
     errors = reconstruction_errors(checkpoint.model, data.images)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
+        print(json_text({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
     else:
         print(f"{args.checkpoint} (step {checkpoint.step}) on {dataset} {args.split} ({len(data.images)} images):")
         print(f"  reconstruction MSE {errors['mse']:.6f}")
@@ -588,7 +587,7 @@ def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> 
         save_checkpoint(out_dir / "checkpoint.npz", model, extra={"config": result})
         write_json_atomically(out_dir / "result.json", result)
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         print(
             f"{result['mode']}: test accuracy {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}) "

@@ -1,14 +1,19 @@
 """Checkpoints: exact round trips, bit-for-bit resume, atomic writes, hostile files."""
 
+import io
 import json
 import os
 import pathlib
 import select
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -27,6 +32,7 @@ from nanoae.checkpoint import (
     save_checkpoint,
 )
 from nanoae.data.batching import BatchSampler
+from nanoae.params import ParameterArena
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -711,3 +717,214 @@ def test_a_checkpoint_written_before_the_sampler_owned_its_generator_still_loads
     np.testing.assert_allclose(model.reconstruct(expected["x"]), expected["reconstruction"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(model.encode(expected["x"]), expected["code"], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(restore_sampler(restored).next_indices(), expected["next_batch"])
+
+
+# ---- 6. untrusted input: sizes checked before anything is inflated or allocated -------
+def npy_bytes(array) -> bytes:
+    """``array`` as the bytes of a .npy file (what np.savez puts in each member)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def raw_zip(path, members):
+    """Write a zip by hand, so that its directory may lie.
+
+    members: (name, method, stored_bytes, declared_size, crc), method 0 (stored) or
+    8 (raw deflate data). Nothing is checked: that is the point.
+    """
+    local, directory = bytearray(), bytearray()
+    for name, method, stored, declared, crc in members:
+        encoded = name.encode()
+        offset = len(local)
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(stored), declared, len(encoded), 0)
+        local += encoded + stored
+        directory += struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(stored), declared,
+            len(encoded), 0, 0, 0, 0, 0, offset,
+        )
+        directory += encoded
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), len(local), 0)
+    pathlib.Path(path).write_bytes(bytes(local + directory + end))
+
+
+def stored(name, content: bytes):
+    return (name, 0, content, len(content), zlib.crc32(content))
+
+
+def deflated_zeros(prefix: bytes, zeros: int) -> bytes:
+    """Raw deflate data of ``prefix`` then ``zeros`` zero bytes, built from one
+    compressed 1 MiB block repeated (each ends in a full flush, so copies join):
+    4 GB of zeros costs about 4 MB and no time."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out = [head.compress(prefix) + head.flush(zlib.Z_FULL_FLUSH)]
+    block_size = 2**20
+    block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    one = block.compress(bytes(block_size)) + block.flush(zlib.Z_FULL_FLUSH)
+    out.append(one * (zeros // block_size))
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out.append(tail.compress(bytes(zeros % block_size)) + tail.flush(zlib.Z_FINISH))
+    return b"".join(out)
+
+
+def test_deflated_zeros_really_inflate():
+    """The bomb helper makes what it says: 3 MiB + 5 zeros after the prefix."""
+    data_ = deflated_zeros(b"abc", 3 * 2**20 + 5)
+    assert zlib.decompress(data_, -15) == b"abc" + bytes(3 * 2**20 + 5)
+
+
+BOMB_BYTES = 4_000_000_000  # a params member inflating to 4 GB (a zip without ZIP64 holds < 2**32)
+
+BOMB_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from nanoae.checkpoint import CheckpointError, load_checkpoint
+    results = []
+    for path in sys.argv[1:]:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        try:
+            load_checkpoint(path, backend="numpy")
+            outcome = "loaded"
+        except CheckpointError as exc:
+            outcome = "CheckpointError: " + str(exc)
+        seconds = time.perf_counter() - start
+        growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+        results.append({"path": path, "outcome": outcome, "seconds": seconds, "peak_growth_kib": growth})
+    print(json.dumps(results))
+    """
+)
+
+
+def make_bombs(good, tmp_path) -> dict:
+    """Each way of hiding 4 GB behind ~4 MB: a header for the small model, a header whose
+    layout matches the huge member, and a directory that understates the inflated size."""
+    _, arrays, header, _ = good
+    def header_member(document):
+        return stored("header.npy", npy_bytes(np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)))
+
+    count = (BOMB_BYTES - 128) // 4
+    preamble = npy_bytes(np.zeros(0, np.float32))  # the 128-byte preamble of a float32 array...
+    preamble = preamble.replace(b"(0,)", f"({count},)".encode()).replace(b" " * (len(str(count)) - 1) + b"\n", b"\n")
+    assert len(preamble) == 128 and f"({count},)".encode() in preamble
+    data_ = deflated_zeros(preamble, count * 4)
+    inflated = len(preamble) + count * 4
+    others = [stored(f"{name}.npy", npy_bytes(value)) for name, value in arrays.items() if name not in ("header", "params")]
+    huge = {**header, "arena_size": count, "layout": {"encoder.0.weights": [0, [count]]}}
+    small_size = len(npy_bytes(arrays["params"]))
+    bombs = {
+        "small header": [header_member(header), ("params.npy", 8, data_, inflated, 0), *others],
+        "matching huge layout": [header_member(huge), ("params.npy", 8, data_, inflated, 0)],
+        "understated size": [header_member(header), ("params.npy", 8, data_, small_size, 0), *others],
+    }
+    paths = {}
+    for name, members in bombs.items():
+        paths[name] = tmp_path / (name.replace(" ", "-") + ".npz")
+        raw_zip(paths[name], members)
+        assert paths[name].stat().st_size < 8_000_000
+    return paths
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads peak RSS in KiB as Linux reports it")
+def test_a_deflate_bomb_is_refused_fast_and_small(good, tmp_path):
+    """A ~4 MB file whose params member inflates to 4 GB: refused in under 1 s with under
+    100 MB of peak memory growth, however its header describes the model. (The reader
+    before these checks inflated all 4 GB: 16 s and 4 GB of RSS.)"""
+    paths = make_bombs(good, tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "NANOAE_BACKEND": "numpy"}
+    done = subprocess.run([sys.executable, "-c", BOMB_CHILD, *map(str, paths.values())],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, result in zip(paths, results):
+        assert result["outcome"].startswith("CheckpointError"), (name, result)
+        assert result["seconds"] < 1.0, (name, result)
+        assert result["peak_growth_kib"] < 100 * 1024, (name, result)
+    assert "decompression bomb" in results[0]["outcome"] and "decompression bomb" in results[1]["outcome"]
+    assert "'params'" in results[2]["outcome"]
+
+
+def test_a_member_whose_data_lies_beyond_the_file_is_refused_before_reading(good, tmp_path):
+    _, arrays, header, _ = good
+    content = npy_bytes(np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    params = npy_bytes(arrays["params"])
+    name, method, data_, _, crc = stored("params.npy", params)
+    path = tmp_path / "beyond.npz"
+    raw_zip(path, [stored("header.npy", content), (name, method, data_, 2**31, crc)])
+    expect_error(path, "'params'")
+
+
+def test_a_header_describing_a_huge_model_is_refused_before_building_it(good, monkeypatch):
+    """The config asks for a 200k-unit model (tens of GB) while the arena holds the small
+    one: refused from the config alone, and no model is ever built."""
+    _, _, header, write = good
+    model_config = json.loads(json.dumps(header["model"]))
+    model_config["encoder"]["layers"][0]["out_features"] = 200_000
+    model_config["encoder"]["layers"][1]["in_features"] = 200_000
+    path = write("huge-config.npz", header={**header, "model": model_config})
+    arenas = []
+    real_init = ParameterArena.__init__
+    monkeypatch.setattr(ParameterArena, "__init__", lambda self, *a, **k: arenas.append(1) or real_init(self, *a, **k))
+    expect_error(path, "the model config declares", "refused before building the model")
+    assert arenas == []
+    load_checkpoint(good[0], backend="numpy")  # the spy does see a model being built
+    assert arenas == [1]
+
+
+def test_a_layout_bigger_than_the_stored_arrays_is_refused(good):
+    """arena_size and layout claim a bigger model than the stored params array holds."""
+    _, arrays, header, write = good
+    size = header["arena_size"] * 1000
+    layout = {**header["layout"], "encoder.0.weights": [0, [20, 8000]]}
+    expect_error(write("bigger.npz", header={**header, "arena_size": size, "layout": layout}),
+                 "'params'", f"the header says float32 ({size},)")
+
+
+def test_duplicated_member_is_refused(good, tmp_path):
+    path, arrays, _, _ = good
+    twice = tmp_path / "twice.npz"
+    with zipfile.ZipFile(twice, "w") as archive:
+        for name in arrays:
+            archive.writestr(f"{name}.npy", npy_bytes(arrays[name]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+            archive.writestr("params.npy", npy_bytes(np.zeros_like(arrays["params"])))
+    expect_error(twice, "holds array 'params' twice")
+
+
+def test_a_recompressed_checkpoint_still_loads(good, tmp_path):
+    """savez_compressed of a real checkpoint: float parameters shrink little, so it loads."""
+    path, arrays, _, _ = good
+    squeezed = tmp_path / "squeezed.npz"
+    np.savez_compressed(squeezed, **arrays)
+    a, b = load_checkpoint(path, backend="numpy").model, load_checkpoint(squeezed, backend="numpy").model
+    assert_same_state(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float16", "complex64", "bool", "<U4"])
+def test_params_of_other_dtypes_are_refused_from_their_npy_header(good, dtype):
+    _, arrays, _, write = good
+    expect_error(write(f"dtype-{dtype.strip('<>')}.npz", params=arrays["params"].astype(dtype)), "'params'")
+
+
+def test_big_endian_params_load_as_the_same_numbers(good):
+    path, arrays, _, write = good
+    swapped = write("big-endian.npz", params=arrays["params"].astype(">f4"))
+    assert_same_state(load_checkpoint(path, backend="numpy").model, load_checkpoint(swapped, backend="numpy").model)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("member", ["params", "optimizer/mean_square"])
+def test_non_finite_parameters_are_refused_unless_asked_for(good, bad, member):
+    _, arrays, header, write = good
+    values = arrays[member].copy()
+    offset = header["layout"]["decoder.1.weights"][0]
+    values[offset + 3] = bad
+    path = write("nonfinite.npz", **{member: values})
+    error = expect_error(path, f"array {member!r} holds 1 non-finite value(s)", "allow_non_finite=True")
+    if member == "params":
+        assert "'decoder.1.weights'" in str(error)
+    loaded = load_checkpoint(path, backend="numpy", allow_non_finite=True)
+    state = loaded.model.arena.values if member == "params" else loaded.model.optimizer.state["mean_square"]
+    assert np.array_equal(host(state), values, equal_nan=True)
