@@ -17,10 +17,13 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import nanoae
 from nanoae import SGD, Adam, AdamW, Autoencoder, Dense, RMSProp, Sequential, presets
 from nanoae import checkpoint as ckpt_module
+from nanoae.atomic import json_text, write_json_atomically
 from nanoae.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -32,6 +35,7 @@ from nanoae.checkpoint import (
     save_checkpoint,
 )
 from nanoae.data.batching import BatchSampler
+from nanoae.cli import main
 from nanoae.params import ParameterArena
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -928,3 +932,72 @@ def test_non_finite_parameters_are_refused_unless_asked_for(good, bad, member):
     loaded = load_checkpoint(path, backend="numpy", allow_non_finite=True)
     state = loaded.model.arena.values if member == "params" else loaded.model.optimizer.state["mean_square"]
     assert np.array_equal(host(state), values, equal_nan=True)
+
+
+# ---- 7. JSON out: strict, never NaN or Infinity ----------------------------------------
+def strict_loads(text):
+    """json.loads that refuses the NaN/Infinity tokens instead of reading them."""
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token!r} in {text!r}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.floats()
+json_documents = st.recursive(
+    finite_or_not | st.integers() | st.text(max_size=5) | st.none() | st.booleans(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text("abc", max_size=3), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text("xyz", min_size=1, max_size=3), json_documents, max_size=5))
+def test_json_text_is_strict_and_names_each_non_finite_number(document):
+    parsed = strict_loads(json_text(document))
+    named = parsed.pop("non_finite", {})
+
+    def walk(original, back, where):
+        if isinstance(original, dict):
+            assert set(back) == {str(k) for k in original}
+            for key, value in original.items():
+                walk(value, back[str(key)], f"{where}.{key}" if where else str(key))
+        elif isinstance(original, (list, tuple)):
+            assert len(back) == len(original)
+            for index, value in enumerate(original):
+                walk(value, back[index], f"{where}.{index}" if where else str(index))
+        elif isinstance(original, float) and not np.isfinite(original):
+            assert back is None and named.pop(where) == ("nan" if np.isnan(original) else "inf" if original > 0 else "-inf")
+        else:
+            assert back == original
+
+    walk(document, parsed, "")
+    assert named == {}  # nothing named that was not replaced
+
+
+def test_write_json_atomically_writes_strict_json(tmp_path):
+    target = write_json_atomically(tmp_path / "result.json", {"loss": float("nan"), "history": [1.0, np.float32("inf")], "ok": 2})
+    assert strict_loads(target.read_text()) == {
+        "loss": None, "history": [1.0, None], "ok": 2, "non_finite": {"loss": "nan", "history.1": "inf"},
+    }
+
+
+def test_eval_refuses_a_checkpoint_with_non_finite_parameters(tmp_path, capsys):
+    model = Autoencoder([Dense(784, 4, "relu")], [Dense(4, 784, "sigmoid")], seed=0)
+    model.arena.values[5] = np.nan
+    path = save_checkpoint(tmp_path / "nan.npz", model)
+    assert main(["eval", str(path), "--data", str(tmp_path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "non-finite" in captured.err and "'encoder.0.weights'" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_eval_json_of_an_overflowing_model_is_strict(tmp_path, mnist_dir, capsys):
+    """Finite parameters so large the reconstruction overflows: eval --json prints null
+    for the infinite MSE and says why, never the token Infinity."""
+    model = Autoencoder([Dense(784, 4, "identity")], [Dense(4, 784, "identity")], loss="mse", seed=0)
+    model.arena.values[...] = 1e30
+    path = save_checkpoint(tmp_path / "huge.npz", model)
+    assert main(["eval", str(path), "--data", str(mnist_dir), "--json"]) == 0
+    result = strict_loads(capsys.readouterr().out)
+    assert result["mse"] is None and result["non_finite"]["mse"] == "inf"
