@@ -33,7 +33,8 @@ The JSON header::
      "rng_state": {...model.rng.bit_generator.state...},      # PCG64: 128-bit ints
      "sampler": {"n": 60000, "batch_size": 256, "epoch": 4, "position": 1536,
                  "rng_state": {...the sampler's own generator state...}} | null,
-     "extra": {...whatever JSON the caller passed: training config, metrics...}}
+     "extra": {...whatever JSON the caller passed: training config, metrics...},
+     "checksums": {"params": "sha256:<hex>", ...}}             # one per array
 
 The sampler's ``rng_state`` is its own generator's state (the sampler shares no
 generator with the model). Files written before samplers owned a generator lack it;
@@ -55,6 +56,26 @@ every array must be a plain numeric array, the metadata is JSON, and the model i
 rebuilt from its JSON config by :func:`nanoae.module.module_from_config`. An object
 array, a hostile or garbled file or a wrong shape is refused with a
 :class:`CheckpointError` before anything of it is used.
+
+Untrusted files
+---------------
+A checkpoint may be hostile, so no size in it is trusted before it is checked against
+another, and nothing is inflated or allocated before the checks:
+
+1. the zip directory: only ``.npy`` members of known names, none twice, each lying
+   inside the file; a compressed member may inflate at most 64-fold (beyond 1 MiB), so
+   a deflate bomb is refused from its directory entry;
+2. the JSON header (at most 64 MiB, nested at most 64 deep), then each member's
+   ``.npy`` preamble (its first bytes only): dtype and shape against the header's
+   ``dtype`` and ``arena_size``, and the member's declared size against both;
+3. the model config: the parameters its layers declare must fit in ``arena_size``,
+   so a header describing a huge model is refused before that model is built;
+4. only then the data, each member read in 1 MiB chunks into one array of exactly
+   its checked size (the zip CRC verified at its end), then each array against the
+   header's ``checksums`` (files written before checksums existed have none; they
+   catch members swapped or replaced whole, which sizes and CRCs cannot);
+5. parameters and optimizer state must be finite (``allow_non_finite=True`` loads a
+   diverged run's file for inspection).
 
 Atomic writes
 -------------
@@ -83,6 +104,7 @@ that cannot run here raises :class:`~nanoae.backend.BackendUnavailable`, a bad
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -224,6 +246,12 @@ def _check_extra(extra) -> dict:
 
 
 # ---- saving ------------------------------------------------------------------------
+def _checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's values as little-endian bytes in C order."""
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return "sha256:" + hashlib.sha256(memoryview(little).cast("B")).hexdigest()
+
+
 def _host(model, array) -> np.ndarray:
     return np.ascontiguousarray(model.backend.to_host(array))
 
@@ -283,6 +311,7 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
         "rng_state": _encode_rng_state(model.rng.bit_generator.state) if model.rng is not None else None,
         "sampler": sampler_header,
         "extra": _check_extra(extra),
+        "checksums": {name: _checksum(array) for name, array in arrays.items()},
     }
     return header, arrays
 
@@ -561,9 +590,28 @@ def _read_archive(path: Path, allow_non_finite: bool = False) -> tuple[dict, dic
                 "refused before building the model",
             )
         arrays = {name: _read_member(path, archive, name, member) for name, member in members.items()}
+    _check_checksums(path, header, arrays)
     if not allow_non_finite:
         _check_finite(path, header, arrays)
     return header, arrays
+
+
+def _check_checksums(path: Path, header: dict, arrays: dict) -> None:
+    """Each array against the header's checksum of it (files written before checksums
+    were recorded have none). The zip CRC catches damage inside a member; this catches
+    members exchanged or replaced whole, which sizes and CRCs cannot."""
+    checksums = header.get("checksums")
+    if checksums is None:
+        return
+    if set(checksums) != set(arrays):
+        raise CheckpointError(
+            path, f"the header has checksums for {sorted(checksums)}, the archive holds arrays {sorted(arrays)}"
+        )
+    for name, array in arrays.items():
+        if _checksum(array) != checksums[name]:
+            raise CheckpointError(
+                path, f"array {name!r} does not match the header's checksum: the file was altered (members replaced or exchanged)"
+            )
 
 
 def _check_finite(path: Path, header: dict, arrays: dict) -> None:
@@ -674,6 +722,11 @@ def _parse_header(path: Path, raw: np.ndarray) -> dict:
         raise bad("sampler is not an object or null")
     if not isinstance(header["extra"], dict):
         raise bad("extra is not an object")
+    checksums = header.get("checksums")
+    if checksums is not None and not (
+        isinstance(checksums, dict) and all(isinstance(value, str) for value in checksums.values())
+    ):
+        raise bad("checksums is not an object of {array name: 'sha256:<hex>'}")
     return header
 
 

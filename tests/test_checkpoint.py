@@ -439,9 +439,13 @@ def good(tmp_path):
     header = json.loads(arrays["header"].tobytes())
 
     def write(name, arrays=arrays, header=header, **changes):
-        out = dict(arrays)
+        """Write the arrays with ``changes``; the header's checksums follow the arrays
+        written (as a consistent writer's would), unless the header has none."""
+        out = {**arrays, **changes}
+        if "checksums" in header:
+            kept = {k: v for k, v in out.items() if k != "header" and v is not None}
+            header = {**header, "checksums": {k: ckpt_module._checksum(np.asarray(v)) for k, v in kept.items()}}
         out["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        out.update(changes)
         target = tmp_path / name
         with open(target, "wb") as handle:
             np.savez(handle, **{k: v for k, v in out.items() if v is not None})
@@ -895,6 +899,24 @@ def test_duplicated_member_is_refused(good, tmp_path):
             warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
             archive.writestr("params.npy", npy_bytes(np.zeros_like(arrays["params"])))
     expect_error(twice, "holds array 'params' twice")
+
+
+@pytest.mark.parametrize("first, second", [("params", "optimizer/momentum"), ("optimizer/mean_square", "optimizer/momentum")])
+def test_members_swapped_whole_are_refused_by_their_checksums(good, tmp_path, first, second):
+    """Same shape, same dtype, each member intact (its CRC fine): only the header's
+    checksums tell that the arrays were exchanged."""
+    _, arrays, _, _ = good
+    path = tmp_path / "swapped.npz"
+    np.savez(path, **{**arrays, first: arrays[second], second: arrays[first]})
+    expect_error(path, "does not match the header's checksum")
+
+
+def test_checksums_name_exactly_the_arrays(good, tmp_path):
+    _, arrays, header, _ = good
+    path = tmp_path / "more-checksums.npz"
+    listed = {**header["checksums"], "optimizer/velocity": "sha256:00"}
+    np.savez(path, **{**arrays, "header": np.frombuffer(json.dumps({**header, "checksums": listed}).encode(), dtype=np.uint8)})
+    expect_error(path, "the header has checksums for")
 
 
 def test_a_recompressed_checkpoint_still_loads(good, tmp_path):
