@@ -51,8 +51,9 @@ Why no pickle
 -------------
 Unpickling runs arbitrary code chosen by whoever wrote the file, and
 checkpoints get shared, downloaded and attached to bug reports, so
-loading one must be safe: the archive is read with ``np.load(allow_pickle=False)``,
-every array must be a plain numeric array, the metadata is JSON, and the model is
+loading one must be safe: nanoae reads the archive itself (see below) and refuses
+any member whose ``.npy`` preamble declares Python objects, so every array is a
+plain numeric array, the metadata is JSON, and the model is
 rebuilt from its JSON config by :func:`nanoae.module.module_from_config`. An object
 array, a hostile or garbled file or a wrong shape is refused with a
 :class:`CheckpointError` before anything of it is used.
