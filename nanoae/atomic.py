@@ -104,7 +104,8 @@ def _replace_non_finite(value, where: str, found: dict):
         return {key: _replace_non_finite(item, f"{where}.{key}" if where else str(key), found) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_replace_non_finite(item, f"{where}.{index}" if where else str(index), found) for index, item in enumerate(value)]
-    if isinstance(value, float) or (type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind == "f" and value.ndim == 0):
+    numpy_float = type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") == "f"
+    if isinstance(value, float) or (numpy_float and getattr(value, "ndim", 1) == 0):  # NumPy not imported here
         number = float(value)
         if not math.isfinite(number):
             found[where] = "nan" if math.isnan(number) else ("inf" if number > 0 else "-inf")
