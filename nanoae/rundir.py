@@ -117,8 +117,8 @@ def plan_run_directory(path, *, overwrite: bool, continuing: bool, resume_hint: 
 
 def prepare_run_directory(plan: RunDirectory) -> Path:
     """Make the directory, check it takes a file, and delete the previous run's files
-    that ``plan`` replaces (and their stale temporaries). Raises OSError-free
-    :class:`RunDirectoryError` when the directory cannot be written."""
+    that ``plan`` replaces (and stale temporaries of nanoae's files). Raises
+    :class:`RunDirectoryError` (not a bare OSError) when the directory cannot be written."""
     path = plan.path
     try:
         path.mkdir(parents=True, exist_ok=True)
