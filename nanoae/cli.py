@@ -38,7 +38,16 @@ from nanoae.gradcheck import gradcheck
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.plot import PlotUnavailable, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
 from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
-from nanoae.rundir import RUN_FILES, RUN_MARKER, RunDirectoryError, own_files, plan_run_directory, prepare_run_directory, read_run_config
+from nanoae.rundir import (
+    CLASSIFY_RUN,
+    RUN_FILES,
+    RUN_MARKER,
+    RunDirectoryError,
+    own_files,
+    plan_run_directory,
+    prepare_run_directory,
+    read_run_config,
+)
 from nanoae.train import train
 from nanoae.version import __version__
 
@@ -232,16 +241,10 @@ def _say(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_out_dir(path: Path, allow_existing_run: bool, can_resume: bool = True) -> None:
+def _writable_directory(path: Path) -> Path:
+    """``path`` made if missing and checked to take a file (plot's --out)."""
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and (path / "checkpoint.npz").exists() and not allow_existing_run:
-        resume = f"continue it with --resume {path / 'checkpoint.npz'}, " if can_resume else ""
-        raise CLIError(f"{path} already holds a run; {resume}choose another --out, or pass --overwrite")
-
-
-def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
-    _check_out_dir(path, allow_existing_run)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -644,7 +647,7 @@ def command_plot(args) -> int:
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     if out_dir.is_dir():
         _refuse_foreign_figures(out_dir)
-    out_dir = _prepare_out_dir(out_dir, allow_existing_run=True)
+    out_dir = _writable_directory(out_dir)
     metrics = Path(args.checkpoint).parent / "metrics.csv"
     preset = _saved_config(checkpoint).get("preset") or "model"
     figures = draw_figures(checkpoint.model, data.images, out_dir, metrics, title=f"nanoae {preset}, step {checkpoint.step}")
@@ -691,9 +694,9 @@ def _new_classifier(args, source, mode: str, optimizer):
 def _classify_data_and_out_dir(args, source):
     """(dataset name, train set, test set, labels used, --out directory or None); the
     directory is made only once the data fits the --from model."""
-    out_dir = Path(args.out) if args.out else None
-    if out_dir is not None:
-        _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
+    plan = None
+    if args.out:
+        plan = plan_run_directory(args.out, overwrite=args.overwrite, continuing=False, kind=CLASSIFY_RUN)
     dataset = args.dataset or "mnist"
     train_set = _load_split(dataset, "train", args)
     test_set = _load_split(dataset, "test", args)
@@ -702,8 +705,7 @@ def _classify_data_and_out_dir(args, source):
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
     if source is not None:
         _require_width(source, args.source, train_set.images, dataset)
-    if out_dir is not None:
-        out_dir = _prepare_out_dir(out_dir, args.overwrite)
+    out_dir = prepare_run_directory(plan) if plan is not None else None
     return dataset, train_set, test_set, n_labels, out_dir
 
 
@@ -737,9 +739,9 @@ def command_classify(args) -> int:
 
 
 def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> None:
-    if out_dir is not None:
+    if out_dir is not None:  # the record first: it lists the checkpoint as nanoae's
+        write_json_atomically(out_dir / "result.json", {RUN_MARKER: 1, "files": list(CLASSIFY_RUN.files), **result})
         save_checkpoint(out_dir / "checkpoint.npz", model, extra={"config": result})
-        write_json_atomically(out_dir / "result.json", result)
     if args.json:
         print(json.dumps(result))
     else:
