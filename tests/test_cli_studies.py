@@ -144,3 +144,13 @@ def test_classify_out_replaces_only_its_own_result_and_checkpoint(vae_run, tmp_p
     (out / "notes.txt").write_text("keep")
     assert run([*classify, out, "--overwrite", "--seed", 1]) == 0
     assert json.loads((out / "result.json").read_text())["seed"] == 1 and (out / "notes.txt").read_text() == "keep"
+
+
+def test_resuming_a_preset_run_checks_its_code_size_and_keeps_its_preset(vae_run, tmp_path, mnist_dir, capsys):
+    resume = ["train", "--resume", vae_run / "checkpoint.npz", "--data", mnist_dir, "--steps", 7, "--quiet", "--out"]
+    assert run([*resume, tmp_path / "wider", "--code-size", 5]) == 2
+    assert "--code-size 5 (the run's: 2)" in capsys.readouterr().err and not (tmp_path / "wider").exists()
+    assert run([*resume, tmp_path / "same", "--code-size", 2, "--preset", "vae"]) == 0
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert (config["preset"], config["code_size"], config["output_activation"], config["batch_size"]) == ("vae", 2, "identity", 64)
+    assert isinstance(load_checkpoint(tmp_path / "same" / "checkpoint.npz").model, VariationalAutoencoder)
