@@ -11,7 +11,7 @@
 On any exception (``KeyboardInterrupt`` included) the temporary file is removed and
 the target is left as it was. A process killed at any moment leaves either the old
 file or the new one at the target; at worst a stray temporary file stays behind,
-which :func:`remove_stale_temp_files` cleans up.
+which the next write of the same target removes (:func:`remove_stale_temp_files`).
 
 JSON written here (and printed by the command line) is strict JSON: NaN and infinity
 are not JSON numbers, and Python's ``json`` would write them as the non-standard
@@ -70,12 +70,14 @@ def _fsync_directory(directory: Path) -> None:
 def write_atomically(path, write: Callable[[BinaryIO], None]) -> Path:
     """Replace ``path`` with what ``write(handle)`` writes to a binary file handle.
 
-    The parent directory must exist. Raises :class:`DirectoryNotWritable` when the
+    The parent directory must exist. Temporary files of ``path`` that killed writers
+    left behind are removed first (:func:`remove_stale_temp_files`). Raises :class:`DirectoryNotWritable` when the
     temporary file cannot be created, the OSError of a failed write or rename, and
     anything ``write`` raises; the target is then untouched and the temporary file
     removed. Returns the target as a :class:`pathlib.Path`.
     """
     target = Path(os.fspath(path))
+    remove_stale_temp_files(target)
     temp = temp_name(target)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 from pathlib import Path
 
+from nanoae.atomic import write_atomically
 from nanoae.checkpoint import save_checkpoint
 from nanoae.evaluation import reconstruction_mse
 
@@ -139,23 +141,64 @@ class Evaluator(Callback):
 
 
 class MetricsCSV(Callback):
-    """Append one row per log step to a CSV file (flushed, so a crash loses nothing)."""
+    """One row per log step in a CSV file: step, epoch, train loss, samples/s, wall time, test MSE.
+
+    How the file stays whole. At the start of a run the file is replaced atomically
+    (through :mod:`nanoae.atomic`) by its header and the rows it keeps; after that each
+    row is appended as one whole line and flushed (one ``write``), so a killed process
+    leaves every flushed row on disk and at worst a torn last line after a power loss.
+    Every ``sync_every`` steps (a run's checkpoint interval) and at the end the file is
+    also ``fsync``-ed, so the rows up to a checkpoint are on disk before it is written.
+    An atomic rewrite per row would cost a file per log step; appending costs one line.
+
+    path:        the CSV file
+    append:      keep the complete rows already in the file (a torn last line is dropped)
+    resume_step: continuing a run from a checkpoint of this step: keep only the rows
+                 through it, so each step is in the file once (rows a killed run logged
+                 after its last checkpoint are dropped; the resumed run logs them again)
+    history:     the metrics file those kept rows come from (default: ``path``); a
+                 resumed run written to another directory starts from its source's rows
+    sync_every:  fsync every this many steps (None: only at the end)
+    """
 
     COLUMNS = ("step", "epoch", "train_loss", "samples_per_s", "wall_time_s", "test_mse")
 
-    def __init__(self, path, append: bool = False) -> None:
+    def __init__(self, path, append: bool = False, resume_step: int | None = None, history=None, sync_every: int | None = None) -> None:
         self.path = Path(path)
         self.append = append
+        self.resume_step = resume_step
+        self.history = Path(history) if history is not None else self.path
+        self.sync_every = sync_every
         self._file = None
         self._writer = None
         self._written_step = None
 
+    def _kept_lines(self) -> list[str]:
+        """The complete rows of the history file that this run keeps, as text lines."""
+        if not (self.append or self.resume_step is not None) or not self.history.is_file():
+            return []
+        text = self.history.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        lines.pop()  # after the last newline: empty, or a line torn by a crash
+        kept = []
+        for line in lines[1:]:  # the header is written anew
+            fields = next(csv.reader([line]), [])
+            if len(fields) != len(self.COLUMNS):
+                continue
+            try:
+                step = int(fields[0])
+            except ValueError:
+                continue
+            if self.resume_step is None or step <= self.resume_step:
+                kept.append(line.rstrip("\r") + "\r\n")
+        return kept
+
     def on_train_begin(self, state) -> None:
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        self._file = open(self.path, "a" if self.append else "w", newline="")
+        header = ",".join(self.COLUMNS) + "\r\n"  # what csv.writer writes
+        content = (header + "".join(self._kept_lines())).encode("utf-8")
+        write_atomically(self.path, lambda handle: handle.write(content))
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
-        if not (self.append and exists):
-            self._writer.writerow(self.COLUMNS)
 
     def _row(self, state) -> None:
         test = "" if state.test_mse is None else f"{state.test_mse:.8g}"
@@ -164,6 +207,8 @@ class MetricsCSV(Callback):
             [state.step, f"{state.epoch:.4f}", loss, f"{state.samples_per_s:.1f}", f"{state.wall_time:.3f}", test]
         )
         self._file.flush()
+        if self.sync_every and state.step % self.sync_every == 0:
+            os.fsync(self._file.fileno())
         self._written_step = state.step
 
     def on_log(self, state) -> None:
@@ -174,6 +219,8 @@ class MetricsCSV(Callback):
             return
         if state.test_mse is not None and self._written_step != state.step:
             self._row(state)  # the final evaluation came after the last log row
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
 

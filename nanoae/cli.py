@@ -31,12 +31,22 @@ from nanoae.benchmark.runner import run_from_arguments as run_benchmark
 from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
 from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler, save_checkpoint
 from nanoae.classifier import Classifier, labeled_subset
-from nanoae.data import DataError, load_dataset
+from nanoae.data import DataError, find_data_dir, load_dataset
 from nanoae.evaluation import reconstruction_errors
 from nanoae.gradcheck import gradcheck
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
 from nanoae.plot import PlotUnavailable, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
 from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
+from nanoae.rundir import (
+    CLASSIFY_RUN,
+    RUN_FILES,
+    RUN_MARKER,
+    RunDirectoryError,
+    own_files,
+    plan_run_directory,
+    prepare_run_directory,
+    read_run_config,
+)
 from nanoae.train import train
 from nanoae.version import __version__
 
@@ -52,7 +62,7 @@ class CLIError(Exception):
 
 # The errors that mean "fix your input" (arguments, data, files, the machine's
 # abilities): one line and exit 2. Anything else is a bug and shows its traceback.
-USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, OSError)
+USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, RunDirectoryError, OSError)
 
 
 # ---- argument types ----------------------------------------------------------------
@@ -115,7 +125,7 @@ def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | No
 def _add_train_command(commands) -> None:
     """nanoae train: a preset, its length and optimizer, data, run directory, logging."""
     train = commands.add_parser("train", help="train a preset (default: the tutorial) and draw its figures", description="Train an autoencoder. With no options: the TF1 tutorial exactly (1000 steps, batch 256, loss every step).")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="tutorial", help="named model + optimizer (default: tutorial)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="named model + optimizer (default: tutorial)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int, help="total training steps of the run (default: the preset's, 1000 for tutorial)")
     length.add_argument("--epochs", type=_positive_float, help="train for this many passes over the data instead of --steps")
@@ -124,14 +134,25 @@ def _add_train_command(commands) -> None:
     train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
     train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
     train.add_argument("--code-size", type=_positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the initial weights and the batch order (default: 0)")
-    _add_data_options(train)
+    train.add_argument("--seed", type=_non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
+    _add_data_options(train, dataset_default=None)
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
-    train.add_argument("--overwrite", action="store_true", help="allow --out to be a directory that already holds a run")
-    train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.npz (to --steps in total)")
-    train.add_argument("--log-every", type=_positive_int, default=1, help="log the loss every N steps (default: 1, as the tutorial)")
-    train.add_argument("--eval-every", type=_non_negative_int, default=100, help="test reconstruction MSE every N steps, 0 for only at the end (default: 100)")
-    train.add_argument("--checkpoint-every", type=_non_negative_int, default=100, help="checkpoint every N steps, 0 for only at the end (default: 100)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out be a directory holding another run (its files are replaced) or other files (left untouched); "
+        "a file named like nanoae's that nanoae did not write is never replaced",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue a run from its checkpoint.npz (to --steps in total); the checkpoint defines the model, "
+        "optimizer and dataset: only --steps/--epochs, --lr, --log-every, --eval-every, --checkpoint-every, "
+        "--quiet, --backend, --data and --out may change",
+    )
+    train.add_argument("--log-every", type=_positive_int, help="log the loss every N steps (default: 1, as the tutorial)")
+    train.add_argument("--eval-every", type=_non_negative_int, help="test reconstruction MSE every N steps, 0 for only at the end (default: 100)")
+    train.add_argument("--checkpoint-every", type=_non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100)")
     train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
 
 
@@ -219,16 +240,10 @@ def _say(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_out_dir(path: Path, allow_existing_run: bool, can_resume: bool = True) -> None:
+def _writable_directory(path: Path) -> Path:
+    """``path`` made if missing and checked to take a file (plot's --out)."""
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and (path / "checkpoint.npz").exists() and not allow_existing_run:
-        resume = f"continue it with --resume {path / 'checkpoint.npz'}, " if can_resume else ""
-        raise CLIError(f"{path} already holds a run; {resume}choose another --out, or pass --overwrite")
-
-
-def _prepare_out_dir(path: Path, allow_existing_run: bool) -> Path:
-    _check_out_dir(path, allow_existing_run)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -244,8 +259,31 @@ def _preset_default(preset: str, option: str, fallback):
     return fallback if parameter is None else parameter.default
 
 
-def _load_split(dataset: str, split: str, args) -> object:
-    return load_dataset(dataset, split, data_dir=args.data, download=not args.no_download, quiet=getattr(args, "quiet", False))
+def _recorded_data_dir(config: dict, dataset: str) -> str | None:
+    """The directory a run read ``dataset`` from, when it recorded one that still holds it."""
+    place = config.get("data_dir") if isinstance(config, dict) else None
+    if not isinstance(place, str) or config.get("dataset", dataset) != dataset:
+        return None
+    try:
+        return place if find_data_dir(dataset, place) is not None else None
+    except DataError:
+        return None  # moved or changed since: the normal search
+
+
+def _load_split(dataset: str, split: str, args, recorded: dict | None = None) -> object:
+    """One split from --data, else the directory the run recorded (``recorded``: its
+    config), else the normal search ($NANOAE_DATA, the cache, a download)."""
+    data_dir = args.data or _recorded_data_dir(recorded or {}, dataset)
+    return load_dataset(dataset, split, data_dir=data_dir, download=not args.no_download, quiet=getattr(args, "quiet", False))
+
+
+def _data_dir_used(dataset: str, args, recorded: dict | None = None) -> str | None:
+    """The directory the data was read from (recorded in config.json), or None."""
+    try:
+        place = find_data_dir(dataset, args.data or _recorded_data_dir(recorded or {}, dataset))
+    except DataError:
+        return None
+    return None if place is None else str(Path(place).resolve())
 
 
 def _as_user_error(build, *args, **kwargs):
@@ -292,12 +330,55 @@ def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, t
 
 
 # ---- nanoae train -------------------------------------------------------------------
-_RESUMED_OPTIONS = ("preset", "batch_size", "dataset", "output_activation", "seed", "optimizer", "lr")
+# The defaults of the options a resumed run takes from its checkpoint instead; argparse
+# leaves them None so that a flag the user gave can be told from one left out.
+TRAIN_DEFAULTS = {"preset": "tutorial", "dataset": "mnist", "seed": 0, "log_every": 1, "eval_every": 100, "checkpoint_every": 100}
+# What the checkpoint defines: on --resume each may only be repeated with the run's value.
+_RUN_DEFINING = ("preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size")
+# Where the run's own value is known only if it recorded it (a config.json written by nanoae train).
+_MODEL_DEFINING = ("preset", "optimizer", "output_activation")
+# What a resumed run keeps from its config unless given again.
+_RUN_SETTINGS = ("log_every", "eval_every", "checkpoint_every")
+_MAY_CHANGE_ON_RESUME = "--steps/--epochs, --lr, --log-every, --eval-every, --checkpoint-every, --quiet, --backend, --data, --out"
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _saved_config(checkpoint) -> dict:
+    config = checkpoint.extra.get("config") if isinstance(checkpoint.extra, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _refuse_changed_options(args, resumed, saved: dict) -> None:
+    """Take each run-defining option the command line leaves out from the run; refuse,
+    naming each, the ones given with another value than the run's."""
+    recorded = dict(saved)
+    if recorded.get("code_size") is None and hasattr(resumed.model, "code_size"):
+        recorded["code_size"] = resumed.model.code_size  # the checkpoint's model says it
+    differing = []
+    for key in _RUN_DEFINING:
+        given, known = getattr(args, key), recorded.get(key)
+        if given is None:
+            if known is not None:
+                setattr(args, key, known)
+        elif known is not None and given != known:
+            differing.append(f"{_flag(key)} {given} (the run's: {known})")
+        elif known is None and key in _MODEL_DEFINING:
+            differing.append(f"{_flag(key)} {given} (the checkpoint does not record one; its model and optimizer are used)")
+    if differing:
+        raise CLIError(
+            f"--resume {args.resume}: the checkpoint defines the model, the optimizer and the dataset, and these "
+            f"options differ from the run: {'; '.join(differing)}. Leave them out (on resume only "
+            f"{_MAY_CHANGE_ON_RESUME} may change), or start a new run with another --out"
+        )
 
 
 def _load_resume_checkpoint(args):
     """The checkpoint named by --resume (None without it); options the command line
-    leaves out are taken from the run's saved config."""
+    leaves out are taken from the run's saved config, and a run-defining option given
+    with another value is refused."""
     if not args.resume:
         return None
     path = Path(args.resume)
@@ -305,11 +386,20 @@ def _load_resume_checkpoint(args):
         raise CLIError(f"--resume {path}: no such checkpoint file")
     resumed = load_checkpoint(path, backend=args.backend)
     _require_autoencoder(resumed, path, "nanoae train resumes autoencoder runs (a classifier's run: nanoae classify)")
-    saved_config = resumed.extra.get("config", {})
-    for key in _RESUMED_OPTIONS:
-        if getattr(args, key, None) is None and key in saved_config:
-            setattr(args, key, saved_config[key])
+    saved = _saved_config(resumed)
+    _refuse_changed_options(args, resumed, saved)
+    for key in _RUN_SETTINGS:
+        if getattr(args, key) is None and isinstance(saved.get(key), int):
+            setattr(args, key, saved[key])
     return resumed
+
+
+def _apply_train_defaults(args, resumed) -> None:
+    """The defaults of the options still unset (a resumed run without a recorded
+    preset keeps none: the checkpoint's model is not a preset's)."""
+    for key, value in TRAIN_DEFAULTS.items():
+        if getattr(args, key) is None and not (key == "preset" and resumed is not None):
+            setattr(args, key, value)
 
 
 def _run_directory(args) -> Path:
@@ -318,6 +408,32 @@ def _run_directory(args) -> Path:
     if args.resume:
         return Path(args.resume).parent
     return Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _same_directory(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return first.resolve() == second.resolve()
+
+
+def _plan_out_dir(args):
+    """The checked run directory (nothing written): see :mod:`nanoae.rundir`."""
+    out_dir = _run_directory(args)
+    continuing = bool(args.resume) and _same_directory(out_dir, Path(args.resume).parent)
+    hint = f"continue it with --resume {out_dir / 'checkpoint.npz'}, "
+    return plan_run_directory(out_dir, overwrite=args.overwrite, continuing=continuing, resume_hint=hint)
+
+
+def _metrics_history(args, plan) -> Path | None:
+    """The metrics file whose rows a resumed run written elsewhere starts from: its
+    source run's, when that directory is a nanoae run."""
+    if not args.resume:
+        return None
+    source = Path(args.resume).parent
+    if plan.path.exists() and _same_directory(plan.path, source):
+        return None
+    return source / "metrics.csv" if read_run_config(source) is not None else None
 
 
 def _new_model(args):
@@ -352,19 +468,36 @@ def _model_and_sampler(args, resumed, images, batch_size: int):
     return resumed.model, sampler
 
 
-def _train_config(args, model, train_set, total_steps: int, batch_size: int) -> dict:
-    """The run's config.json (also stored in every checkpoint's extra)."""
+def _override_lr(args, model, resumed, saved: dict) -> list:
+    """A resumed run's --lr replaces the checkpoint's learning rate; returns the run's
+    list of such overrides (step, lr, previous lr), this one appended."""
+    overrides = list(saved.get("lr_overrides") or [])
+    if resumed is not None and args.lr is not None and args.lr != model.optimizer.lr:
+        overrides.append({"step": model.steps_trained, "lr": args.lr, "previous": model.optimizer.lr})
+        model.optimizer.lr = args.lr
+    return overrides
+
+
+def _train_config(args, model, train_set, total_steps: int, batch_size: int, data_dir, lr_overrides: list) -> dict:
+    """The run's config.json (also stored in every checkpoint's extra). ``nanoae_run``
+    and ``files`` mark the run's own files (see :mod:`nanoae.rundir`)."""
+    fallback_activation = None if args.preset is None else "relu"
     return {
+        RUN_MARKER: 1,
+        "files": list(RUN_FILES),
         "preset": args.preset,
         "steps": total_steps,
         "batch_size": batch_size,
         "lr": model.optimizer.lr,
-        "optimizer": args.optimizer or "rmsprop",
+        "lr_overrides": lr_overrides,
+        "optimizer": args.optimizer or (None if args.resume else "rmsprop"),
         "optimizer_config": model.optimizer.config(),
-        "output_activation": args.output_activation or _preset_default(args.preset, "output_activation", "relu"),
+        "output_activation": args.output_activation or _preset_default(args.preset, "output_activation", fallback_activation),
+        "code_size": getattr(model, "code_size", None),
         "seed": args.seed,
         "dataset": args.dataset,
         "data_source": train_set.source,
+        "data_dir": data_dir,
         "backend": model.backend.name,
         "ops": repr(model.backend),
         "log_every": args.log_every,
@@ -377,15 +510,13 @@ def _train_config(args, model, train_set, total_steps: int, batch_size: int) -> 
     }
 
 
-def _train_callbacks(args, test_images, out_dir: Path, config: dict) -> list:
+def _train_callbacks(args, test_images, out_dir: Path, config: dict, resume_step, history) -> list:
     """Evaluator first (its MSE lands in the metrics row), then progress, metrics, checkpoints."""
     callbacks = [Evaluator(test_images, every=args.eval_every or None)]
     if not args.quiet:
         callbacks.append(ProgressBar())
-    return callbacks + [
-        MetricsCSV(out_dir / "metrics.csv", append=bool(args.resume)),
-        Checkpointer(out_dir / "checkpoint.npz", every=args.checkpoint_every or None, extra={"config": config}),
-    ]
+    metrics = MetricsCSV(out_dir / "metrics.csv", resume_step=resume_step, history=history, sync_every=args.checkpoint_every or None)
+    return callbacks + [metrics, Checkpointer(out_dir / "checkpoint.npz", every=args.checkpoint_every or None, extra={"config": config})]
 
 
 def _run_training(model, images, steps: int, batch_size: int, args, callbacks, sampler):
@@ -411,10 +542,10 @@ def _report_run(model, history, test_images, out_dir: Path, preset: str) -> None
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
 
 
-def _train_data(args, batch_size: int):
+def _train_data(args, batch_size: int, recorded: dict):
     """(train set, test set), checked against the batch size."""
-    train_set = _load_split(args.dataset, "train", args)
-    test_set = _load_split(args.dataset, "test", args)
+    train_set = _load_split(args.dataset, "train", args, recorded)
+    test_set = _load_split(args.dataset, "test", args, recorded)
     rows = len(train_set.images)
     if batch_size > rows:
         raise CLIError(f"--batch-size {batch_size}: the {args.dataset} training set has only {rows} images")
@@ -422,35 +553,48 @@ def _train_data(args, batch_size: int):
     return train_set, test_set
 
 
-def _total_steps(args, rows: int, batch_size: int) -> int:
-    if args.epochs is None:
-        return args.steps or TUTORIAL_TRAINING["steps"]
-    steps = args.epochs * rows / batch_size
-    if not math.isfinite(steps) or steps > 2**53:
-        raise CLIError(f"--epochs {args.epochs}: that is more steps than can be counted; give fewer epochs")
-    return math.ceil(steps)
+def _total_steps(args, rows: int, batch_size: int, done: int, saved: dict) -> int:
+    """The run's total steps: --steps, --epochs, a resumed run's recorded total, or the
+    tutorial's; always beyond ``done``, the steps the checkpoint has taken."""
+    if args.epochs is not None:
+        steps = args.epochs * rows / batch_size
+        if not math.isfinite(steps) or steps > 2**53:
+            raise CLIError(f"--epochs {args.epochs}: that is more steps than can be counted; give fewer epochs")
+        steps, given = math.ceil(steps), f"--epochs {args.epochs} ({math.ceil(steps)} steps in total)"
+    elif args.steps:
+        steps, given = args.steps, f"--steps {args.steps}"
+    elif args.resume and isinstance(saved.get("steps"), int):
+        steps, given = saved["steps"], f"the run's {saved['steps']} steps"
+    else:
+        steps, given = TUTORIAL_TRAINING["steps"], f"the default {TUTORIAL_TRAINING['steps']} steps"
+    if steps <= done:
+        raise CLIError(
+            f"{given}: the checkpoint is already at step {done}; --steps is the run's total, so give one "
+            f"beyond it (e.g. --steps {done + TUTORIAL_TRAINING['steps']})"
+        )
+    return steps
 
 
 def command_train(args) -> int:
-    # Every check (run directory, data, model, step count) before anything is written.
+    # Every check (options, run directory, data, model, step count) before anything is written.
     resumed = _load_resume_checkpoint(args)
+    saved = _saved_config(resumed) if resumed is not None else {}
+    _apply_train_defaults(args, resumed)
     batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
-    out_dir, allow_existing = _run_directory(args), args.overwrite or bool(args.resume)
-    _check_out_dir(out_dir, allow_existing)
-    train_set, test_set = _train_data(args, batch_size)
+    plan = _plan_out_dir(args)
+    train_set, test_set = _train_data(args, batch_size, saved)
     model, sampler = _model_and_sampler(args, resumed, train_set.images, batch_size)
-    total_steps = _total_steps(args, len(train_set.images), batch_size)
-    out_dir = _prepare_out_dir(out_dir, allow_existing)
-    remaining = total_steps - model.steps_trained
-    config = _train_config(args, model, train_set, total_steps, batch_size)
+    total_steps = _total_steps(args, len(train_set.images), batch_size, model.steps_trained, saved)
+    lr_overrides = _override_lr(args, model, resumed, saved)
+    config = _train_config(args, model, train_set, total_steps, batch_size, _data_dir_used(args.dataset, args, saved), lr_overrides)
+    history_file = _metrics_history(args, plan)
+    out_dir = prepare_run_directory(plan)
     write_json_atomically(out_dir / "config.json", config)
     checkpoint_path = out_dir / "checkpoint.npz"
-    if remaining <= 0:
-        _say(f"the checkpoint is already at step {model.steps_trained} of {total_steps}; nothing to train", args.quiet)
-        _report_run(model, None, test_set.images, out_dir, args.preset)
-        return EXIT_OK
-    callbacks = _train_callbacks(args, test_set.images, out_dir, config)
-    _say(f"training {args.preset} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    remaining = total_steps - model.steps_trained
+    resume_step = model.steps_trained if resumed is not None else None
+    callbacks = _train_callbacks(args, test_set.images, out_dir, config, resume_step, history_file)
+    _say(f"training {args.preset or 'the checkpoint'} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
     try:
         history = _run_training(model, train_set.images, remaining, batch_size, args, callbacks, sampler)
     except KeyboardInterrupt:
@@ -459,20 +603,29 @@ def command_train(args) -> int:
     if history.stopped:
         print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
         return EXIT_DIVERGED
-    _report_run(model, history, test_set.images, out_dir, args.preset)
+    _report_run(model, history, test_set.images, out_dir, args.preset or "model")
     return EXIT_OK
 
 
 # ---- nanoae eval / plot / gradcheck ---------------------------------------------------
 def _dataset_of(checkpoint, args) -> str:
-    return args.dataset or checkpoint.extra.get("config", {}).get("dataset", "mnist")
+    return args.dataset or _saved_config(checkpoint).get("dataset", "mnist")
+
+
+def _refuse_foreign_figures(out_dir: Path) -> None:
+    """plot replaces figures nanoae wrote, never a user's file of the same name."""
+    config = read_run_config(out_dir)
+    own = own_files(config) if config is not None else set()
+    foreign = [name for name in ("reconstructions.png", "samples.png", "loss.png") if (out_dir / name).exists() and name not in own]
+    if foreign:
+        raise CLIError(f"{out_dir} holds {', '.join(foreign)}, which nanoae did not write and will not replace; move them away or give another --out")
 
 
 def command_eval(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
     _require_autoencoder(checkpoint, args.checkpoint, "eval measures reconstructions")
     dataset = _dataset_of(checkpoint, args)
-    data = _load_split(dataset, args.split, args)
+    data = _load_split(dataset, args.split, args, _saved_config(checkpoint))
     _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
     errors = reconstruction_errors(checkpoint.model, data.images)
     if args.json:
@@ -488,11 +641,14 @@ def command_plot(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
     _require_autoencoder(checkpoint, args.checkpoint, "plot draws reconstructions")
     dataset = _dataset_of(checkpoint, args)
-    data = _load_split(dataset, "test", args)
+    data = _load_split(dataset, "test", args, _saved_config(checkpoint))
     _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
-    out_dir = _prepare_out_dir(Path(args.out) if args.out else Path(args.checkpoint).parent, allow_existing_run=True)
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    if out_dir.is_dir():
+        _refuse_foreign_figures(out_dir)
+    out_dir = _writable_directory(out_dir)
     metrics = Path(args.checkpoint).parent / "metrics.csv"
-    preset = checkpoint.extra.get("config", {}).get("preset", "model")
+    preset = _saved_config(checkpoint).get("preset") or "model"
     figures = draw_figures(checkpoint.model, data.images, out_dir, metrics, title=f"nanoae {preset}, step {checkpoint.step}")
     for figure in figures:
         print(figure)
@@ -537,9 +693,9 @@ def _new_classifier(args, source, mode: str, optimizer):
 def _classify_data_and_out_dir(args, source):
     """(dataset name, train set, test set, labels used, --out directory or None); the
     directory is made only once the data fits the --from model."""
-    out_dir = Path(args.out) if args.out else None
-    if out_dir is not None:
-        _check_out_dir(out_dir, args.overwrite, can_resume=False)  # classify has no --resume
+    plan = None
+    if args.out:
+        plan = plan_run_directory(args.out, overwrite=args.overwrite, continuing=False, kind=CLASSIFY_RUN)
     dataset = args.dataset or "mnist"
     train_set = _load_split(dataset, "train", args)
     test_set = _load_split(dataset, "test", args)
@@ -548,8 +704,7 @@ def _classify_data_and_out_dir(args, source):
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
     if source is not None:
         _require_width(source, args.source, train_set.images, dataset)
-    if out_dir is not None:
-        out_dir = _prepare_out_dir(out_dir, args.overwrite)
+    out_dir = prepare_run_directory(plan) if plan is not None else None
     return dataset, train_set, test_set, n_labels, out_dir
 
 
@@ -583,9 +738,9 @@ def command_classify(args) -> int:
 
 
 def _write_classify_outputs(args, out_dir: Path | None, model, result: dict) -> None:
-    if out_dir is not None:
+    if out_dir is not None:  # the record first: it lists the checkpoint as nanoae's
+        write_json_atomically(out_dir / "result.json", {RUN_MARKER: 1, "files": list(CLASSIFY_RUN.files), **result})
         save_checkpoint(out_dir / "checkpoint.npz", model, extra={"config": result})
-        write_json_atomically(out_dir / "result.json", result)
     if args.json:
         print(json_text(result))
     else:

@@ -77,3 +77,20 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     expected = [dead] if os.name == "posix" else []
     assert remove_stale_temp_files(target) == expected
     assert mine.exists() and target.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="liveness of a writer is checked on POSIX only")
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    """A writer killed mid-save leaves ``.<name>.tmp-<pid>-<hex>``; the next save of the
+    same target removes it, and leaves other targets' temporaries and other files alone."""
+    dead_pid = 2**22 + 12345  # above Linux's default pid_max: no such process
+    stale = tmp_path / f".checkpoint.npz.tmp-{dead_pid}-0badf00d"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / f".config.json.tmp-{dead_pid}-0badf00d"
+    other.write_bytes(b"{")
+    users = tmp_path / "notes.tmp"
+    users.write_text("mine")
+    target = write_atomically(tmp_path / "checkpoint.npz", lambda handle: handle.write(b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name, users.name])
+    write_json_atomically(tmp_path / "config.json", {"a": 1})
+    assert not other.exists() and users.read_text() == "mine"

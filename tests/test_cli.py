@@ -180,8 +180,10 @@ def test_resuming_with_another_batch_size_is_a_usage_error(tmp_path, mnist_dir, 
     out = tmp_path / "run"
     assert small_run(out, mnist_dir, 5) == 0
     capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
     assert run(["train", "--data", mnist_dir, "--resume", out / "checkpoint.npz", "--steps", 10, "--batch-size", 128, "--quiet"]) == 2
-    assert "Resume with --batch-size 256" in capsys.readouterr().err
+    assert "--batch-size 128 (the run's: 256)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # config.json not rewritten
 
 
 @pytest.fixture

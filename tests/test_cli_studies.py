@@ -119,3 +119,38 @@ def test_classify_refuses_too_many_labels_and_non_autoencoders(vae_run, tmp_path
 def test_gradcheck_the_vae_preset(capsys):
     assert run(["gradcheck", "--preset", "vae", "--batch-size", 2, "--max-entries", 3]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+def test_classify_out_replaces_only_its_own_result_and_checkpoint(vae_run, tmp_path, mnist_dir, capsys):
+    classify = ["classify", "--labels", 20, "--steps", 1, "--data", mnist_dir, "--quiet", "--out"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "checkpoint.npz").write_bytes(b"my own model")
+    for overwrite in ([], ["--overwrite"]):
+        assert run([*classify, mine, *overwrite]) == 2
+        assert "checkpoint.npz, which nanoae did not write and will not replace" in capsys.readouterr().err
+    assert (mine / "checkpoint.npz").read_bytes() == b"my own model"
+    # An autoencoder's run directory is not classify's: its checkpoint is never replaced.
+    before = (vae_run / "checkpoint.npz").read_bytes()
+    assert run([*classify, vae_run, "--overwrite"]) == 2
+    assert (vae_run / "checkpoint.npz").read_bytes() == before
+    capsys.readouterr()
+    out = tmp_path / "clf"
+    assert run([*classify, out]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["nanoae_run"] == 1 and set(result["files"]) == {"result.json", "checkpoint.npz"}
+    assert run([*classify, out]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    (out / "notes.txt").write_text("keep")
+    assert run([*classify, out, "--overwrite", "--seed", 1]) == 0
+    assert json.loads((out / "result.json").read_text())["seed"] == 1 and (out / "notes.txt").read_text() == "keep"
+
+
+def test_resuming_a_preset_run_checks_its_code_size_and_keeps_its_preset(vae_run, tmp_path, mnist_dir, capsys):
+    resume = ["train", "--resume", vae_run / "checkpoint.npz", "--data", mnist_dir, "--steps", 7, "--quiet", "--out"]
+    assert run([*resume, tmp_path / "wider", "--code-size", 5]) == 2
+    assert "--code-size 5 (the run's: 2)" in capsys.readouterr().err and not (tmp_path / "wider").exists()
+    assert run([*resume, tmp_path / "same", "--code-size", 2, "--preset", "vae"]) == 0
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert (config["preset"], config["code_size"], config["output_activation"], config["batch_size"]) == ("vae", 2, "identity", 64)
+    assert isinstance(load_checkpoint(tmp_path / "same" / "checkpoint.npz").model, VariationalAutoencoder)
