@@ -273,6 +273,26 @@ class GpuOps(OpsTable):
             second_moment,
         )
 
+    # ---- the guard between backward and the update -----------------------------------
+    def _capturing(self) -> bool:
+        """Is the current stream recording a CUDA graph? (False where CuPy cannot say.)"""
+        is_capturing = getattr(self.cp.cuda.get_current_stream(), "is_capturing", None)
+        return bool(is_capturing()) if is_capturing is not None else False
+
+    def step_is_finite(self, loss, grads, workspace=None) -> bool:
+        """The reference check (a host sync) on an eager step; True, without looking,
+        while a CUDA graph is being captured.
+
+        A captured step cannot wait for the host, and a replayed graph has no Python in
+        it, so on the graph path a NaN or infinite step *is* applied; the training loop
+        then stops at the next log step, where it reads the loss (every step with the
+        default log_every=1), and a checkpoint is never written from non-finite
+        parameters. Eager steps (the first one, VAEs and denoisers, graphs disabled) are
+        checked and not applied, as on the CPU."""
+        if self._capturing():
+            return True
+        return super().step_is_finite(loss, grads)
+
     # ---- the training step -----------------------------------------------------------
     def compile_train_step(self, model, data, target=None, workspace=None):
         """One training step on rows ``indices`` of data, replayed as a CUDA graph after

@@ -127,6 +127,30 @@ def mse(prediction, target, grad, scale, column_sums):
     return total
 
 
+FINITE_CHUNK = 16384  # elements checked between early exits: 64 KB of float32, inside L2
+
+
+@njit(**_OPTIONS)
+def all_finite(bits, exponent_mask):
+    """True when no element of a flat float array, seen as unsigned integers of its
+    width (``bits``), has every exponent bit set (that pattern is +-inf or NaN).
+
+    A running integer max of ``bits & exponent_mask`` vectorizes without fastmath (a
+    float test with an early exit per element would not); it reaches exponent_mask
+    exactly when some element is not finite. Checked once per chunk, so a bad value
+    ends the pass early.
+    """
+    n = bits.shape[0]
+    for start in range(0, n, FINITE_CHUNK):
+        stop = min(start + FINITE_CHUNK, n)
+        worst = bits[start] & exponent_mask
+        for i in range(start, stop):
+            worst = max(worst, bits[i] & exponent_mask)
+        if worst == exponent_mask:
+            return False
+    return True
+
+
 @njit(**_OPTIMIZER_OPTIONS)
 def _rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum):
     for k in prange(params.shape[0]):
