@@ -432,6 +432,18 @@ def _total_steps(args, rows: int, batch_size: int) -> int:
     return math.ceil(steps)
 
 
+def _last_checkpoint(path: Path) -> str:
+    """Which checkpoint a stopped run leaves, as read from the file itself (the step it
+    holds), or that none was written."""
+    if not path.exists():
+        return f"no checkpoint was written (none at {path})"
+    try:
+        step = load_checkpoint(path, backend="numpy").step
+    except CheckpointError as exc:
+        return f"the file at {path} is not a usable checkpoint ({exc.problem})"
+    return f"the last good checkpoint is {path} (step {step})"
+
+
 def command_train(args) -> int:
     # Every check (run directory, data, model, step count) before anything is written.
     resumed = _load_resume_checkpoint(args)
@@ -455,10 +467,10 @@ def command_train(args) -> int:
     try:
         history = _run_training(model, train_set.images, remaining, batch_size, args, callbacks, sampler)
     except KeyboardInterrupt:
-        print(f"nanoae: interrupted at step {model.steps_trained}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
+        print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if history.stopped:
-        print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
+        print(f"nanoae: {history.stop_reason}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_DIVERGED
     _report_run(model, history, test_set.images, out_dir, args.preset)
     return EXIT_OK

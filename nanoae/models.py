@@ -63,7 +63,7 @@ class Model(Module):
         """Mean loss over a dataset (a float), computed in batches."""
         self._require_training_parts(need_optimizer=False)
         x = as_batch(x, self.in_features, self.backend, "x")
-        target = self._target_for(x, target)
+        target = self._training_target(x, target)
         total, count = 0.0, 0
         for start in range(0, x.shape[0], batch_size):
             stop = min(start + batch_size, x.shape[0])
@@ -79,6 +79,14 @@ class Model(Module):
             raise ValueError(f"{type(self).__name__} has no loss; pass loss='mse' (or another) when creating it")
         if need_optimizer and self.optimizer is None:
             raise ValueError(f"{type(self).__name__} has no optimizer; pass optimizer=RMSProp(...) when creating it")
+
+    def _training_target(self, x, target):
+        """The checked target for x (see :meth:`_target_for`), and one the loss can score
+        (BCE: values in [0, 1]). Called once per dataset or batch a user hands in."""
+        target = self._target_for(x, target)
+        if self.loss is not None:
+            self.loss.check_target(target)
+        return target
 
     def _target_for(self, x, target):
         if target is None:
@@ -99,7 +107,7 @@ class Model(Module):
         """
         self._require_training_parts()
         x = as_batch(x, self.in_features, self.backend, "x")
-        target = self._target_for(x, target)
+        target = self._training_target(x, target)
         return self._train_step(x, target)
 
     def _train_step(self, x, target):

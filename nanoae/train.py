@@ -231,7 +231,7 @@ def train(
     """
     model._require_training_parts()
     x = as_batch(x, model.in_features, model.backend, "x")
-    target = model._target_for(x, target)
+    target = model._training_target(x, target)  # checked once here, never per step
     batch_size = positive_int(batch_size, "batch_size")
     log_every = positive_int(log_every, "log_every")
     if batch_size > x.shape[0]:
