@@ -441,7 +441,7 @@ def _last_checkpoint(path: Path) -> str:
         step = load_checkpoint(path, backend="numpy").step
     except CheckpointError as exc:
         return f"the file at {path} is not a usable checkpoint ({exc.problem})"
-    return f"the last good checkpoint is {path} (step {step})"
+    return f"the last checkpoint is {path} (step {step}, read from the file)"
 
 
 def command_train(args) -> int:
