@@ -138,14 +138,15 @@ def all_finite(bits, exponent_mask):
     A running integer max of ``bits & exponent_mask`` vectorizes without fastmath (a
     float test with an early exit per element would not); it reaches exponent_mask
     exactly when some element is not finite. Checked once per chunk, so a bad value
-    ends the pass early.
+    ends the pass early. Each chunk is a slice indexed from 0: indexing ``bits[i]`` for
+    i in range(start, stop) makes Numba guard against negative indices, which stops
+    SIMD (measured: 9x slower on the tutorial's 1.1M-element arena).
     """
-    n = bits.shape[0]
-    for start in range(0, n, FINITE_CHUNK):
-        stop = min(start + FINITE_CHUNK, n)
-        worst = bits[start] & exponent_mask
-        for i in range(start, stop):
-            worst = max(worst, bits[i] & exponent_mask)
+    for start in range(0, bits.shape[0], FINITE_CHUNK):
+        chunk = bits[start : start + FINITE_CHUNK]
+        worst = chunk[0] & exponent_mask
+        for i in range(chunk.shape[0]):
+            worst = max(worst, chunk[i] & exponent_mask)
         if worst == exponent_mask:
             return False
     return True
