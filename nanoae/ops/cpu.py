@@ -12,6 +12,9 @@ memory traffic:
   indices first and raises IndexError for one out of range, as the reference does);
 * ``l2_penalty`` is one BLAS dot (a scalar, no temporary), and the optimizer updates
   work in place on the parameter arena with scratch kept in their own workspace;
+* ``step_is_finite`` (the guard before each update) is one pass over the gradient
+  arena's bit patterns (Numba; NumPy: ``isfinite`` into a kept buffer), ending early at
+  a NaN or an infinity, allocating nothing;
 * matmuls write into those buffers (``np.matmul(..., out=)``), including the weight
   gradients, which go straight into the parameter arena's gradient views;
 * bias-add + activation is one pass; activation' + the bias gradient is one pass;
