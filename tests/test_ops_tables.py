@@ -445,7 +445,10 @@ def _nonfinite(dtype, kind: str, payload: int):
     """+inf, -inf, or a NaN with any sign and payload (quiet or signalling: every NaN)."""
     if kind != "nan":
         return dtype(np.inf if kind == "inf" else -np.inf)
-    unsigned, exponent, mantissa_bits = (np.uint32, 0x7F80_0000, 23) if dtype == np.float32 else (np.uint64, 0x7FF0_0000_0000_0000, 52)
+    if dtype == np.float32:
+        unsigned, exponent, mantissa_bits = np.uint32, 0x7F80_0000, 23
+    else:
+        unsigned, exponent, mantissa_bits = np.uint64, 0x7FF0_0000_0000_0000, 52
     mantissa = payload % (2**mantissa_bits - 1) + 1  # never 0: that would be an infinity
     sign = (payload >> 60) & 1
     return np.array([(sign << (63 if dtype == np.float64 else 31)) | exponent | mantissa], dtype=unsigned).view(dtype)[0]
@@ -454,7 +457,10 @@ def _nonfinite(dtype, kind: str, payload: int):
 @pytest.mark.parametrize("name", TABLES)
 @given(
     size=st.one_of(st.integers(1, 70), st.integers(FINITE_CHUNK - 2, FINITE_CHUNK + 2), st.integers(1, 3 * FINITE_CHUNK + 9)),
-    places=st.lists(st.tuples(st.one_of(st.just(-1), st.just(0), st.floats(0, 1)), st.sampled_from(["nan", "inf", "-inf"]), st.integers(0, 2**62)), max_size=3),
+    places=st.lists(  # (where: -1 the last element, else a fraction of the size; what; a NaN's payload)
+        st.tuples(st.one_of(st.just(-1), st.just(0), st.floats(0, 1)), st.sampled_from(["nan", "inf", "-inf"]), st.integers(0, 2**62)),
+        max_size=3,
+    ),
     loss_kind=st.sampled_from(["finite", "finite", "nan", "inf"]),
     dtype=DTYPES,
     seed=seeds,

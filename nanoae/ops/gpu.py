@@ -275,7 +275,8 @@ class GpuOps(OpsTable):
 
     # ---- the guard between backward and the update -----------------------------------
     def _capturing(self) -> bool:
-        """Is the current stream recording a CUDA graph? (False where CuPy cannot say.)"""
+        """Is the current stream recording a CUDA graph? (False where CuPy cannot say:
+        the check's host sync then makes the capture fail, and the step runs eagerly.)"""
         is_capturing = getattr(self.cp.cuda.get_current_stream(), "is_capturing", None)
         return bool(is_capturing()) if is_capturing is not None else False
 
