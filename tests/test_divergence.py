@@ -192,3 +192,30 @@ def test_cli_diverged_run_says_when_no_checkpoint_was_written(tmp_path, mnist_di
     err = capsys.readouterr().err
     assert "was not applied" in err and f"no checkpoint was written (none at {out / 'checkpoint.npz'})" in err, err
     assert "the last checkpoint is" not in err and not (out / "checkpoint.npz").exists()
+
+
+# ---- the GPU's captured graph ----------------------------------------------------------------
+import nanoae.backend as backend_module  # noqa: E402
+
+CUPY_OK, CUPY_WHY = backend_module.cupy_status()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUPY_OK, reason=f"no GPU backend here: {CUPY_WHY}")
+def test_on_the_gpu_graph_a_diverging_run_stops_at_a_log_step_with_finite_checkpoints(tmp_path):
+    """What the GPU path guarantees: the graph stays capturable (the check answers True
+    while capturing, so no capture failure), a diverging run stops at the first log step
+    whose loss is not finite (or at an eager step, not applied), and every checkpoint
+    written holds finite parameters."""
+    from nanoae.ops.gpu_graph import GraphCaptureUnavailable
+
+    model = diverging_model(backend_module.get_backend("cupy"))
+    path = tmp_path / "checkpoint.npz"
+    with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(data(), steps=500, batch_size=32, callbacks=[Checkpointer(path, every=1)])
+    assert not [w for w in caught if issubclass(w.category, GraphCaptureUnavailable)]
+    assert history.stopped and [w for w in caught if issubclass(w.category, NonFiniteLossWarning)]
+    assert model.steps_trained < 500
+    saved = load_checkpoint(path, backend="numpy")
+    assert np.isfinite(saved.model.arena.values).all() and saved.step <= model.steps_trained
