@@ -12,12 +12,15 @@ import warnings
 import numpy as np
 import pytest
 
+import nanoae.backend as backend_module
 from nanoae import Adam, Autoencoder, Dense, NonFiniteStepError, RMSProp, SGD
 from nanoae.callbacks import Callback, Checkpointer, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nanoae.cli import main as cli_main
+from nanoae.ops.gpu_graph import GraphCaptureUnavailable
 from nanoae.train import train
 
+CUPY_OK, CUPY_WHY = backend_module.cupy_status()
 OPTIMIZERS = {
     "sgd-momentum": lambda: SGD(1e3, momentum=0.9),
     "rmsprop-momentum": lambda: RMSProp(1e30, momentum=0.9),  # bounded steps: a huge lr
@@ -195,9 +198,6 @@ def test_cli_diverged_run_says_when_no_checkpoint_was_written(tmp_path, mnist_di
 
 
 # ---- the GPU's captured graph ----------------------------------------------------------------
-import nanoae.backend as backend_module  # noqa: E402
-
-CUPY_OK, CUPY_WHY = backend_module.cupy_status()
 
 
 @pytest.mark.gpu
@@ -207,8 +207,6 @@ def test_on_the_gpu_graph_a_diverging_run_stops_at_a_log_step_with_finite_checkp
     while capturing, so no capture failure), a diverging run stops at the first log step
     whose loss is not finite (or at an eager step, not applied), and every checkpoint
     written holds finite parameters."""
-    from nanoae.ops.gpu_graph import GraphCaptureUnavailable
-
     model = diverging_model(backend_module.get_backend("cupy"))
     path = tmp_path / "checkpoint.npz"
     with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:

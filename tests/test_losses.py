@@ -5,8 +5,10 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nanoae import BCE, MSE, BCEWithLogits, gradcheck
+from nanoae import BCE, MSE, Autoencoder, BCEWithLogits, Dense, Sequential, gradcheck
 from nanoae.backend import get_backend
 from nanoae.losses import get_loss
 
@@ -122,11 +124,6 @@ def test_loss_errors():
 
 
 # ---- BCE targets must be probabilities ---------------------------------------------------
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from nanoae import Autoencoder, Dense, Sequential  # noqa: E402
-
 OUTSIDE = st.one_of(st.floats(-1e6, -1e-6), st.floats(1 + 1e-6, 1e6), st.sampled_from([-1.0, 2.0, 255.0]))
 
 

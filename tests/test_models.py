@@ -9,6 +9,7 @@ import pytest
 
 import nanoae
 from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
+from nanoae.backend import Backend
 from nanoae.losses import loss_from_config
 from nanoae.module import clone_module, count_parameters, module_from_config
 from nanoae.optim import optimizer_from_config
@@ -453,8 +454,6 @@ def test_a_model_bigger_than_the_machine_is_a_clear_memory_error():
 def test_an_allocation_that_fails_is_a_clear_memory_error(monkeypatch):
     """What fits the machine may still not be free: the allocator's own MemoryError
     becomes one that names the size (simulated: the allocator refuses)."""
-    from nanoae.backend import Backend
-
     def refuse(self, shape, dtype=None):
         raise MemoryError("Unable to allocate")  # what NumPy's _ArrayMemoryError is
 
