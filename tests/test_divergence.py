@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import nanoae.backend as backend_module
+import nanoae.cli as cli_module
 from nanoae import Adam, Autoencoder, Dense, NonFiniteStepError, RMSProp, SGD
 from nanoae.callbacks import Callback, Checkpointer, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nanoae.cli import main as cli_main
 from nanoae.ops.gpu_graph import GraphCaptureUnavailable
 from nanoae.train import train
 
@@ -171,7 +171,7 @@ def test_save_checkpoint_refuses_non_finite_parameters_unless_asked(tmp_path):
 def run_cli(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cli_main([str(arg) for arg in args])
+        return cli_module.main([str(arg) for arg in args])
 
 
 DIVERGING = ["--steps", 200, "--optimizer", "sgd", "--lr", 1e4, "--output-activation", "identity", "--eval-every", 0, "--quiet"]
@@ -217,3 +217,25 @@ def test_on_the_gpu_graph_a_diverging_run_stops_at_a_log_step_with_finite_checkp
     assert model.steps_trained < 500
     saved = load_checkpoint(path, backend="numpy")
     assert np.isfinite(saved.model.arena.values).all() and saved.step <= model.steps_trained
+
+
+@pytest.mark.parametrize(
+    "every, kept", [(2, "the last checkpoint is {path} (step 4, read from the file)"), (0, "no checkpoint was written (none at {path})")]
+)
+def test_cli_ctrl_c_names_the_checkpoint_that_exists(tmp_path, mnist_dir, capsys, monkeypatch, every, kept):
+    class CtrlCAtStep5(Callback):
+        def on_step_end(self, state):
+            if state.step == 5:
+                raise KeyboardInterrupt
+
+    original = cli_module._run_training
+    monkeypatch.setattr(
+        cli_module, "_run_training", lambda model, images, steps, batch_size, args, callbacks, sampler: original(
+            model, images, steps, batch_size, args, [*callbacks, CtrlCAtStep5()], sampler)
+    )  # fmt: skip
+    out = tmp_path / "run"
+    code = run_cli(["train", "--data", mnist_dir, "--out", out, "--steps", 10, "--batch-size", 32, "--checkpoint-every", every,
+                    "--eval-every", 0, "--quiet"])  # fmt: skip
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"nanoae: interrupted at step 5; {kept.format(path=out / 'checkpoint.npz')}" in err, err
