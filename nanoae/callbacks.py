@@ -41,7 +41,7 @@ __all__ = [
 
 
 class NonFiniteLossWarning(RuntimeWarning):
-    """Training stopped because the loss became NaN or infinite."""
+    """Training stopped because the loss (or a gradient) became NaN or infinite."""
 
 
 class Callback:
