@@ -3,7 +3,8 @@
 :class:`GpuOps` is an :class:`~nanoae.ops.table.OpsTable` (same functions, same calling
 convention) that overrides ``activation_forward``/``activation_backward``,
 ``dense_forward``/``dense_backward``, ``mse_loss_and_grad``, ``gather_rows``, the three
-optimizer updates and ``compile_train_step``, and inherits the rest: the reference math,
+optimizer updates, ``step_is_finite`` (not checked while a graph is captured: see there)
+and ``compile_train_step``, and inherits the rest: the reference math,
 which runs as is on CuPy arrays. Given a ``workspace``, the overridden functions write
 into buffers kept there and allocate nothing after their first call. On a GPU the step of the
 tutorial model at batch 256 is ~1.4 GFLOP, which an H100 does in a few tens of
