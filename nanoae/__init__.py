@@ -14,6 +14,7 @@ from nanoae import checkpoint, data, init, params, plot, presets, train, validat
 from nanoae.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from nanoae.backend import Backend, BackendUnavailable, get_backend
 from nanoae.classifier import Classifier
+from nanoae.errors import NonFiniteStepError
 from nanoae.gradcheck import GradcheckReport, gradcheck
 from nanoae.layers import Dense
 from nanoae.losses import BCE, MSE, BCEWithLogits, SoftmaxCrossEntropy
@@ -33,6 +34,7 @@ __all__ = [
     "Classifier",
     "GaussianNoise",
     "MaskingNoise",
+    "NonFiniteStepError",
     "PCA",
     "SoftmaxCrossEntropy",
     "VariationalAutoencoder",

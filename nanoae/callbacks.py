@@ -10,8 +10,13 @@ A callback has any of ``on_train_begin(state)``, ``on_step_end(state)``,
 * :class:`Evaluator`       test reconstruction MSE every N steps and at the end
 * :class:`Checkpointer`    an atomic checkpoint every N steps and at the end, only of
                            finite parameters, so the last one is always good
-* :class:`StopOnNonFinite` ends training when the loss is NaN or infinite (the loop
-                           always runs one)
+* :class:`StopOnNonFinite` ends training when a logged loss is NaN or infinite (the
+                           loop always runs one)
+
+A step whose loss or gradient is NaN or infinite is normally caught before this guard
+sees it: the model does not apply it and raises
+:class:`~nanoae.errors.NonFiniteStepError`, on which the loop stops. StopOnNonFinite
+catches what that check cannot (a GPU's captured graph, which is not checked per step).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ __all__ = [
 
 
 class NonFiniteLossWarning(RuntimeWarning):
-    """Training stopped because the loss became NaN or infinite."""
+    """Training stopped because the loss (or a gradient) became NaN or infinite."""
 
 
 class Callback:

@@ -317,7 +317,21 @@ def _build_contents(model, sampler, extra) -> tuple[dict, dict]:
     return header, arrays
 
 
-def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
+def _refuse_nonfinite(target: Path, model) -> None:
+    """A CheckpointError when the model's parameters hold a NaN or an infinity."""
+    arena = getattr(model, "arena", None)
+    if arena is None:
+        return  # not built: _build_contents says so
+    bad = int((~np.isfinite(model.backend.to_host(arena.values))).sum())
+    if bad:
+        raise CheckpointError(
+            target,
+            f"not written: {bad} of the model's parameters are NaN or infinite (a diverged model); "
+            "save an earlier state, or pass allow_nonfinite=True to keep this one for inspection",
+        )
+
+
+def save_checkpoint(path, model, *, sampler=None, extra=None, allow_nonfinite: bool = False) -> Path:
     """Write ``model`` (parameters, optimizer state, step, RNG) to ``path`` atomically.
 
     path:    the file to write (exactly this name: no suffix is added; ``.npz`` is the
@@ -327,9 +341,13 @@ def save_checkpoint(path, model, *, sampler=None, extra=None) -> Path:
     sampler: a :class:`~nanoae.data.batching.BatchSampler` (or its ``state_dict()``)
              to save beside the model, so training resumes on the same batches
     extra:   a JSON-serializable dict stored in the header (training config, metrics)
+    allow_nonfinite: write parameters that hold NaN or infinity (for inspection);
+             without it such a model is refused, so a checkpoint is a finite model
     Returns the path as a :class:`pathlib.Path`. Raises :class:`CheckpointError`.
     """
     target = Path(os.fspath(path))
+    if not allow_nonfinite:
+        _refuse_nonfinite(target, model)
     try:
         header, arrays = _build_contents(model, sampler, extra)
         header_bytes = _dumps(header)

@@ -575,6 +575,18 @@ def _total_steps(args, rows: int, batch_size: int, done: int, saved: dict) -> in
     return steps
 
 
+def _last_checkpoint(path: Path) -> str:
+    """Which checkpoint a stopped run leaves, as read from the file itself (the step it
+    holds), or that none was written."""
+    if not path.exists():
+        return f"no checkpoint was written (none at {path})"
+    try:
+        step = load_checkpoint(path, backend="numpy").step
+    except CheckpointError as exc:
+        return f"the file at {path} is not a usable checkpoint ({exc.problem})"
+    return f"the last checkpoint is {path} (step {step}, read from the file)"
+
+
 def command_train(args) -> int:
     # Every check (options, run directory, data, model, step count) before anything is written.
     resumed = _load_resume_checkpoint(args)
@@ -598,10 +610,10 @@ def command_train(args) -> int:
     try:
         history = _run_training(model, train_set.images, remaining, batch_size, args, callbacks, sampler)
     except KeyboardInterrupt:
-        print(f"nanoae: interrupted at step {model.steps_trained}; the last checkpoint is {checkpoint_path}", file=sys.stderr)
+        print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if history.stopped:
-        print(f"nanoae: {history.stop_reason}; the last good checkpoint is kept at {checkpoint_path}", file=sys.stderr)
+        print(f"nanoae: {history.stop_reason}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_DIVERGED
     _report_run(model, history, test_set.images, out_dir, args.preset or "model")
     return EXIT_OK

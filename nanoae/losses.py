@@ -59,6 +59,11 @@ class Loss:
         check_same_shape(target, prediction.shape)
         return prediction, target
 
+    def check_target(self, target) -> None:
+        """Raise ValueError for targets this loss cannot score (once per dataset, where
+        targets enter from the user: ``train_step``, ``fit``, ``evaluate``; never inside
+        the training loop). Any finite target suits the base class and MSE."""
+
     def __call__(self, prediction, target):
         """The loss value only (no gradient kept): a 0-d array."""
         prediction, target = self._checked(prediction, target)
@@ -92,6 +97,21 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+def check_probability_targets(target, loss_name: str) -> None:
+    """ValueError naming the range found, unless every target lies in [0, 1].
+
+    Cross-entropy reads targets as probabilities; outside [0, 1] it has no minimum at
+    the target and training silently drifts (a 0..255 image, for one)."""
+    if getattr(target, "size", 0) == 0:
+        return
+    lowest, highest = float(target.min()), float(target.max())
+    if not (lowest >= 0.0 and highest <= 1.0):
+        raise ValueError(
+            f"{loss_name} needs targets in [0, 1] (probabilities), but they range over [{lowest:g}, {highest:g}]; "
+            "scale the data into [0, 1] (e.g. divide 8-bit pixels by 255) or use loss='mse'"
+        )
+
+
 class MSE(Loss):
     """Mean squared error, L = mean((p - t)^2); dL/dp = 2 (p - t) / N."""
 
@@ -118,6 +138,14 @@ class BCE(Loss):
         super().__init__()
         self.eps = fraction(eps, "eps", allow_zero=False)
 
+    def check_target(self, target) -> None:
+        check_probability_targets(target, "the BCE loss")
+
+    def _checked(self, prediction, target):
+        prediction, target = super()._checked(prediction, target)
+        self.check_target(target)
+        return prediction, target
+
     def _value(self, ops, prediction, target):
         return ops.bce_loss(prediction, target, self.eps)
 
@@ -135,6 +163,14 @@ class BCEWithLogits(Loss):
     """
 
     name = "bce_logits"
+
+    def check_target(self, target) -> None:
+        check_probability_targets(target, "the BCE-on-logits loss")
+
+    def _checked(self, prediction, target):
+        prediction, target = super()._checked(prediction, target)
+        self.check_target(target)
+        return prediction, target
 
     def _value(self, ops, prediction, target):
         return ops.bce_logits_loss(prediction, target)

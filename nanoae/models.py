@@ -11,6 +11,9 @@ and the seed of the training batches' sampler.
 
 from __future__ import annotations
 
+import math
+
+from nanoae.errors import NonFiniteStepError
 from nanoae.losses import BCEWithLogits, get_loss, loss_from_config
 from nanoae.module import Module, module_from_config
 from nanoae.optim import RMSProp, get_optimizer, optimizer_from_config
@@ -36,6 +39,7 @@ class Model(Module):
         self.optimizer = get_optimizer(optimizer) if optimizer is not None else None
         self._build_options = {"backend": backend, "dtype": dtype, "seed": seed, "fast": fast}
         self.steps_trained = 0
+        self._guard_workspace: dict = {}  # the finiteness check's buffers (ops.step_is_finite)
 
     # ---- building ------------------------------------------------------------------
     def build(self, backend=None, dtype=None, seed=None, fast=None) -> "Model":
@@ -47,6 +51,7 @@ class Model(Module):
         if self.optimizer is not None:
             self.optimizer.bind(self.arena)
         self.steps_trained = 0
+        self._guard_workspace = {}
         return self
 
     def _ensure_built(self) -> None:
@@ -58,7 +63,7 @@ class Model(Module):
         """Mean loss over a dataset (a float), computed in batches."""
         self._require_training_parts(need_optimizer=False)
         x = as_batch(x, self.in_features, self.backend, "x")
-        target = self._target_for(x, target)
+        target = self._training_target(x, target)
         total, count = 0.0, 0
         for start in range(0, x.shape[0], batch_size):
             stop = min(start + batch_size, x.shape[0])
@@ -75,6 +80,14 @@ class Model(Module):
         if need_optimizer and self.optimizer is None:
             raise ValueError(f"{type(self).__name__} has no optimizer; pass optimizer=RMSProp(...) when creating it")
 
+    def _training_target(self, x, target):
+        """The checked target for x (see :meth:`_target_for`), and one the loss can score
+        (BCE: values in [0, 1]). Called once per dataset or batch a user hands in."""
+        target = self._target_for(x, target)
+        if self.loss is not None:
+            self.loss.check_target(target)
+        return target
+
     def _target_for(self, x, target):
         if target is None:
             raise ValueError("target is required for this model")
@@ -88,10 +101,13 @@ class Model(Module):
         x: (batch, in_features); target: (batch, out_features).
         Returns the batch loss before the update, as a 0-d array of the model's dtype
         (``float(loss)`` reads it; on a GPU that waits for the device).
+        Raises :class:`~nanoae.errors.NonFiniteStepError` (a ``FloatingPointError``)
+        when the loss or a gradient is NaN or infinite: the update is then not applied,
+        and parameters, optimizer state and ``steps_trained`` are unchanged.
         """
         self._require_training_parts()
         x = as_batch(x, self.in_features, self.backend, "x")
-        target = self._target_for(x, target)
+        target = self._training_target(x, target)
         return self._train_step(x, target)
 
     def _train_step(self, x, target):
@@ -99,15 +115,28 @@ class Model(Module):
 
         The objective is loss(output, target) + penalty() (regularization terms such as
         L2 weight decay, an L1 on the code or a VAE's KL; 0.0 without any), and that is
-        what is returned.
+        what is returned. Between backward and the update, the ops table's
+        ``step_is_finite`` looks at the objective and the whole gradient arena; when
+        either holds a NaN or an infinity the update is skipped and
+        :class:`~nanoae.errors.NonFiniteStepError` raised, so parameters, optimizer
+        state and step count stay as they were (on a GPU's captured graph the check
+        cannot run: see :meth:`nanoae.ops.gpu.GpuOps.step_is_finite`).
         """
         output = self.forward(x)
         loss, grad_output = self.loss.loss_and_grad(output, target)
         self.backward(grad_output, need_input_grad=False)  # nobody needs dL/dx
         penalty = self.penalty()  # before the update: the terms at the weights used
+        objective = loss if type(penalty) is float and penalty == 0.0 else loss + penalty
+        if not self.backend.ops.step_is_finite(objective, self.arena.grads, self._guard_workspace):
+            raise self._diverged(objective)
         self.optimizer.step()
         self.steps_trained += 1
-        return loss if type(penalty) is float and penalty == 0.0 else loss + penalty
+        return objective
+
+    def _diverged(self, objective) -> NonFiniteStepError:
+        """The error for a step that was not applied (off the hot path: may allocate)."""
+        value = float(objective)
+        return NonFiniteStepError(self.steps_trained + 1, value, "loss" if not math.isfinite(value) else "gradient")
 
     @property
     def static_train_step(self) -> bool:

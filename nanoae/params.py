@@ -15,6 +15,7 @@ zero update, so the padding stays zero.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,24 @@ class ParamSpec:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+def _human_bytes(count: int) -> str:
+    """1536 -> "1.5 KiB"; binary units, as memory is counted."""
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _physical_memory() -> int | None:
+    """The host's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
@@ -73,10 +92,38 @@ class ParameterArena:
             self.layout[spec.name] = (offset, tuple(int(d) for d in spec.shape))
             offset += spec.size
         self.size = _aligned(offset)
-        self.values = backend.zeros((self.size,))
-        self.grads = backend.zeros((self.size,))
+        self.values, self.grads = self._allocate(backend)
         self.views = self._make_views(self.values)
         self.grad_views = self._make_views(self.grads)
+
+    def _largest(self) -> str:
+        spec = max(self.specs, key=lambda spec: spec.size, default=None)
+        return f"the largest tensor is {spec.name!r} with shape {tuple(spec.shape)}" if spec else "no tensors"
+
+    def _allocate(self, backend):
+        """(values, grads), zeroed; a MemoryError that names the size when they cannot fit.
+
+        Checked against the host's physical memory first (NumPy only): calloc may
+        promise far more than exists, and the initializer would then die writing it."""
+        itemsize = np.dtype(backend.dtype).itemsize
+        needed = 2 * self.size * itemsize
+        physical = _physical_memory() if backend.name == "numpy" else None
+        asked = (
+            f"{self.size:,} {np.dtype(backend.dtype).name} values ({_human_bytes(self.size * itemsize)}) "
+            f"and as many gradients, {_human_bytes(needed)} ({needed:,} bytes) in all; {self._largest()}"
+        )
+        if physical is not None and needed > physical:
+            raise MemoryError(
+                f"cannot allocate the model's parameters: {asked}, more than this machine's "
+                f"{_human_bytes(physical)} of memory; use smaller layers"
+            )
+        try:
+            return backend.zeros((self.size,)), backend.zeros((self.size,))
+        except MemoryError:
+            raise MemoryError(
+                f"cannot allocate the model's parameters: {asked}; the memory is not available; "
+                "use smaller layers or free memory"
+            ) from None
 
     def _make_views(self, flat) -> dict:
         views = {}
@@ -100,7 +147,14 @@ class ParameterArena:
                         f"expected {tuple(spec.shape)}"
                     )
             else:
-                host = np.asarray(get_initializer(spec.initializer)(tuple(spec.shape), rng))
+                try:
+                    host = np.asarray(get_initializer(spec.initializer)(tuple(spec.shape), rng))
+                except MemoryError:
+                    raise MemoryError(
+                        f"cannot draw the initial values of {spec.name!r} with shape {tuple(spec.shape)}: "
+                        f"{_human_bytes(spec.size * 8)} of float64 on the host are not available; "
+                        "use smaller layers or free memory"
+                    ) from None
                 if host.shape != tuple(spec.shape):
                     raise ValueError(
                         f"parameter {spec.name!r}: its initializer returned shape {host.shape}, "

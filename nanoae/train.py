@@ -28,6 +28,13 @@ never writes into one) and the generator's state: microseconds beside a training
 
 Callbacks: see :mod:`nanoae.callbacks`. A :class:`~nanoae.callbacks.StopOnNonFinite`
 always runs (first, unless the caller passed one).
+
+Divergence: a step whose loss or gradient is NaN or infinite raises
+:class:`~nanoae.errors.NonFiniteStepError` without being applied; the loop then stops
+(``history.stopped``, ``stop_reason`` naming the step) and warns once with a
+:class:`~nanoae.callbacks.NonFiniteLossWarning`. The model is left at the last step
+applied, with finite parameters. (On a GPU's captured graph the step cannot be
+checked before it is applied; StopOnNonFinite then stops the run at the next log step.)
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import numpy as np
 
 from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.data.batching import BatchSampler
+from nanoae.errors import NonFiniteStepError
 from nanoae.validation import as_batch, positive_int
 
 __all__ = ["MAX_INDEX_BLOCK", "History", "TrainingState", "train"]
@@ -58,6 +66,9 @@ class TrainingState:
     test_mse: set by an Evaluator on the log steps it evaluates, else None;
     aborted: True in ``on_train_end`` when an exception (Ctrl-C included) ended the run,
     which may have landed part-way through a step.
+    diverged: True when a step found a NaN or infinite loss or gradient and was not
+    applied (:class:`~nanoae.errors.NonFiniteStepError`); the run then stops with
+    ``stop`` set and ``step`` at the last step applied.
     """
 
     model: object
@@ -74,6 +85,7 @@ class TrainingState:
     stop: bool = False
     stop_reason: str = ""
     aborted: bool = False
+    diverged: bool = False
     start_step: int = 0
     history: "History" = None
 
@@ -83,7 +95,8 @@ class History(list):
 
     steps:      the step number of each logged loss
     test_mse:   (step, value) pairs from an Evaluator
-    stopped:    True when a callback ended training early; stop_reason says why
+    stopped:    True when a callback ended training early, or a step diverged (its
+                update not applied); stop_reason says why
     sampler:    the BatchSampler used (pass it back to continue the same order)
     """
 
@@ -153,9 +166,15 @@ class _LogClock:
 
 def _train_block(block, run_step, state: TrainingState, callbacks) -> None:
     """One training step per row of ``block`` (batch_size indices each), with
-    on_step_end after each; ends early when a callback stops the run."""
+    on_step_end after each; ends early when a callback stops the run, or when a step
+    diverges (that step was not applied: the run stops at the step before it)."""
     for row in range(block.shape[0]):
-        state.loss_array = run_step(block[row])
+        try:
+            state.loss_array = run_step(block[row])
+        except NonFiniteStepError as exc:
+            state.stop, state.diverged = True, True
+            state.stop_reason = f"training stopped at step {exc.step - 1}: {exc}"
+            return
         state.step = state.model.steps_trained
         state.loss = None
         for callback in callbacks:
@@ -212,7 +231,7 @@ def train(
     """
     model._require_training_parts()
     x = as_batch(x, model.in_features, model.backend, "x")
-    target = model._target_for(x, target)
+    target = model._training_target(x, target)  # checked once here, never per step
     batch_size = positive_int(batch_size, "batch_size")
     log_every = positive_int(log_every, "log_every")
     if batch_size > x.shape[0]:
@@ -243,6 +262,8 @@ def train(
             )
             block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
             _train_block(model.backend.asarray(block), run_step, state, callbacks)
+            if state.diverged:
+                break  # the step before the bad one was logged if it was a log step
             if state.step % log_every == 0 or state.step == total_steps:
                 _log(state, clock, callbacks)  # not at a block cut at MAX_INDEX_BLOCK or by a stop
     except BaseException:
@@ -257,6 +278,6 @@ def train(
     if state.stop:
         history.stopped = True
         history.stop_reason = state.stop_reason
-        if any(isinstance(callback, StopOnNonFinite) and callback.stopped for callback in callbacks):
+        if state.diverged or any(isinstance(callback, StopOnNonFinite) and callback.stopped for callback in callbacks):
             warnings.warn(state.stop_reason, NonFiniteLossWarning, stacklevel=2)
     return history

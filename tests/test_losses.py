@@ -1,11 +1,14 @@
 """Losses at chosen points and their gradients, on every ops table; their argument checks."""
 
 import math
+import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nanoae import BCE, MSE, BCEWithLogits, gradcheck
+from nanoae import BCE, MSE, Autoencoder, BCEWithLogits, Dense, Sequential, gradcheck
 from nanoae.backend import get_backend
 from nanoae.losses import get_loss
 
@@ -118,3 +121,49 @@ def test_loss_errors():
         BCE(eps=0.0)
     with pytest.raises(RuntimeError, match="before forward"):
         MSE().backward()
+
+
+# ---- BCE targets must be probabilities ---------------------------------------------------
+OUTSIDE = st.one_of(st.floats(-1e6, -1e-6), st.floats(1 + 1e-6, 1e6), st.sampled_from([-1.0, 2.0, 255.0]))
+
+
+@pytest.mark.parametrize("loss", ["bce", "bce_logits"])
+@given(bad=OUTSIDE, row=st.integers(0, 5), column=st.integers(0, 3))
+def test_bce_targets_outside_0_1_are_refused_where_they_enter(loss, bad, row, column):
+    """A target outside [0, 1] anywhere: a ValueError naming the range found, from
+    train_step, fit, evaluate and the loss called alone; nothing trained."""
+    target = np.random.default_rng(row).random((6, 4)).astype(np.float32)
+    target[row, column] = np.float32(bad)
+    lowest, highest = min(float(target.min()), 0.0), float(target.max())
+    found = re.escape(f"range over [{float(target.min()):g}, {highest:g}]")
+    model = Sequential([Dense(3, 4, "sigmoid" if loss == "bce" else "identity")], loss=loss, optimizer="sgd", seed=0)
+    x = np.zeros((6, 3), np.float32)
+    model.build()
+    before = model.arena.values.copy()
+    for call in (
+        lambda: model.train_step(x, target),
+        lambda: model.fit(x, target, steps=2, batch_size=3),
+        lambda: model.evaluate(x, target),
+        lambda: model.loss(np.full((6, 4), 0.5, np.float32), target),
+    ):
+        with pytest.raises(ValueError, match=rf"needs targets in \[0, 1\] \(probabilities\), but they {found}; scale the data"):
+            call()
+    assert lowest <= 0.0 and model.steps_trained == 0
+    np.testing.assert_array_equal(model.arena.values, before)
+
+
+@pytest.mark.parametrize("loss", ["bce", "bce_logits"])
+def test_bce_targets_at_the_edges_are_accepted(loss):
+    target = np.array([[0.0, 1.0, 0.5, 1.0]] * 4, np.float32)
+    model = Sequential([Dense(3, 4, "sigmoid" if loss == "bce" else "identity")], loss=loss, optimizer="sgd", seed=0)
+    history = model.fit(np.ones((4, 3), np.float32), target, steps=2, batch_size=2)
+    assert len(history) == 2 and np.isfinite(model.evaluate(np.ones((4, 3), np.float32), target))
+
+
+def test_an_autoencoder_on_bce_refuses_0_to_255_images():
+    model = Autoencoder([Dense(4, 2)], [Dense(2, 4, "sigmoid")], loss="bce", seed=0)
+    images = np.array([[0, 128, 255, 3]] * 8, np.float32)
+    with pytest.raises(ValueError, match=r"range over \[0, 255\]; scale the data into \[0, 1\] \(e\.g\. divide 8-bit pixels by 255\)"):
+        model.fit(images, steps=1, batch_size=4)
+    model.fit(images / 255, steps=1, batch_size=4)
+    assert model.steps_trained == 1

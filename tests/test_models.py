@@ -9,6 +9,7 @@ import pytest
 
 import nanoae
 from nanoae import Adam, Autoencoder, Dense, RMSProp, SGD, Sequential, presets
+from nanoae.backend import Backend
 from nanoae.losses import loss_from_config
 from nanoae.module import clone_module, count_parameters, module_from_config
 from nanoae.optim import optimizer_from_config
@@ -437,3 +438,25 @@ def test_only_classes_that_can_be_rebuilt_are_offered_as_known_types():
     known = nanoae.module.known_module_types()
     assert {"Dense", "Sequential", "Autoencoder", "GaussianSample", "ReLU"} <= set(known)
     assert not {"Module", "Model"} & set(known)
+
+
+# ---- parameters beyond memory -------------------------------------------------------------
+def test_a_model_bigger_than_the_machine_is_a_clear_memory_error():
+    """Dense(10**12, 10) asks for 10**13 float32 values and as many gradients (80 TB):
+    refused before anything is allocated, naming the size and the tensor."""
+    with pytest.raises(MemoryError, match=r"10,000,000,000,016 float32 values \(36\.4 TiB\) and as many gradients, 72\.8 TiB "
+                       r"\(80,000,000,000,128 bytes\) in all; the largest tensor is 'weights' with shape \(1000000000000, 10\), "
+                       r"more than this machine's [\d.]+ [KMGT]iB of memory; use smaller layers") as caught:
+        Dense(10**12, 10).build()
+    assert type(caught.value) is MemoryError  # not NumPy's _ArrayMemoryError
+
+
+def test_an_allocation_that_fails_is_a_clear_memory_error(monkeypatch):
+    """What fits the machine may still not be free: the allocator's own MemoryError
+    becomes one that names the size (simulated: the allocator refuses)."""
+    def refuse(self, shape, dtype=None):
+        raise MemoryError("Unable to allocate")  # what NumPy's _ArrayMemoryError is
+
+    monkeypatch.setattr(Backend, "zeros", refuse)
+    with pytest.raises(MemoryError, match=r"the largest tensor is 'encoder\.0\.weights' with shape \(20, 12\); the memory is not available"):
+        small_autoencoder()

@@ -435,3 +435,81 @@ def test_adamw_with_lr_times_decay_one_zeroes_the_weights_first(name, flavor):
     first, second = device(table, np.zeros(9, np.float32)), device(table, np.zeros(9, np.float32))
     table.adam_update(params, device(table, np.zeros(9, np.float32)), first, second, 0.5, 0.9, 0.999, 1e-7, 1, 2.0, True, flavor, {})
     np.testing.assert_array_equal(host(params), np.zeros(9, np.float32))
+
+
+# ---- the guard between backward and the update ------------------------------------------
+FINITE_CHUNK = 16384  # the Numba kernel's early-exit chunk: sizes around it are drawn
+
+
+def _nonfinite(dtype, kind: str, payload: int):
+    """+inf, -inf, or a NaN with any sign and payload (quiet or signalling: every NaN)."""
+    if kind != "nan":
+        return dtype(np.inf if kind == "inf" else -np.inf)
+    if dtype == np.float32:
+        unsigned, exponent, mantissa_bits = np.uint32, 0x7F80_0000, 23
+    else:
+        unsigned, exponent, mantissa_bits = np.uint64, 0x7FF0_0000_0000_0000, 52
+    mantissa = payload % (2**mantissa_bits - 1) + 1  # never 0: that would be an infinity
+    sign = (payload >> 60) & 1
+    return np.array([(sign << (63 if dtype == np.float64 else 31)) | exponent | mantissa], dtype=unsigned).view(dtype)[0]
+
+
+@pytest.mark.parametrize("name", TABLES)
+@given(
+    size=st.one_of(st.integers(1, 70), st.integers(FINITE_CHUNK - 2, FINITE_CHUNK + 2), st.integers(1, 3 * FINITE_CHUNK + 9)),
+    places=st.lists(  # (where: -1 the last element, else a fraction of the size; what; a NaN's payload)
+        st.tuples(st.one_of(st.just(-1), st.just(0), st.floats(0, 1)), st.sampled_from(["nan", "inf", "-inf"]), st.integers(0, 2**62)),
+        max_size=3,
+    ),
+    loss_kind=st.sampled_from(["finite", "finite", "nan", "inf"]),
+    dtype=DTYPES,
+    seed=seeds,
+)
+def test_step_is_finite(name, size, places, loss_kind, dtype, seed):
+    """True exactly when the loss and every gradient are finite, wherever a NaN or an
+    infinity sits (first element, last, a chunk's edge), among finite extremes (the
+    largest float, subnormals, -0); twice with one workspace, on another array."""
+    table, rng = table_named(name), np.random.default_rng(seed)
+    info = np.finfo(dtype)
+    extremes = np.array([info.max, -info.max, info.smallest_subnormal, -0.0, 0.0, info.tiny], dtype=dtype)
+    grads = rng.standard_normal(size).astype(dtype)
+    sprinkled = rng.random(size) < 0.1
+    grads[sprinkled] = rng.choice(extremes, size=int(sprinkled.sum()))
+    for where, kind, payload in places:
+        index = size - 1 if where == -1 else min(int(where * size), size - 1)
+        grads[index] = _nonfinite(dtype, kind, payload)
+    loss = {"finite": dtype(0.25), "nan": dtype(np.nan), "inf": dtype(np.inf)}[loss_kind]
+    expected = bool(np.isfinite(loss)) and bool(np.isfinite(grads).all())
+    assert reference.step_is_finite(loss, grads) is expected
+    workspace = {}
+    assert bool(table.step_is_finite(np.asarray(loss), device(table, grads), workspace)) is expected
+    # Another array of the same shape, of the opposite finiteness, with the same workspace:
+    # whatever the table keeps there must not answer for the old array.
+    grads_finite = bool(np.isfinite(grads).all())
+    other = np.zeros_like(grads) if not grads_finite else grads.copy()
+    if grads_finite:
+        other[rng.integers(size)] = np.nan
+    again = table.step_is_finite(np.asarray(loss), device(table, other), workspace)
+    assert bool(again) is (bool(np.isfinite(loss)) and not grads_finite)
+
+
+@pytest.mark.parametrize("name", TABLES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_is_finite_sees_the_arena_padding(name, dtype):
+    """The check covers the whole gradient arena: a NaN in the padding between two tensors
+    (which the optimizer would spread nowhere, but which means memory was overwritten)
+    fails it as one inside a tensor does."""
+    table = table_named(name)
+    model = Sequential([Dense(3, 5), Dense(5, 2)], backend=backend_module.get_backend("numpy", dtype=dtype))
+    model.build()
+    arena = model.arena
+    used = np.zeros(arena.size, dtype=bool)
+    for offset, shape in arena.layout.values():
+        used[offset : offset + int(np.prod(shape))] = True
+    padding = np.flatnonzero(~used)
+    assert padding.size and padding[-1] == arena.size - 1
+    for index in (padding[0], padding[-1]):
+        grads = np.zeros(arena.size, dtype=dtype)
+        assert table.step_is_finite(np.asarray(dtype(1)), device(table, grads), {})
+        grads[index] = np.nan
+        assert not table.step_is_finite(np.asarray(dtype(1)), device(table, grads), {})

@@ -12,6 +12,9 @@ memory traffic:
   indices first and raises IndexError for one out of range, as the reference does);
 * ``l2_penalty`` is one BLAS dot (a scalar, no temporary), and the optimizer updates
   work in place on the parameter arena with scratch kept in their own workspace;
+* ``step_is_finite`` (the guard before each update) is one pass over the gradient
+  arena's bit patterns (Numba; NumPy: ``isfinite`` into a kept buffer), ending early at
+  a NaN or an infinity, allocating nothing;
 * matmuls write into those buffers (``np.matmul(..., out=)``), including the weight
   gradients, which go straight into the parameter arena's gradient views;
 * bias-add + activation is one pass; activation' + the bias gradient is one pass;
@@ -40,6 +43,7 @@ when it imports, unless ``NANOAE_NUMBA=0``.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -164,6 +168,30 @@ class CpuOps(OpsTable):
         np.multiply(weights, weights.dtype.type(strength), out=scratch)
         np.add(grad_weights, scratch, out=grad_weights)
         return None
+
+    # ---- the guard between backward and the update -----------------------------------
+    # float dtype -> (unsigned integer of its width, the exponent bits)
+    _EXPONENT_BITS = {
+        np.dtype(np.float32): (np.uint32, np.uint32(0x7F80_0000)),
+        np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0_0000_0000_0000)),
+    }
+
+    def step_is_finite(self, loss, grads, workspace=None) -> bool:
+        """The loss and every gradient finite? One pass over the flat gradient arena,
+        ending at the first chunk with a NaN or infinity, into nothing allocated per call
+        (with a workspace: the integer view or the boolean buffer is kept there).
+        Anything else (no workspace, a non-contiguous or non-float array) runs the reference."""
+        if not math.isfinite(loss):
+            return False
+        layout = self._EXPONENT_BITS.get(grads.dtype)
+        if workspace is None or layout is None or grads.ndim != 1 or not grads.flags.c_contiguous:
+            return super().step_is_finite(loss, grads)
+        if self.kernels.NAME == "numba":
+            kept = workspace.get("finite_bits")
+            if kept is None or kept[0] is not grads:
+                kept = workspace["finite_bits"] = (grads, grads.view(layout[0]))
+            return self.kernels.all_finite(kept[1], layout[1])
+        return self.kernels.all_finite(grads, _buffer(workspace, "finite_mask", grads.shape, np.bool_))
 
     # ---- data ----------------------------------------------------------------------
     def gather_rows(self, data, indices, workspace=None):

@@ -3,7 +3,8 @@
 :class:`GpuOps` is an :class:`~nanoae.ops.table.OpsTable` (same functions, same calling
 convention) that overrides ``activation_forward``/``activation_backward``,
 ``dense_forward``/``dense_backward``, ``mse_loss_and_grad``, ``gather_rows``, the three
-optimizer updates and ``compile_train_step``, and inherits the rest: the reference math,
+optimizer updates, ``step_is_finite`` (not checked while a graph is captured: see there)
+and ``compile_train_step``, and inherits the rest: the reference math,
 which runs as is on CuPy arrays. Given a ``workspace``, the overridden functions write
 into buffers kept there and allocate nothing after their first call. On a GPU the step of the
 tutorial model at batch 256 is ~1.4 GFLOP, which an H100 does in a few tens of
@@ -272,6 +273,27 @@ class GpuOps(OpsTable):
             first_moment,
             second_moment,
         )
+
+    # ---- the guard between backward and the update -----------------------------------
+    def _capturing(self) -> bool:
+        """Is the current stream recording a CUDA graph? (False where CuPy cannot say:
+        the check's host sync then makes the capture fail, and the step runs eagerly.)"""
+        is_capturing = getattr(self.cp.cuda.get_current_stream(), "is_capturing", None)
+        return bool(is_capturing()) if is_capturing is not None else False
+
+    def step_is_finite(self, loss, grads, workspace=None) -> bool:
+        """The reference check (a host sync) on an eager step; True, without looking,
+        while a CUDA graph is being captured.
+
+        A captured step cannot wait for the host, and a replayed graph has no Python in
+        it, so on the graph path a NaN or infinite step *is* applied; the training loop
+        then stops at the next log step, where it reads the loss (every step with the
+        default log_every=1), and a checkpoint is never written from non-finite
+        parameters. Eager steps (the first one, VAEs and denoisers, graphs disabled) are
+        checked and not applied, as on the CPU."""
+        if self._capturing():
+            return True
+        return super().step_is_finite(loss, grads)
 
     # ---- the training step -----------------------------------------------------------
     def compile_train_step(self, model, data, target=None, workspace=None):

@@ -127,6 +127,31 @@ def mse(prediction, target, grad, scale, column_sums):
     return total
 
 
+FINITE_CHUNK = 16384  # elements checked between early exits: 64 KB of float32, inside L2
+
+
+@njit(**_OPTIONS)
+def all_finite(bits, exponent_mask):
+    """True when no element of a flat float array, seen as unsigned integers of its
+    width (``bits``), has every exponent bit set (that pattern is +-inf or NaN).
+
+    A running integer max of ``bits & exponent_mask`` vectorizes without fastmath (a
+    float test with an early exit per element would not); it reaches exponent_mask
+    exactly when some element is not finite. Checked once per chunk, so a bad value
+    ends the pass early. Each chunk is a slice indexed from 0: indexing ``bits[i]`` for
+    i in range(start, stop) makes Numba guard against negative indices, which stops
+    SIMD (measured: 9x slower on the tutorial's 1.1M-element arena).
+    """
+    for start in range(0, bits.shape[0], FINITE_CHUNK):
+        chunk = bits[start : start + FINITE_CHUNK]
+        worst = chunk[0] & exponent_mask
+        for i in range(chunk.shape[0]):
+            worst = max(worst, chunk[i] & exponent_mask)
+        if worst == exponent_mask:
+            return False
+    return True
+
+
 @njit(**_OPTIMIZER_OPTIONS)
 def _rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum):
     for k in prange(params.shape[0]):

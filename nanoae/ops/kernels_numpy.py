@@ -92,6 +92,13 @@ def mse(prediction, target, grad, scale, column_sums):
     return total
 
 
+def all_finite(values, mask):
+    """True when every element of ``values`` is finite; ``mask`` is a boolean buffer of
+    the same shape that np.isfinite writes into (no allocation but a scalar)."""
+    np.isfinite(values, out=mask)
+    return bool(mask.all())
+
+
 def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, scratch):
     """ms += (g^2 - ms)(1 - rho); then the inside-the-root increment (see reference)."""
     first, second, _ = scratch

@@ -349,6 +349,20 @@ def masking_corruption(x, keep):
 
 
 # --------------------------------------------------------------------------------------
+# The guard between backward and the update: is this step safe to apply?
+# --------------------------------------------------------------------------------------
+def step_is_finite(loss, grads) -> bool:
+    """True when the loss and every gradient are finite (no NaN, no infinity).
+
+    loss: a scalar or 0-d array (the step's objective); grads: the flat gradient arena
+    (any shape). A step that fails this is not applied: an update from a NaN or
+    infinite gradient would make every parameter it touches NaN.
+    """
+    xp = array_module(grads)
+    return bool(xp.isfinite(xp.asarray(loss)).all()) and bool(xp.isfinite(grads).all())
+
+
+# --------------------------------------------------------------------------------------
 # Optimizer updates, in place over flat arrays (the parameter arena and its state).
 # --------------------------------------------------------------------------------------
 def rmsprop_update(

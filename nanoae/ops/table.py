@@ -47,6 +47,7 @@ OPS_API = (
     "l1_penalty_and_grad",
     "gaussian_corruption",
     "masking_corruption",
+    "step_is_finite",
     "gather_rows",
     "compile_train_step",
     "rmsprop_update",
@@ -143,6 +144,13 @@ class OpsTable:
 
     def masking_corruption(self, x, keep, workspace=None):
         return reference.masking_corruption(x, keep)
+
+    # ---- the guard between backward and the update -----------------------------------
+    def step_is_finite(self, loss, grads, workspace=None) -> bool:
+        """True when the loss and every gradient are finite; the model applies the update
+        only then. A fast table checks without allocating; the GPU table may answer True
+        without looking while a CUDA graph is being captured (see :mod:`nanoae.ops.gpu`)."""
+        return reference.step_is_finite(loss, grads)
 
     # ---- optimizer updates -----------------------------------------------------------
     def rmsprop_update(self, params, grads, mean_square, momentum_buffer, lr, rho, eps, momentum, flavor, workspace=None):
