@@ -327,11 +327,11 @@ def _refuse_nonfinite(target: Path, model) -> None:
         raise CheckpointError(
             target,
             f"not written: {bad} of the model's parameters are NaN or infinite (a diverged model); "
-            "save an earlier state, or pass allow_nonfinite=True to keep this one for inspection",
+            "save an earlier state, or pass allow_non_finite=True to keep this one for inspection",
         )
 
 
-def save_checkpoint(path, model, *, sampler=None, extra=None, allow_nonfinite: bool = False) -> Path:
+def save_checkpoint(path, model, *, sampler=None, extra=None, allow_non_finite: bool = False) -> Path:
     """Write ``model`` (parameters, optimizer state, step, RNG) to ``path`` atomically.
 
     path:    the file to write (exactly this name: no suffix is added; ``.npz`` is the
@@ -341,12 +341,12 @@ def save_checkpoint(path, model, *, sampler=None, extra=None, allow_nonfinite: b
     sampler: a :class:`~nanoae.data.batching.BatchSampler` (or its ``state_dict()``)
              to save beside the model, so training resumes on the same batches
     extra:   a JSON-serializable dict stored in the header (training config, metrics)
-    allow_nonfinite: write parameters that hold NaN or infinity (for inspection);
+    allow_non_finite: write parameters that hold NaN or infinity (for inspection);
              without it such a model is refused, so a checkpoint is a finite model
     Returns the path as a :class:`pathlib.Path`. Raises :class:`CheckpointError`.
     """
     target = Path(os.fspath(path))
-    if not allow_nonfinite:
+    if not allow_non_finite:
         _refuse_nonfinite(target, model)
     try:
         header, arrays = _build_contents(model, sampler, extra)

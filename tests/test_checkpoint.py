@@ -1006,7 +1006,7 @@ def test_write_json_atomically_writes_strict_json(tmp_path):
 def test_eval_refuses_a_checkpoint_with_non_finite_parameters(tmp_path, capsys):
     model = Autoencoder([Dense(784, 4, "relu")], [Dense(4, 784, "sigmoid")], seed=0)
     model.arena.values[5] = np.nan
-    path = save_checkpoint(tmp_path / "nan.npz", model)
+    path = save_checkpoint(tmp_path / "nan.npz", model, allow_non_finite=True)  # written for inspection
     assert main(["eval", str(path), "--data", str(tmp_path), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -158,10 +158,10 @@ def test_save_checkpoint_refuses_non_finite_parameters_unless_asked(tmp_path):
     model = Autoencoder([Dense(4, 2)], [Dense(2, 4)], seed=0)
     model.decoder[0].bias[1] = np.nan
     model.encoder[0].weights[0, 0] = -np.inf
-    with pytest.raises(CheckpointError, match=r"not written: 2 of the model's parameters are NaN or infinite.*allow_nonfinite=True"):
+    with pytest.raises(CheckpointError, match=r"not written: 2 of the model's parameters are NaN or infinite.*allow_non_finite=True"):
         save_checkpoint(tmp_path / "bad.npz", model)
     assert not (tmp_path / "bad.npz").exists() and list(tmp_path.iterdir()) == []
-    path = save_checkpoint(tmp_path / "inspect.npz", model, allow_nonfinite=True)
+    path = save_checkpoint(tmp_path / "inspect.npz", model, allow_non_finite=True)
     with np.load(path, allow_pickle=False) as archive:
         stored = archive["params"]
     assert np.isnan(stored).sum() == 1 and np.isneginf(stored).sum() == 1
