@@ -84,6 +84,21 @@ def test_resume_refuses_another_dataset(run_copy, mnist_dir, capsys):
     assert snapshot(run_copy) == before
 
 
+def test_a_fashion_run_resumed_without_dataset_stays_on_fashion(run_copy, mnist_dir, capsys):
+    """The checkpoint's dataset is the run's: given MNIST files, a Fashion-MNIST run refuses
+    them (they fail Fashion-MNIST's checksums) instead of training on MNIST."""
+    def to_fashion(header, arrays):
+        header["extra"]["config"]["dataset"] = "fashion"
+
+    rewrite(run_copy / "checkpoint.npz", to_fashion)
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "dataset": "fashion"}))
+    before = snapshot(run_copy)
+    assert resume(run_copy, mnist_dir) == 2
+    assert "Fashion-MNIST" in capsys.readouterr().err
+    assert snapshot(run_copy) == before
+
+
 def test_resume_to_a_total_not_beyond_the_checkpoint_is_a_usage_error(run_copy, mnist_dir, capsys):
     before = snapshot(run_copy)
     assert resume(run_copy, mnist_dir, steps=2) == 2
@@ -161,6 +176,26 @@ def test_stale_temporaries_are_removed_at_the_next_save(run_copy, mnist_dir):
     assert not [p for p in stale if p.exists()]
 
 
+def test_resume_into_another_runs_directory_needs_overwrite(run_copy, finished_run, tmp_path, mnist_dir, capsys):
+    other = Path(shutil.copytree(finished_run, tmp_path / "other"))
+    before = snapshot(other)
+    assert resume(run_copy, mnist_dir, "--out", other) == 2
+    assert str(other) in capsys.readouterr().err
+    assert snapshot(other) == before
+
+
+def test_json_files_never_hold_nan_or_infinity(tmp_path):
+    from nanoae.atomic import write_json_atomically
+
+    path = tmp_path / "result.json"
+    try:
+        write_json_atomically(path, {"mse": float("nan"), "bce": float("inf")})
+    except ValueError:
+        assert not path.exists()  # refused: nothing written
+    else:
+        strict_json(path.read_text())
+
+
 # ---- divergence ----------------------------------------------------------------------------
 DIVERGING = ["--optimizer", "sgd", "--lr", 1e4, "--output-activation", "identity"]
 
@@ -182,6 +217,7 @@ def test_a_diverged_runs_message_names_the_checkpoint_that_exists(tmp_path, mnis
     assert str(out / "checkpoint.npz") in err and f"step {saved.step}" in err, err
     assert np.isfinite(saved.model.arena.values).all()
     assert run(["eval", out / "checkpoint.npz", "--data", mnist_dir, "--json"]) == 0
+    assert np.isfinite(strict_json(capsys.readouterr().out)["mse"])  # a model worth keeping
 
 
 def overflowing_model():
@@ -261,9 +297,11 @@ def test_an_inflating_params_member_is_refused_before_it_is_read(tmp_path):
 def test_a_header_describing_a_bigger_model_is_refused_before_building_it(tmp_path):
     path = small_checkpoint(tmp_path / "c.npz")
 
-    def widen(header, arrays):  # 8 -> 50,000 -> 8: a 3.2 MB model claimed as 3 GB
-        header["model"]["encoder"]["layers"][0]["out_features"] = 50_000
-        header["model"]["decoder"]["layers"][0]["in_features"] = 50_000
+    def widen(header, arrays):
+        """The config claims 8 -> 2,000,000 -> 8 (32 million parameters, 128 MB, twice that
+        with gradients); the layout and the arrays stay those of the 100-number model."""
+        header["model"]["encoder"]["layers"][0]["out_features"] = 2_000_000
+        header["model"]["decoder"]["layers"][0]["in_features"] = 2_000_000
 
     rewrite(path, widen)
     bounded(lambda: load_checkpoint(path, backend="numpy"))

@@ -247,7 +247,7 @@ def test_file_size_limit_keeps_the_previous_checkpoint(tmp_path, mnist_dir, refe
     # The tutorial's checkpoint is ~9 MB; 1 MB lets config.json and metrics.csv through.
     command = _resume(run, mnist_dir)
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(2**20))
-    assert done.returncode != 0
+    assert done.returncode == 2  # a user's error: one line, exit 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr  # one line, no traceback
     assert str(run / "checkpoint.npz") in lines[0] and "File too large" in lines[0], lines[0]
@@ -301,7 +301,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, mnist_dir, monkeypatc
     code = cli.main(["train", "--resume", str(run / "checkpoint.npz"), *_common(mnist_dir)[2:], "--steps", "6"])
     monkeypatch.undo()
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
+    assert code == 2
     assert len(err) == 1 and str(run / "checkpoint.npz") in err[0] and "No space left on device" in err[0], err
     assert (run / "checkpoint.npz").read_bytes() == before
     assert load_checkpoint(run / "checkpoint.npz", backend="numpy").step == 3
