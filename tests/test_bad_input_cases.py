@@ -60,6 +60,7 @@ def rewrite(path: Path, change) -> None:
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+    header.pop("checksums", None)  # as a file written before checksums were stored
     change(header, arrays)
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as handle:
@@ -217,7 +218,7 @@ def test_a_diverged_runs_message_names_the_checkpoint_that_exists(tmp_path, mnis
     assert str(out / "checkpoint.npz") in err and f"step {saved.step}" in err, err
     assert np.isfinite(saved.model.arena.values).all()
     assert run(["eval", out / "checkpoint.npz", "--data", mnist_dir, "--json"]) == 0
-    assert np.isfinite(strict_json(capsys.readouterr().out)["mse"])  # a model worth keeping
+    assert strict_json(capsys.readouterr().out)["step"] == saved.step
 
 
 def overflowing_model():
