@@ -370,8 +370,8 @@ def test_a_layer_too_big_for_memory_names_the_size_asked_for():
     with pytest.raises(MemoryError) as caught:  # 10**10 float32 parameters: 40 GB
         Sequential([Dense(10**9, 10)], loss="mse", optimizer=SGD(0.1)).build(backend="numpy", seed=0)
     message = str(caught.value)
-    assert type(caught.value).__name__ != "_ArrayMemoryError"  # nanoae's message, not NumPy's
-    assert any(unit in message for unit in ("GB", "GiB", "bytes")) and "10" in message, message
+    assert "Unable to allocate" not in message  # nanoae's message, not NumPy's
+    assert "parameters" in message and any(unit in message for unit in ("GB", "GiB", "bytes")), message
 
 
 # ---- a run's data, found from its record ---------------------------------------------------------
