@@ -639,7 +639,11 @@ def command_eval(args) -> int:
     dataset = _dataset_of(checkpoint, args)
     data = _load_split(dataset, args.split, args, _saved_config(checkpoint))
     _require_width(checkpoint.model, args.checkpoint, data.images, dataset)
-    errors = reconstruction_errors(checkpoint.model, data.images)
+    with np.errstate(over="ignore", invalid="ignore"):  # said once below, not as NumPy noise
+        errors = reconstruction_errors(checkpoint.model, data.images)
+    if not all(math.isfinite(value) for value in errors.values()):
+        _say(f"nanoae eval: {args.checkpoint}'s weights are finite but its reconstructions overflow "
+             "(a diverging run's last checkpoint?); an earlier checkpoint or a smaller learning rate may help")
     if args.json:
         print(json_text({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
     else:
