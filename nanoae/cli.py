@@ -35,7 +35,7 @@ from nanoae.data import DataError, find_data_dir, load_dataset
 from nanoae.evaluation import reconstruction_errors
 from nanoae.gradcheck import gradcheck
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
-from nanoae.plot import PlotUnavailable, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
+from nanoae.plot import PlotUnavailable, plot_image_grid, plot_loss, plot_reconstructions, read_metrics, written_by_nanoae
 from nanoae.presets import PRESETS, TUTORIAL_TRAINING, get_preset, tutorial_encoder
 from nanoae.rundir import (
     CLASSIFY_RUN,
@@ -346,9 +346,41 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+# What a run's recorded config may hold for the keys the command line reads back: the
+# file is untrusted input, so an edited or damaged value is refused, never used.
+_SAVED_VALUE_CHECKS = {
+    "preset": lambda value: value in PRESETS,
+    "dataset": lambda value: isinstance(value, str) and bool(value),
+    "seed": lambda value: _is_int(value, 0),
+    "batch_size": lambda value: _is_int(value, 1),
+    "optimizer": lambda value: value in OPTIMIZER_CHOICES,
+    "output_activation": lambda value: value in OUTPUT_ACTIVATIONS,
+    "code_size": lambda value: _is_int(value, 1),
+    "log_every": lambda value: _is_int(value, 1),
+    "eval_every": lambda value: _is_int(value, 0),
+    "checkpoint_every": lambda value: _is_int(value, 0),
+    "data_dir": lambda value: isinstance(value, str),
+    "lr_overrides": lambda value: isinstance(value, list) and all(isinstance(item, dict) for item in value),
+}
+
+
 def _saved_config(checkpoint) -> dict:
+    """The run's config recorded in the checkpoint ({} when none), each value the
+    command line reads back checked first: a bad one is a clear error, not a crash."""
     config = checkpoint.extra.get("config") if isinstance(checkpoint.extra, dict) else None
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    for key, valid in _SAVED_VALUE_CHECKS.items():
+        if config.get(key) is not None and not valid(config[key]):
+            raise CLIError(
+                f"{checkpoint.path}: the run's recorded {key} ({config[key]!r}) is not a valid value; "
+                "its config was edited or damaged (give the option explicitly on a new run)"
+            )
+    return config
 
 
 def _refuse_changed_options(args, resumed, saved: dict) -> None:
@@ -584,7 +616,10 @@ def _last_checkpoint(path: Path) -> str:
         step = load_checkpoint(path, backend="numpy").step
     except CheckpointError as exc:
         return f"the file at {path} is not a usable checkpoint ({exc.problem})"
-    return f"the last checkpoint is {path} (step {step}, read from the file)"
+    return (
+        f"the last checkpoint is {path} (step {step}, read from the file; its parameters are finite, though the "
+        "run may already have been diverging by then)"
+    )
 
 
 def command_train(args) -> int:
@@ -625,10 +660,15 @@ def _dataset_of(checkpoint, args) -> str:
 
 
 def _refuse_foreign_figures(out_dir: Path) -> None:
-    """plot replaces figures nanoae wrote, never a user's file of the same name."""
+    """plot replaces figures nanoae wrote (a run's own, or any PNG whose metadata names
+    nanoae), never a user's file of the same name."""
     config = read_run_config(out_dir)
     own = own_files(config) if config is not None else set()
-    foreign = [name for name in ("reconstructions.png", "samples.png", "loss.png") if (out_dir / name).exists() and name not in own]
+    foreign = [
+        name
+        for name in ("reconstructions.png", "samples.png", "loss.png")
+        if (out_dir / name).exists() and name not in own and not written_by_nanoae(out_dir / name)
+    ]
     if foreign:
         raise CLIError(f"{out_dir} holds {', '.join(foreign)}, which nanoae did not write and will not replace; move them away or give another --out")
 

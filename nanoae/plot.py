@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoae.version import __version__
+
 
 class PlotUnavailable(ImportError):
     """matplotlib is not installed."""
@@ -49,14 +51,39 @@ def tile_images(images: np.ndarray, rows: int, cols: int, side: int | None = Non
     return canvas
 
 
+_SOFTWARE = f"nanoae {__version__}"  # in every PNG's metadata: how nanoae knows its own figures
+
+
 def _save(figure, path, plt, tight_layout: bool = True, **savefig_options) -> Path:
     """Lay out (unless told not to), write the PNG, free the figure; return the path."""
     if tight_layout:
         figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=110, **savefig_options)
+    figure.savefig(path, dpi=110, metadata={"Software": _SOFTWARE}, **savefig_options)
     plt.close(figure)
     return path
+
+
+def written_by_nanoae(path) -> bool:
+    """True when ``path`` is a PNG whose "Software" text chunk names nanoae (every figure
+    this module saves has one). Reads the chunks before the image data, nothing more."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            for _ in range(64):  # the text chunks come early; a PNG is no place to wander
+                head = handle.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"IDAT" or length > 1 << 20:
+                    return False
+                body = handle.read(length + 4)[:length]  # the chunk and its CRC
+                if kind == b"tEXt" and body.startswith(b"Software\x00nanoae "):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: int = 4, title: str | None = None) -> Path:
@@ -81,15 +108,20 @@ def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: 
 def read_metrics(path) -> dict:
     """Read a run's metrics.csv into arrays: step, train_loss and (test_step, test_mse)."""
     steps, losses, test_steps, test_values = [], [], [], []
-    with open(path, newline="") as handle:
+    with open(path, newline="", errors="replace") as handle:
         for row in csv.DictReader(handle):
-            step = int(row["step"])
-            if row.get("train_loss"):
+            try:  # a damaged or foreign row is left out of the plot, not a crash
+                step = int(row["step"])
+                loss = float(row["train_loss"]) if row.get("train_loss") else None
+                test = float(row["test_mse"]) if row.get("test_mse") else None
+            except (KeyError, TypeError, ValueError):
+                continue
+            if loss is not None:
                 steps.append(step)
-                losses.append(float(row["train_loss"]))
-            if row.get("test_mse"):
+                losses.append(loss)
+            if test is not None:
                 test_steps.append(step)
-                test_values.append(float(row["test_mse"]))
+                test_values.append(test)
     return {
         "step": np.asarray(steps),
         "train_loss": np.asarray(losses),

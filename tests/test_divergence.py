@@ -185,7 +185,7 @@ def test_cli_diverged_run_names_the_checkpoint_it_kept(tmp_path, mnist_dir, caps
     kept = load_checkpoint(out / "checkpoint.npz", backend="numpy")
     assert np.isfinite(kept.model.arena.values).all() and 0 < kept.step < 200
     assert re.search(rf"training stopped at step {kept.step}: training step {kept.step + 1} was not applied", err), err
-    assert f"the last checkpoint is {out / 'checkpoint.npz'} (step {kept.step}, read from the file)" in err, err
+    assert f"the last checkpoint is {out / 'checkpoint.npz'} (step {kept.step}, read from the file;" in err, err
 
 
 def test_cli_diverged_run_says_when_no_checkpoint_was_written(tmp_path, mnist_dir, capsys):
@@ -220,7 +220,7 @@ def test_on_the_gpu_graph_a_diverging_run_stops_at_a_log_step_with_finite_checkp
 
 
 @pytest.mark.parametrize(
-    "every, kept", [(2, "the last checkpoint is {path} (step 4, read from the file)"), (0, "no checkpoint was written (none at {path})")]
+    "every, kept", [(2, "the last checkpoint is {path} (step 4, read from the file;"), (0, "no checkpoint was written (none at {path})")]
 )
 def test_cli_ctrl_c_names_the_checkpoint_that_exists(tmp_path, mnist_dir, capsys, monkeypatch, every, kept):
     class CtrlCAtStep5(Callback):

@@ -292,3 +292,71 @@ def test_plot_never_replaces_a_users_figure(tmp_path, finished_run, mnist_dir, c
     assert run(["plot", finished_run / "checkpoint.npz", "--data", mnist_dir, "--out", figures]) == 2
     assert "loss.png, which nanoae did not write" in capsys.readouterr().err
     assert (figures / "loss.png").read_bytes() == b"my plot"
+
+
+def edited_checkpoint(source, target, **changes):
+    """A copy of ``source`` whose recorded run config has ``changes`` (the arrays, and so
+    their checksums, untouched): what an edited or damaged header looks like."""
+    with np.load(source, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays["header"].tobytes())
+    header["extra"]["config"].update(changes)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as handle:
+        np.savez(handle, **arrays)
+    return target
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"log_every": 0}, {"log_every": True}, {"batch_size": "abc"}, {"batch_size": 0}, {"lr_overrides": 5},
+     {"seed": -1}, {"preset": "transformer"}, {"checkpoint_every": 2.5}, {"data_dir": 7}],
+    ids=lambda changes: "-".join(f"{k}={v!r}" for k, v in changes.items()),
+)
+def test_a_damaged_run_config_in_the_checkpoint_is_refused_before_anything_is_written(changes, tmp_path, mnist_dir, capsys):
+    assert train(tmp_path / "run", mnist_dir, 3) == 0
+    damaged = edited_checkpoint(tmp_path / "run" / "checkpoint.npz", tmp_path / "damaged" / "checkpoint.npz", **changes)
+    out = tmp_path / "resumed"
+    assert resume(damaged, mnist_dir, "--steps", 5, "--out", out) == 2
+    err = capsys.readouterr().err
+    key = next(iter(changes))
+    assert f"the run's recorded {key}" in err and "edited or damaged" in err and "Traceback" not in err
+    assert not out.exists()
+    assert run(["eval", damaged, "--data", mnist_dir]) == 2  # eval reads the same config
+
+
+def test_plot_into_the_same_directory_twice_replaces_its_own_figures_only(tmp_path, mnist_dir, capsys):
+    pytest.importorskip("matplotlib")
+    from nanoae.plot import written_by_nanoae
+
+    assert train(tmp_path / "run", mnist_dir, 3) == 0
+    out = tmp_path / "figures"
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    assert run(["plot", checkpoint, "--data", mnist_dir, "--out", out]) == 0
+    assert written_by_nanoae(out / "reconstructions.png")
+    assert run(["plot", checkpoint, "--data", mnist_dir, "--out", out]) == 0  # its own figures: replaced
+    (out / "loss.png").write_bytes((out / "reconstructions.png").read_bytes().replace(b"Software\x00nanoae", b"Software\x00pixels"))
+    mine = (out / "loss.png").read_bytes()
+    assert not written_by_nanoae(out / "loss.png")
+    capsys.readouterr()
+    assert run(["plot", checkpoint, "--data", mnist_dir, "--out", out]) == 2  # a user's loss.png: refused
+    assert "loss.png, which nanoae did not write" in capsys.readouterr().err
+    assert (out / "loss.png").read_bytes() == mine
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"step,epoch,train_loss\n1,0.1,0.5\nabc,0.2,0.4\n3,0.3,x\n4,0.4,0.3\n", b"\xff\xfe\x00garbage\n1,2\n", b"loss\n0.5\n"],
+    ids=["bad-values", "not-utf8", "no-step-column"],
+)
+def test_plot_reads_a_damaged_metrics_file_without_crashing(text, tmp_path):
+    from nanoae.plot import read_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(text)
+    metrics = read_metrics(path)
+    if text.startswith(b"step"):
+        assert metrics["step"].tolist() == [1, 4] and metrics["train_loss"].tolist() == [0.5, 0.3]
+    else:
+        assert metrics["step"].size == 0
