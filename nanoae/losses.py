@@ -57,6 +57,7 @@ class Loss:
         if not hasattr(target, "shape"):
             raise TypeError(f"target must be an array, got {type(target).__name__}")
         check_same_shape(target, prediction.shape)
+        self.check_target(target)
         return prediction, target
 
     def check_target(self, target) -> None:
@@ -141,11 +142,6 @@ class BCE(Loss):
     def check_target(self, target) -> None:
         check_probability_targets(target, "the BCE loss")
 
-    def _checked(self, prediction, target):
-        prediction, target = super()._checked(prediction, target)
-        self.check_target(target)
-        return prediction, target
-
     def _value(self, ops, prediction, target):
         return ops.bce_loss(prediction, target, self.eps)
 
@@ -166,11 +162,6 @@ class BCEWithLogits(Loss):
 
     def check_target(self, target) -> None:
         check_probability_targets(target, "the BCE-on-logits loss")
-
-    def _checked(self, prediction, target):
-        prediction, target = super()._checked(prediction, target)
-        self.check_target(target)
-        return prediction, target
 
     def _value(self, ops, prediction, target):
         return ops.bce_logits_loss(prediction, target)

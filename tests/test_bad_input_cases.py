@@ -144,17 +144,6 @@ def test_resume_keeps_each_metrics_step_once(tmp_path, mnist_dir):
 
 
 # ---- run directories ---------------------------------------------------------------------
-def test_a_directory_of_the_users_own_files_is_refused(tmp_path, mnist_dir, capsys):
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "config.json").write_text('{"mine": true}\n')
-    (out / "metrics.csv").write_text("my,own,data\n")
-    before = snapshot(out)
-    assert run(train_args(out, mnist_dir)) == 2
-    assert str(out) in capsys.readouterr().err
-    assert snapshot(out) == before
-
-
 def test_a_non_empty_directory_that_is_not_a_run_is_refused(tmp_path, mnist_dir, capsys):
     out = tmp_path / "mine"
     out.mkdir()
