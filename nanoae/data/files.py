@@ -160,7 +160,9 @@ def _read_header(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
                 f"{where} is .npy format version {version[0]}.{version[1]}, used for structured arrays with "
                 "non-Latin field names; nanoae needs a numeric array written by numpy.save"
             )
-    except (ValueError, SyntaxError, TypeError) as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # NumPy parses the header with Python's tokenizer: any of its errors
         raise DataError(f"{where} has a damaged .npy header ({exc}); write it again with numpy.save") from None
     return tuple(int(s) for s in shape), bool(fortran), dtype
 
@@ -356,31 +358,24 @@ class _Table:
 
     def _read_slowly(self) -> np.ndarray:
         rows = []
-        try:
-            for line, cells in self.data_rows():
-                if len(cells) != self.width:
+        for line, cells in self.data_rows():
+            if len(cells) != self.width:
+                raise DataError(
+                    f"{self.path}: row {line} has {len(cells)} cells, the first row has {self.width}; "
+                    "every row needs the same number of cells"
+                )
+            values = []
+            for j, cell in enumerate(cells):
+                text = cell.strip()
+                if not text:
+                    raise DataError(f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows")
+                if not _is_number(text):
                     raise DataError(
-                        f"{self.path}: row {line} has {len(cells)} cells, the first row has {self.width}; "
-                        "every row needs the same number of cells"
+                        f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
+                        "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
                     )
-                values = []
-                for j, cell in enumerate(cells):
-                    text = cell.strip()
-                    if not text:
-                        raise DataError(
-                            f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows"
-                        )
-                    if not _is_number(text):
-                        raise DataError(
-                            f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
-                            "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
-                        )
-                    values.append(float(text))
-                rows.append(values)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{self.path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
-        except csv.Error as exc:
-            raise DataError(f"{self.path} is not a well-formed table ({exc})") from None
+                values.append(float(text))
+            rows.append(values)
         return np.array(rows, dtype=np.float64).reshape(len(rows), self.width)
 
 
@@ -411,11 +406,16 @@ def _resolve_label_column(table: _Table, label_column: str | int) -> int:
 def _load_table(path: Path, fmt: str, label_column: str | int | None) -> ArrayData:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes): nothing to train on")
-    table = _Table(path, TABLE_DELIMITERS["." + fmt])
-    label_index = None if label_column is None else _resolve_label_column(table, label_column)
-    if label_index is not None and table.width == 1:
-        raise DataError(f"{path} has one column, the label column: no features are left to train on")
-    values = table.read()
+    try:
+        table = _Table(path, TABLE_DELIMITERS["." + fmt])
+        label_index = None if label_column is None else _resolve_label_column(table, label_column)
+        if label_index is not None and table.width == 1:
+            raise DataError(f"{path} has one column, the label column: no features are left to train on")
+        values = table.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a well-formed table ({exc}); save it as plain CSV") from None
 
     finite = np.isfinite(values)
     if not finite.all():
