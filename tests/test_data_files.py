@@ -356,6 +356,24 @@ def test_tsv_quoted_cells_byte_order_mark_and_blank_lines(tmp_path):
     np.testing.assert_array_equal(data.features, [[1.5, 2], [3, 4]])
 
 
+def test_windows_line_endings_and_one_column(tmp_path):
+    data = load_data_file(write(tmp_path / "t.csv", "v\r\n1\r\n2.5\r\n"))
+    assert data.feature_names == ["v"]
+    np.testing.assert_array_equal(data.features, [[1.0], [2.5]])
+
+
+def test_underscored_numbers_are_not_numbers(tmp_path):
+    with pytest.raises(DataError, match=r"row 2, column 1: '1_000' is not a number"):
+        load_data_file(write(tmp_path / "t.csv", "1,2\n3,1_000\n"))
+
+
+def test_semicolon_separated_csv_is_named_as_such(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_data_file(write(tmp_path / "t.csv", "1;2;3\n4;5;6\n"))
+    message = str(caught.value)
+    assert "one cell holding ';'" in message and "separated by commas (.csv)" in message and "tabs as .tsv" in message
+
+
 def test_not_utf8_csv_is_refused(tmp_path):
     (tmp_path / "t.csv").write_bytes(b"1,2\n3,\xff\n")
     with pytest.raises(DataError, match="not UTF-8"):

@@ -307,6 +307,13 @@ class _Table:
         if first is None:
             raise DataError(f"{path} holds no rows (it is empty or blank): nothing to train on")
         self.width = len(first)
+        others = [mark for mark in (";", "\t", ",", "|") if mark != delimiter and mark in first[0]]
+        if self.width == 1 and others:
+            expected = {",": "commas (.csv)", "\t": "tabs (.tsv)"}[delimiter]
+            raise DataError(
+                f"{path}: its first row {first[0][:60]!r} is one cell holding {others[0]!r}, but a {path.suffix} file is "
+                f"read as separated by {expected}: save the table with commas as .csv or with tabs as .tsv"
+            )
         if any(cell.strip() and not _is_number(cell) for cell in first):
             self.names = [cell.strip() or f"column {j}" for j, cell in enumerate(first)]
             self.skip_lines = lines_after_first
@@ -364,19 +371,26 @@ class _Table:
                     f"{self.path}: row {line} has {len(cells)} cells, the first row has {self.width}; "
                     "every row needs the same number of cells"
                 )
-            values = []
-            for j, cell in enumerate(cells):
-                text = cell.strip()
-                if not text:
-                    raise DataError(f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows")
-                if not _is_number(text):
-                    raise DataError(
-                        f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
-                        "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
-                    )
-                values.append(float(text))
-            rows.append(values)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.width)
+            try:
+                if "_" in "".join(cells):  # float() takes "1_000"; a spreadsheet and NumPy do not
+                    raise ValueError
+                rows.append(np.array(list(map(float, cells)), dtype=np.float64))
+            except ValueError:
+                self._refuse_row(line, cells)
+        return np.stack(rows)
+
+    def _refuse_row(self, line: int, cells: list[str]) -> None:
+        """Raise the DataError for the first cell of a row that is not a number."""
+        for j, cell in enumerate(cells):
+            text = cell.strip()
+            if not text:
+                raise DataError(f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows")
+            if not _is_number(text):
+                raise DataError(
+                    f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
+                    "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
+                )
+        raise AssertionError(f"row {line} of {self.path} was refused but every cell is a number")  # unreachable
 
 
 def _resolve_label_column(table: _Table, label_column: str | int) -> int:
