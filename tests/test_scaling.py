@@ -314,3 +314,11 @@ def test_a_good_config_is_accepted():
     scaler = Scaler.from_config(GOOD)
     np.testing.assert_array_equal(scaler.transform(np.array([[2.5, 2.0]])), [[1.0, 1.0]])
     np.testing.assert_array_equal(scaler.inverse_transform(np.array([[1.0, 1.0]], dtype=np.float32)), [[2.5, 2.0]])
+
+
+def test_bool_data_scales_as_zero_and_one():
+    x = np.array([[True, False], [False, False]])
+    np.testing.assert_array_equal(Scaler.fit(x).transform(x), [[1, 0], [0, 0]])
+    standardized = Scaler.fit(x, "standardize")
+    np.testing.assert_array_equal(standardized.transform(x), [[1, 0], [-1, 0]])  # mean 0.5, std 0.5; constant -> 0
+    np.testing.assert_array_equal(standardized.inverse_transform(standardized.transform(x)), x.astype(np.float32))

@@ -263,8 +263,8 @@ def _load_npz(path: Path, key: str | None) -> ArrayData:
                 array = np.lib.format.read_array(stream, allow_pickle=False)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise DataError(f"{member} could not be read ({exc}); the archive is damaged: write it again with numpy.savez") from None
-        except ValueError as exc:  # pickled members and the like, when the header checks passed
-            raise DataError(f"{member} could not be read without unpickling ({exc}); save a numeric array") from None
+        except ValueError as exc:  # data shorter than its header says, and the like
+            raise DataError(f"{member} could not be read ({exc}); write it again with numpy.savez") from None
     n = shape[0]
     features = _frozen(np.ascontiguousarray(array).reshape(n, -1))
     _check_finite(features, _sample_place(member))
@@ -460,9 +460,9 @@ def _load_table(path: Path, fmt: str, label_column: str | int | None) -> ArrayDa
     )
 
 
-# ---- image folders ----
+# ---- image folders -----------------------------------------------------------------------------------
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREY_MODES = {"L": "L", "1": "L", "LA": "L"}
+GREY_MODES = ("L", "1", "LA")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 MODE_WORDS = {"L": "grey (L)", "RGB": "RGB", "I;16": "16-bit grey"}
@@ -531,7 +531,7 @@ def read_image_folder(directory: Path) -> tuple[np.ndarray, tuple[int, ...], lis
                 pixels, mode = _pixels(image, path)
         except DataError:
             raise
-        except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not an image"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow's "not an image"
             raise DataError(f"{path} could not be read as an image ({exc}); remove or replace it") from None
         if first is None:
             first = (path, pixels.shape, mode)
