@@ -137,12 +137,12 @@ def _download_summary(failure: DownloadError) -> str:
     return f"the download failed ({'; '.join(distinct)}{f', {mirrors} mirrors' if mirrors > 1 else ''})"
 
 
-def _stand_in(spec: DatasetSpec, split: str, failure: DownloadError | None, quiet: bool) -> Dataset:
+def _stand_in(spec: DatasetSpec, split: str, download: bool, failure: DownloadError | None, quiet: bool) -> Dataset:
     """``spec``'s embedded stand-in (the MNIST sample for MNIST), announced once.
 
     Raises:
-        DataError: the stand-in is missing or damaged (reinstall nanoae), with
-            why full ``spec`` was not used and how to get it.
+        DataError: the stand-in is missing or damaged: the "nothing available"
+            error, whose list says to reinstall nanoae.
     """
     sample = get_spec(spec.stand_in)
     cache = cache_root() / spec.name
@@ -155,7 +155,7 @@ def _stand_in(spec: DatasetSpec, split: str, failure: DownloadError | None, quie
     try:
         located = locate_embedded(sample)
     except DataError as e:
-        raise DataError(f"full {spec.title} not found or downloadable ({reason}), and {e} {get_full}") from None
+        raise _nothing_available(spec, download, failure, f"the {sample.title} shipped with nanoae: {e}") from None
     images, labels = _read_pair(located, split)
     n_train, n_test = (sample.file(s, "labels").shape[0] for s in SPLITS)
     if not quiet and spec.name not in _ANNOUNCED:
@@ -173,13 +173,17 @@ def _stand_in(spec: DatasetSpec, split: str, failure: DownloadError | None, quie
     return Dataset(images, labels, sample.name, split, source)
 
 
-def _nothing_available(spec: DatasetSpec, download: bool, failure: DownloadError | None) -> DataError:
+def _nothing_available(
+    spec: DatasetSpec, download: bool, failure: DownloadError | None, stand_in_problem: str | None = None
+) -> DataError:
     """The error for "no source had the data", listing what was tried and every fix."""
     looked = search_report(spec)
     if not download:
         looked.append("download: not allowed (download=False)")
     elif failure is not None:
         looked.append("download: failed:\n      " + "\n      ".join(failure.attempts))
+    if stand_in_problem is not None:
+        looked.append(stand_in_problem)
     lines = [f"no {spec.title} data available. Looked at:"]
     lines += [f"  - {line}" for line in looked]
     lines.append("Ways to get the data:")
@@ -252,7 +256,7 @@ def load_dataset(
 
     if located is None:
         if spec.stand_in is not None:
-            return _stand_in(spec, split, failure, quiet)
+            return _stand_in(spec, split, download, failure, quiet)
         raise _nothing_available(spec, download, failure)
 
     images, labels = _read_pair(located, split)
