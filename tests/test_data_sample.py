@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -341,6 +342,55 @@ def test_connect_timeout_is_separate_from_the_read_timeout(tmp_path, full_backlo
         download.download_dataset(DATASETS["mnist"], tmp_path / "c", mirrors=[full_backlog_url], quiet=True,
                                   timeout=60.0, connect_timeout=0.3)
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_nanoae_train_offline_records_the_sample_and_says_so_once(tmp_path, refusing_mirror, monkeypatch, capfd):
+    from nanoae.cli import main
+
+    url, requests = refusing_mirror
+    monkeypatch.setenv("NANOAE_MIRRORS", url)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "3", "--eval-every", "3", "--checkpoint-every", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert "shipped with nanoae" in config["data_source"] and "standing in for full MNIST" in config["data_source"]
+    err = capfd.readouterr().err
+    assert len(notices(err)) == 1 and "Warning" not in err, err
+    assert requests == ["/train-images-idx3-ubyte.gz"]
+
+
+def test_the_quick_connection_downloads_over_https(tmp_path, monkeypatch, mnist_dir):
+    # The published mirrors are https: the quick connection must carry TLS, verified.
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default context trusts this certificate alone
+    download._opener.cache_clear()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", mirror)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(mirror)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/"
+        spec = DATASETS["mnist"]
+        wanted = spec.file("test", "labels")
+        labels_only = type(spec)(spec.name, spec.title, (wanted,), spec.mirrors, spec.subdirs)
+        got = download.download_dataset(labels_only, tmp_path / "c", mirrors=[url], quiet=True, timeout=TIMEOUT, connect_timeout=2.0)
+        assert md5(got[wanted].read_bytes()) == wanted.gz_md5[0]
+        with pytest.raises(DownloadError, match="train-images-idx3-ubyte.gz: HTTP 404"):  # not served
+            download.download_dataset(spec, tmp_path / "c", mirrors=[url], quiet=True, timeout=TIMEOUT, connect_timeout=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=TIMEOUT)
+        download._opener.cache_clear()
 
 
 def test_fashion_has_no_sample_and_its_failure_is_said_once(refusing_mirror, capfd):

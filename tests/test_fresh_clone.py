@@ -101,6 +101,7 @@ def test_the_readmes_first_command_in_a_fresh_clone_offline_trains_on_the_sample
         assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     config = json.loads((run_dir / "config.json").read_text())
     assert "shipped with nanoae" in config["data_source"] and "standing in for full MNIST" in config["data_source"]
+    assert str(clone.resolve() / "nanoae" / "data" / "sample") in config["data_source"]  # the clone's own package
 
     assert done.stderr.count(NOTICE) == 1, done.stderr[-4000:]  # once, though two splits load
     assert "Warning" not in done.stderr, done.stderr[-4000:]

@@ -79,11 +79,12 @@ class _QuickConnect:
         read_timeout = self.timeout
         if not isinstance(read_timeout, (int, float)):  # urllib's "no timeout given" sentinel
             read_timeout = socket.getdefaulttimeout()
-        self.timeout = self.connect_timeout if read_timeout is None else min(self.connect_timeout, read_timeout)
+        wait = self.connect_timeout if read_timeout is None else min(self.connect_timeout, read_timeout)
+        self.timeout = wait
         try:
             super().connect()  # type: ignore[misc]
         except (socket.timeout, TimeoutError):
-            raise _NoConnection(f"no connection within {self.connect_timeout:g} s") from None
+            raise _NoConnection(f"no connection within {wait:g} s") from None
         finally:
             self.timeout = read_timeout
         self.sock.settimeout(read_timeout)
