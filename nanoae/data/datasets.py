@@ -146,11 +146,12 @@ def _stand_in(spec: DatasetSpec, split: str, download: bool, failure: DownloadEr
     """
     sample = get_spec(spec.stand_in)
     cache = cache_root() / spec.name
-    reason = f"none in ${ENV_DATA} or the cache {cache}, and "
+    # Reached only with no data_dir and $NANOAE_DATA unset: a wrong one is an error.
+    reason = f"${ENV_DATA} unset, nothing in the cache {cache}, "
     if failure is not None:
         reason += _download_summary(failure)
     else:
-        reason += "downloads are off (download=False, --no-download)"
+        reason += "downloads are off (download=False / --no-download)"
     get_full = f"For full {spec.title}: --data DIR, {ENV_DATA}=DIR, or a network connection."
     try:
         located = locate_embedded(sample)
