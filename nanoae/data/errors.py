@@ -1,13 +1,9 @@
-"""The two exception types of :mod:`nanoae.data`.
+"""The exception type of :mod:`nanoae.data`.
 
 ``DataError`` is raised for every problem with data files or their sources
 (missing, truncated, corrupt, wrong checksum, nothing available).  It is a
 ``ValueError`` so that callers who only know "bad input" can still catch it.
 Each message names the file or directory concerned and says how to fix it.
-
-``DataWarning`` is emitted when nanoae falls back to something less than the
-requested data (the 5,000-digit MNIST subset), so the substitution is never
-silent.
 """
 
 from __future__ import annotations
@@ -15,7 +11,3 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """A data file or data source is unusable; the message says which and why."""
-
-
-class DataWarning(UserWarning):
-    """nanoae is using a substitute for the requested data (see the message)."""

@@ -2,6 +2,12 @@
 
 This module only describes; finding, hashing and downloading live elsewhere.
 
+Three datasets: MNIST and Fashion-MNIST, found locally or downloaded, and the
+MNIST sample (``"mnist-sample"``): the first 6,000 training and 1,000 test
+digits of MNIST, shipped inside the package (``nanoae/data/sample/``), never
+downloaded. It is MNIST's stand-in: used, with a notice, when full MNIST can
+be neither found nor downloaded.
+
 Checksums: every file has the MD5 of its uncompressed content (``raw_md5``)
 and the accepted MD5s of its ``.gz`` form (``gz_md5``). The ``.gz`` digests
 are a fast path: a file matches when either its ``.gz`` bytes or its
@@ -61,6 +67,9 @@ class DatasetSpec:
         files: the four :class:`FileSpec` (train/test x images/labels).
         mirrors: base URLs tried in turn; a file's URL is base + ``gz_name``.
         subdirs: sub-folder names accepted under a data root directory.
+        embedded: the files ship inside the nanoae package (no mirrors).
+        stand_in: the name of an embedded dataset used in this one's place
+            when it can be neither found nor downloaded (None: no stand-in).
     """
 
     name: str
@@ -68,6 +77,8 @@ class DatasetSpec:
     files: tuple[FileSpec, ...]
     mirrors: tuple[str, ...]
     subdirs: tuple[str, ...]
+    embedded: bool = False
+    stand_in: str | None = None
 
     def file(self, split: str, kind: str) -> FileSpec:
         """The file for ``split`` ("train"/"test") and ``kind`` ("images"/"labels")."""
@@ -110,6 +121,7 @@ MNIST = DatasetSpec(
         "http://yann.lecun.com/exdb/mnist/",
     ),
     subdirs=("mnist",),
+    stand_in="mnist-sample",
 )
 
 # The second .gz digest of each Fashion-MNIST file is Debian's re-gzipped copy
@@ -143,7 +155,25 @@ FASHION = DatasetSpec(
     subdirs=("fashion", "fashion-mnist"),
 )
 
-DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({"mnist": MNIST, "fashion": FASHION})
+# The first 6,000 training and 1,000 test records of MNIST, each file's header
+# rewritten to the new count, gzip'd with mtime 0 (tests/test_data_sample.py
+# rebuilds them from real MNIST and compares). The .gz digests are those of the
+# shipped files; another zlib may compress differently, the content digest holds.
+MNIST_SAMPLE = DatasetSpec(
+    name="mnist-sample",
+    title="MNIST sample",
+    files=_files(6000, 1000, {
+        "train-images-idx3-ubyte": (("1ac03de7ecb10d80269b8abd182afbd4",), "e5745bbfadcc33b878fede0ec121d742"),
+        "train-labels-idx1-ubyte": (("59fdc8a419aa8ad3df0ff5c74064416a",), "13b93db4247929e07df96478a06f95de"),
+        "t10k-images-idx3-ubyte": (("c3379f275b566375ab4528689c1795c4",), "bac4371a484d0b5651e81d99305acb5a"),
+        "t10k-labels-idx1-ubyte": (("1d88dbe1fbee9022616057ede4463181",), "556860b2f10365a8f7444c1e79c7e9af"),
+    }),
+    mirrors=(),
+    subdirs=("mnist-sample",),
+    embedded=True,
+)
+
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({"mnist": MNIST, "fashion": FASHION, "mnist-sample": MNIST_SAMPLE})
 
 
 def get_spec(name: str) -> DatasetSpec:

