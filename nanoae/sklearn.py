@@ -86,7 +86,10 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     dtype : str
         "float32" (default) or "float64": the model's numbers, and the dtype of
         ``transform``'s and ``inverse_transform``'s output whatever the input's
-        (float64 input to a float32 model is narrowed).
+        (float64 input to a float32 model is narrowed). Training runs in this dtype;
+        ``transform``, ``inverse_transform`` and ``score`` evaluate the trained weights
+        in float64 and round once at the end, so each row's output depends on that row
+        alone (see ``_exact_model``).
     verbose : int
         0 (default) quiet; 1 prints the loss ten times per fit.
 
@@ -138,8 +141,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     # ---- fitting -------------------------------------------------------------------
     def fit(self, X, y=None):
         """Train a fresh autoencoder on X: (n_samples, n_features). y is ignored. Returns self."""
-        dtype = self._checked_dtype()
-        X = validate_data(self, X, dtype=dtype, ensure_min_features=1)
+        X = self._validated(X, reset=True)
         widths = self._checked_layers()
         steps = self._steps(X.shape[0])
         batch_size = min(self._checked_batch_size(), X.shape[0])
@@ -185,7 +187,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def transform(self, X):
         """Codes of X: (n_samples, n_features) -> (n_samples, layers[-1]), in the model's dtype."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=self._checked_dtype(), reset=False)
+        X = self._validated(X, reset=False)
         return self._in_chunks(self._exact_model().encode, X)
 
     def inverse_transform(self, X):
@@ -194,7 +196,8 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         With a sigmoid output (or loss "bce") they lie in [0, 1].
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=self._checked_dtype())
+        with np.errstate(over="ignore"):  # as in _validated
+            codes = check_array(X, dtype=self._checked_dtype())
         if codes.shape[1] != self.model_.code_size:
             raise ValueError(
                 f"inverse_transform takes codes of {self.model_.code_size} features (what transform gives), "
@@ -209,7 +212,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         selection expects; y is ignored. The sum is taken in float64.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=self._checked_dtype(), reset=False)
+        X = self._validated(X, reset=False)
         model, total = self._exact_model(), 0.0
         for start in range(0, X.shape[0], _CHUNK_ROWS):
             chunk = X[start : start + _CHUNK_ROWS]
@@ -244,6 +247,14 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     def _host(self, array) -> np.ndarray:
         return self.model_.backend.to_host(array)
+
+    def _validated(self, X, reset: bool) -> np.ndarray:
+        """X as a finite 2-D array of the model's dtype (scikit-learn's checks and messages;
+        reset: record n_features_in_ and feature names, as fit does)."""
+        # A float64 value beyond float32's range becomes inf when narrowed; the finiteness
+        # check right after names it, so NumPy's overflow warning would only repeat it.
+        with np.errstate(over="ignore"):
+            return validate_data(self, X, dtype=self._checked_dtype(), reset=reset)
 
     # ---- parameters, checked when fit uses them --------------------------------------
     def _checked_dtype(self):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 import pickletools
+import warnings
 
 import numpy as np
 import pytest
@@ -329,3 +330,10 @@ def test_codes_of_the_wrong_width_are_refused_by_inverse_transform():
         fitted.inverse_transform(DATA)
     with pytest.raises(ValueError, match="X has 3 features, but AutoencoderTransformer is expecting 4"):
         fitted.transform(DATA[:, :3])
+
+
+def test_values_beyond_float32_are_refused_without_a_numpy_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning would fail the test here
+        with pytest.raises(ValueError, match="Input X contains infinity or a value too large for dtype\\('float32'\\)"):
+            AutoencoderTransformer(max_steps=1).fit(np.array([[1e39, 1.0], [0.0, 1.0]]))
