@@ -37,3 +37,22 @@ def test_study_runs_quick(study, tmp_path, mnist_dir):
     json.loads((tmp_path / f"{study}.json").read_text())
     for figure in STUDIES[study]:
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+
+
+def test_sklearn_pipeline_runs_quick(tmp_path, mnist_dir):
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sklearn_pipeline.py"), "--quick", "--data", str(mnist_dir), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| nanoae autoencoder, 20 steps | 32 |" in result.stdout and "| PCA (scikit-learn) | 32 |" in result.stdout
+    numbers = json.loads((tmp_path / "sklearn_pipeline.json").read_text())
+    assert numbers["train_rows"] == 2000 and len(numbers["methods"]) == 4
+    # Accuracies are fractions of the 500 test images; chance is 0.1 and any fitted row is above it.
+    assert all(0.1 < row["test_accuracy"] <= 1 and abs(row["test_accuracy"] * 500 - round(row["test_accuracy"] * 500)) < 1e-9 for row in numbers["methods"].values())
+    assert "Machine:" in (tmp_path / "sklearn_pipeline.md").read_text()
