@@ -1,0 +1,147 @@
+"""The command line's parser pieces: argument types and each command's options."""
+
+from __future__ import annotations
+
+import argparse
+
+from nanoae.benchmark.runner import add_arguments as add_bench_arguments
+from nanoae.cli.common import OPTIMIZER_CHOICES, OUTPUT_ACTIVATIONS
+from nanoae.presets import PRESETS
+
+
+# ---- argument types ----------------------------------------------------------------
+def _int_at_least(minimum: int):
+    """An argparse type: a whole number >= minimum, else a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+# ---- the parser ---------------------------------------------------------------------
+def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+    parser.add_argument("--dataset", choices=("mnist", "fashion"), default=dataset_default, help="mnist (default) or fashion (Fashion-MNIST)")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download)",
+    )
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if no local copy is found")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
+
+
+def add_train_command(commands) -> None:
+    """nanoae train: a preset, its length and optimizer, data, run directory, logging."""
+    train = commands.add_parser("train", help="train a preset (default: the tutorial) and draw its figures", description="Train an autoencoder. With no options: the TF1 tutorial exactly (1000 steps, batch 256, loss every step).")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="named model + optimizer (default: tutorial)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="total training steps of the run (default: the preset's, 1000 for tutorial)")
+    length.add_argument("--epochs", type=positive_float, help="train for this many passes over the data instead of --steps")
+    train.add_argument("--batch-size", type=positive_int, help="examples per step (default: the preset's, 256)")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's, 0.001)")
+    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
+    train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
+    train.add_argument("--code-size", type=positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
+    train.add_argument("--seed", type=non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
+    _add_data_options(train, dataset_default=None)
+    train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out be a directory holding another run (its files are replaced) or other files (left untouched); "
+        "a file named like nanoae's that nanoae did not write is never replaced",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue a run from its checkpoint.npz (to --steps in total); the checkpoint defines the model, "
+        "optimizer and dataset: only --steps/--epochs, --lr, --log-every, --eval-every, --checkpoint-every, "
+        "--quiet, --backend, --data and --out may change",
+    )
+    train.add_argument("--log-every", type=positive_int, help="log the loss every N steps (default: 1, as the tutorial)")
+    train.add_argument("--eval-every", type=non_negative_int, help="test reconstruction MSE every N steps, 0 for only at the end (default: 100)")
+    train.add_argument("--checkpoint-every", type=non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100)")
+    train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
+
+
+def add_eval_command(commands) -> None:
+    """nanoae eval CHECKPOINT: test (or train) reconstruction errors."""
+    evaluate = commands.add_parser("eval", help="test reconstruction MSE and BCE of a checkpoint")
+    evaluate.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _add_data_options(evaluate, dataset_default=None)
+
+
+def add_plot_command(commands) -> None:
+    """nanoae plot CHECKPOINT: redraw a run's figures."""
+    plot = commands.add_parser("plot", help="redraw a run's figures from its checkpoint")
+    plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
+    plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
+    _add_data_options(plot, dataset_default=None)
+
+
+def add_classify_command(commands) -> None:
+    """nanoae classify: a softmax head on an encoder (scratch, finetune or probe)."""
+    classify = commands.add_parser(
+        "classify",
+        help="train a classifier on an autoencoder's encoder (or from scratch) and report test accuracy",
+        description="A linear softmax head on an encoder: --mode scratch (random init), finetune (the "
+        "checkpoint's encoder, copied and trained) or probe (copied and frozen; only the head learns).",
+    )
+    classify.add_argument("--from", dest="source", metavar="CHECKPOINT", help="a trained autoencoder or VAE checkpoint whose encoder is reused")
+    classify.add_argument("--mode", choices=("scratch", "finetune", "probe"), help="default: finetune with --from, else scratch")
+    classify.add_argument("--labels", type=positive_int, help="labeled training examples used, class-balanced (default: all 60,000)")
+    classify.add_argument("--steps", type=positive_int, default=1000, help="training steps (default: 1000)")
+    classify.add_argument("--batch-size", type=positive_int, default=128, help="examples per step, at most --labels (default: 128)")
+    classify.add_argument("--lr", type=positive_float, default=0.001, help="learning rate (default: 0.001)")
+    classify.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="adam", help="default: adam")
+    classify.add_argument("--seed", type=non_negative_int, default=0, help="seed for the head, the label subset and the batch order (default: 0)")
+    _add_data_options(classify)
+    classify.add_argument("--out", metavar="DIR", help="also write checkpoint.npz and result.json here")
+    classify.add_argument("--overwrite", action="store_true", help="allow --out to be a directory that already holds a run")
+    classify.add_argument("--json", action="store_true", help="print the result as JSON")
+    classify.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_bench_command(commands) -> None:
+    """nanoae bench: throughput against other frameworks (options from the benchmark runner)."""
+    bench = commands.add_parser(
+        "bench",
+        help="throughput of the tutorial model against TensorFlow, PyTorch and (--gpu) JAX",
+        description="Each competitor runs in its own process, alternating, for several rounds; "
+        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every one.",
+    )
+    add_bench_arguments(bench)
+
+
+def add_gradcheck_command(commands) -> None:
+    """nanoae gradcheck: a preset's backward pass against finite differences."""
+    check = commands.add_parser("gradcheck", help="check a preset's backward pass against finite differences")
+    check.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
+    check.add_argument("--batch-size", type=positive_int, default=4)
+    check.add_argument("--max-entries", type=positive_int, default=16, help="entries checked per tensor (default: 16)")
+    check.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS)
+    check.add_argument("--seed", type=non_negative_int, default=0)
+    check.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
