@@ -1,4 +1,4 @@
-"""The ``nanoae`` command: train, eval, plot, classify, gradcheck, bench.
+"""The ``nanoae`` command: train, eval, plot, encode, reconstruct, classify, gradcheck, bench.
 
 ``nanoae train`` with no arguments runs the tutorial exactly: the ``tutorial`` preset,
 1000 steps of batch 256 on MNIST, the loss shown every step, then the figures.
@@ -30,6 +30,7 @@ from nanoae.cli.arguments import (
     add_gradcheck_command,
     add_plot_command,
     add_train_command,
+    add_use_commands,
 )
 from nanoae.cli.common import (
     EXIT_CHECK_FAILED,
@@ -41,7 +42,7 @@ from nanoae.cli.common import (
     as_user_error,
 )
 from nanoae.cli.train import command_train
-from nanoae.cli.use import command_classify, command_eval, command_plot
+from nanoae.cli.use import command_classify, command_encode, command_eval, command_plot, command_reconstruct
 from nanoae.data import DataError
 from nanoae.gradcheck import gradcheck
 from nanoae.plot import PlotUnavailable
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_command,
         add_eval_command,
         add_plot_command,
+        add_use_commands,
         add_classify_command,
         add_bench_command,
         add_gradcheck_command,
@@ -105,6 +107,8 @@ COMMANDS = {
     "train": command_train,
     "eval": command_eval,
     "plot": command_plot,
+    "encode": command_encode,
+    "reconstruct": command_reconstruct,
     "classify": command_classify,
     "gradcheck": command_gradcheck,
     "bench": command_bench,

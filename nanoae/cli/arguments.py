@@ -6,7 +6,11 @@ import argparse
 
 from nanoae.benchmark.runner import add_arguments as add_bench_arguments
 from nanoae.cli.common import OPTIMIZER_CHOICES, OUTPUT_ACTIVATIONS
+from nanoae.data import DATASETS
 from nanoae.presets import PRESETS
+from nanoae.scaling import SCALE_MODES
+
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 
 
 # ---- argument types ----------------------------------------------------------------
@@ -39,14 +43,60 @@ def positive_float(text: str) -> float:
     return value
 
 
+def layer_widths(text: str) -> list[int]:
+    """--layers 512,128,32: the encoder's widths after the input, each a whole number >= 1."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise argparse.ArgumentTypeError(f"expected widths separated by commas such as 512,128,32, got {text!r} (an empty item)")
+    widths = []
+    for item in items:
+        try:
+            width = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not a whole number; give widths such as 512,128,32") from None
+        if width < 1:
+            raise argparse.ArgumentTypeError(f"every width must be >= 1, got {width} in {text!r}; give widths such as 512,128,32")
+        widths.append(width)
+    return widths
+
+
+def fraction_below_one(text: str) -> float:
+    """--val-fraction: a number in [0, 1) (0: no hold-out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.1 holds out a tenth of the rows; 0: none), got {text}")
+    return value
+
+
+def column(text: str) -> str | int:
+    """--label-column: a 0-based column number, or a header name."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 # ---- the parser ---------------------------------------------------------------------
-def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
-    parser.add_argument("--dataset", choices=("mnist", "fashion"), default=dataset_default, help="mnist (default) or fashion (Fashion-MNIST)")
-    parser.add_argument(
-        "--data",
-        metavar="DIR",
-        help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download)",
-    )
+def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | None = "mnist", own_data: bool = False) -> None:
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=dataset_default, help="a built-in dataset (default: mnist)")
+    if own_data:
+        parser.add_argument(
+            "--data",
+            metavar="PATH",
+            help="a directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download), "
+            "or your own data: a .npy, .npz, .csv or .tsv file, or a folder of same-sized PNG/JPEG images",
+        )
+        parser.add_argument("--key", metavar="NAME", help="the array of a .npz file to use (default: its only one)")
+        parser.add_argument("--label-column", metavar="NAME|INDEX", type=column, help="a CSV/TSV column (header name or 0-based number) that holds labels, not features")
+    else:
+        parser.add_argument(
+            "--data",
+            metavar="DIR",
+            help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download)",
+        )
     parser.add_argument("--no-download", action="store_true", help="never download; fail if no local copy is found")
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
 
@@ -60,11 +110,20 @@ def add_train_command(commands) -> None:
     length.add_argument("--epochs", type=positive_float, help="train for this many passes over the data instead of --steps")
     train.add_argument("--batch-size", type=positive_int, help="examples per step (default: the preset's, 256)")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's, 0.001)")
-    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the tutorial's); rmsprop-keras, rmsprop-torch, adam, adamw, sgd, momentum, nesterov")
-    train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; sigmoid avoids pixels stuck at 0)")
+    train.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="rmsprop = TF1 flavor (the presets'); rmsprop-keras, rmsprop-torch, "
+                       "adam (the default with --layers), adamw, sgd, momentum, nesterov")
+    train.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, help="activation of the last layer (tutorial: relu; "
+                       "with --layers: sigmoid for data scaled to [0, 1], identity for standardized data)")
     train.add_argument("--code-size", type=positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
-    _add_data_options(train, dataset_default=None)
+    _add_data_options(train, dataset_default=None, own_data=True)
+    train.add_argument("--scale", choices=SCALE_MODES, help="own data: auto (default: integers / their type's maximum, floats in [0, 1] kept, "
+                       "else standardize), unit, minmax, standardize or none; fitted on the training rows, stored in the run")
+    train.add_argument("--layers", type=layer_widths, metavar="W1,W2,...", help="the encoder's widths after the input, e.g. 512,128,32 "
+                       "(the last is the code; the decoder mirrors them); instead of --preset (own data default: 128,32)")
+    train.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, help="with --layers: the hidden layers' activation (default: relu)")
+    train.add_argument("--val-fraction", type=fraction_below_one, metavar="F", help="own data: the share of rows held out, seeded by "
+                       "--seed, for the validation MSE (default: 0.1; 0: none)")
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
     train.add_argument(
         "--overwrite",
@@ -87,11 +146,12 @@ def add_train_command(commands) -> None:
 
 def add_eval_command(commands) -> None:
     """nanoae eval CHECKPOINT: test (or train) reconstruction errors."""
-    evaluate = commands.add_parser("eval", help="test reconstruction MSE and BCE of a checkpoint")
+    evaluate = commands.add_parser("eval", help="test (or validation) reconstruction MSE and BCE of a checkpoint")
     evaluate.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
-    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--split", choices=("test", "train", "all"), help="test (the default; own data: the run's held-out rows, "
+                          "every row where it held none out or --data names another file), train, or all (own data)")
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    _add_data_options(evaluate, dataset_default=None)
+    _add_data_options(evaluate, dataset_default=None, own_data=True)
 
 
 def add_plot_command(commands) -> None:
@@ -99,7 +159,24 @@ def add_plot_command(commands) -> None:
     plot = commands.add_parser("plot", help="redraw a run's figures from its checkpoint")
     plot.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
     plot.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
-    _add_data_options(plot, dataset_default=None)
+    _add_data_options(plot, dataset_default=None, own_data=True)
+
+
+def add_use_commands(commands) -> None:
+    """nanoae encode / reconstruct CHECKPOINT --data PATH --out FILE.npy."""
+    jobs = {
+        "encode": ("write the codes of a trained autoencoder for every row of the data (float32 .npy, rows x code size)", "codes"),
+        "reconstruct": ("write a trained autoencoder's reconstructions of the data, in the data's own units (float32 .npy)", "reconstructions"),
+    }
+    for name, (summary, what) in jobs.items():
+        command = commands.add_parser(name, help=summary, description=summary + "; the run's stored scaling is applied first.")
+        command.add_argument("checkpoint", help="a checkpoint.npz written by nanoae train")
+        command.add_argument("--out", metavar="FILE.npy", required=True, help=f"where to write the {what} (a .npy file)")
+        command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        command.add_argument("--split", choices=("test", "train", "all"), help="MNIST runs: test (default) or train; own data: all rows "
+                             "(default), or the run's training (train) or held-out (test) rows")
+        command.add_argument("--batch-size", type=positive_int, default=4096, help="rows per forward pass (default: 4096)")
+        _add_data_options(command, dataset_default=None, own_data=True)
 
 
 def add_classify_command(commands) -> None:

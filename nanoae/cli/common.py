@@ -8,10 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from nanoae.data import DataError, find_data_dir, load_dataset
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
-from nanoae.plot import plot_image_grid, plot_loss, plot_reconstructions, read_metrics
+from nanoae.pca import PCA
+from nanoae.plot import plot_code_map, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
 from nanoae.presets import PRESETS
+from nanoae.scaling import SCALE_MODES
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -85,15 +89,55 @@ def require_width(model, path, images, dataset: str) -> None:
         )
 
 
-def draw_figures(model, test_images, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
-    """reconstructions.png (16 test digits beside the model's output), samples.png (a VAE:
-    64 draws from the prior) and loss.png (when the metrics file has rows); returns the paths."""
-    originals = test_images[:16]
-    reconstructions = model.backend.to_host(model.reconstruct(originals))
-    written = [plot_reconstructions(originals, reconstructions, out_dir / "reconstructions.png", title=title)]
-    if hasattr(model, "sample"):  # a VAE: new digits from the prior
-        samples = model.backend.to_host(model.sample(64))
-        written.append(plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
+def _display_range(originals: np.ndarray, reconstructions: np.ndarray):
+    """Both arrays mapped to [0, 1] for display by the originals' own min and max."""
+    low, high = float(originals.min()), float(originals.max())
+    span = high - low if high > low else 1.0
+    return (originals - low) / span, (reconstructions - low) / span
+
+
+def code_map(model, x: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates of the codes of x: (n, 2) and the axes' names. A 2-wide code is
+    its own map; a wider one is projected on its first two principal components; a
+    1-wide one is drawn against zero."""
+    codes = np.asarray(model.backend.to_host(model.encode(x)), dtype=np.float64)
+    if codes.shape[1] == 2:
+        return codes, ("code 1", "code 2")
+    if codes.shape[1] == 1:
+        return np.column_stack([codes[:, 0], np.zeros(len(codes))]), ("code", "")
+    if len(codes) < 2:
+        return codes[:, :2], ("code 1", "code 2")
+    return PCA(2).fit(codes).transform(codes), ("principal component 1 of the codes", "principal component 2")
+
+
+def draw_figures(model, rows, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
+    """A run's figures; returns the paths. rows: the Rows to show (cli.data).
+
+    Images (rows.image_shape known): reconstructions.png, 16 of them beside the model's
+    output (shown in [0, 1]: as they are for [0, 1] data, else by the originals' range in
+    the data's units); a VAE adds samples.png (64 draws from the prior). Other data:
+    codes.png, the codes of up to 5,000 rows in 2-D, coloured by label where there are
+    labels. Both: loss.png when the metrics file has rows.
+    """
+    written = []
+    if rows.image_shape is not None:
+        shown = min(16, len(rows))
+        grid = (4, 4) if shown == 16 else (1, shown)
+        x = rows.scaled(0, shown)
+        reconstructions = np.asarray(model.backend.to_host(model.reconstruct(x)), dtype=np.float32)
+        if rows.scaler is not None and rows.scaler.output_range != "unit":
+            x, reconstructions = _display_range(rows.unscale(x), rows.unscale(reconstructions))
+        written.append(
+            plot_reconstructions(x, reconstructions, out_dir / "reconstructions.png", rows=grid[0], cols=grid[1], title=title, image_shape=rows.image_shape)
+        )
+        if hasattr(model, "sample"):  # a VAE: new digits from the prior
+            samples = model.backend.to_host(model.sample(64))
+            written.append(plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
+    else:
+        count = min(5000, len(rows))
+        points, axis_names = code_map(model, rows.scaled(0, count))
+        labels = None if rows.labels is None else rows.labels[:count]
+        written.append(plot_code_map(points, out_dir / "codes.png", labels, title=f"{title}: codes of {count} rows", axis_names=axis_names))
     if metrics_path is not None and metrics_path.exists():
         metrics = read_metrics(metrics_path)
         if len(metrics["step"]):
@@ -157,6 +201,18 @@ _SAVED_VALUE_CHECKS = {
     "checkpoint_every": lambda value: is_int(value, 0),
     "data_dir": lambda value: isinstance(value, str),
     "lr_overrides": lambda value: isinstance(value, list) and all(isinstance(item, dict) for item in value),
+    "layers": lambda value: isinstance(value, list) and bool(value) and all(is_int(item, 1) for item in value),
+    "activation": lambda value: value in OUTPUT_ACTIVATIONS,
+    "scale": lambda value: value in SCALE_MODES,
+    "scaler": lambda value: isinstance(value, dict),  # its contents: Scaler.from_config checks them
+    "val_fraction": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+    "data_path": lambda value: isinstance(value, str) and bool(value),
+    "data_format": lambda value: isinstance(value, str),
+    "key": lambda value: isinstance(value, str),
+    "label_column": lambda value: isinstance(value, str) or is_int(value, -(2**31)),
+    "features": lambda value: is_int(value, 1),
+    "rows": lambda value: is_int(value, 1),
+    "image_shape": lambda value: isinstance(value, list) and len(value) in (2, 3) and all(is_int(item, 1) for item in value),
 }
 
 

