@@ -113,9 +113,11 @@ def _load_resume_checkpoint(args):
 
 def _is_own_data_run(args, saved: dict) -> bool:
     """Own data: --data names a file (or an image folder), or a resumed run recorded one."""
+    if saved.get("dataset") is not None or (args.dataset is not None and args.data is not None and Path(args.data).is_dir()):
+        return False  # a built-in dataset's run: --data is its directory
     if args.data is not None:
         return uses_own_data(args.data)
-    return bool(saved) and saved.get("dataset") is None and saved.get("data_path") is not None
+    return saved.get("data_path") is not None
 
 
 def _check_model_and_data_options(args, own: bool) -> None:
@@ -332,8 +334,8 @@ def _train_data(args, recorded: dict, own: bool):
     rows = len(data.train)
     batch_size = args.batch_size or (min(TUTORIAL_TRAINING["batch_size"], rows) if own else TUTORIAL_TRAINING["batch_size"])
     if batch_size > rows:
-        what = "your data has" if own else f"the {args.dataset} training set has"
-        raise CLIError(f"--batch-size {batch_size}: {what} only {rows} training rows")
+        what = "your data has only {} training rows" if own else f"the {args.dataset} training set has only {{}} images"
+        raise CLIError(f"--batch-size {batch_size}: {what.format(rows)}")
     say(f"data: {data.source}", args.quiet)
     return data, batch_size
 

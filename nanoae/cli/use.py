@@ -45,8 +45,9 @@ def _require_rows_width(model, path, rows) -> None:
     """A saved model takes rows of the width it was trained on."""
     if model.in_features != rows.width:
         raise CLIError(
-            f"{path} holds a model of {model.in_features} input features, but {rows.description} has "
-            f"{rows.width} per row; use it on data of the width it was trained on"
+            f"{path} holds a model of {model.in_features} input features, but "
+            + (f"{rows.dataset} images have {rows.width}" if rows.dataset else f"{rows.description} has {rows.width} per row")
+            + "; use it on data of the width it was trained on"
         )
 
 
