@@ -149,6 +149,12 @@ def own_training_data(args, saved: dict, path) -> TrainingData:
     """The training rows (and held-out ones) of an own data file: a resumed run's from its
     recorded split and stored scaler, a new run's split and scaler made here."""
     data = load_own_file(path, args.key, args.label_column)
+    width = int(data.features.shape[1])
+    if saved.get("features") is not None and saved["features"] != width:
+        raise CLIError(
+            f"--resume {args.resume} holds a model of {saved['features']} input features, but {data.path} has {width} "
+            "per row; use it on data of the width it was trained on"
+        )
     train_rows, val_rows = split_rows(len(data), args.val_fraction, args.seed)
     train_raw = data.features if train_rows is None else data.features[train_rows]
     if saved.get("scaler") is not None:

@@ -120,13 +120,16 @@ def _is_own_data_run(args, saved: dict) -> bool:
     return saved.get("data_path") is not None
 
 
-def _check_model_and_data_options(args, own: bool) -> None:
-    """Refuse the combinations that say two things at once, before anything is read."""
+def _check_model_and_data_options(args, own: bool, resuming: bool) -> None:
+    """Refuse the combinations that say two things at once, before anything is read (a
+    resumed run's model options come from the run, checked against it already)."""
     if own and args.dataset is not None:
         raise CLIError(f"--dataset {args.dataset} names a built-in dataset, but --data {args.data} is your own data; leave --dataset out")
     given = [flag(key) for key in _OWN_DATA_ONLY if getattr(args, key) is not None]
     if not own and given:
         raise CLIError(f"{', '.join(given)} apply to your own data files (--data FILE); the built-in datasets need none of them")
+    if resuming:
+        return
     if args.layers is not None and args.preset is not None:
         raise CLIError(f"--preset {args.preset} and --layers both define the model; give one (--layers builds a plain autoencoder of those widths)")
     if args.layers is not None and args.code_size is not None:
@@ -382,7 +385,7 @@ def command_train(args) -> int:
     resumed = _load_resume_checkpoint(args)
     saved = saved_config(resumed) if resumed is not None else {}
     own = _is_own_data_run(args, saved)
-    _check_model_and_data_options(args, own)
+    _check_model_and_data_options(args, own, resumed is not None)
     _apply_train_defaults(args, resumed, own)
     plan = _plan_out_dir(args)
     data, batch_size = _train_data(args, saved, own)
