@@ -327,3 +327,23 @@ def test_bad_files_surface_as_one_line(tmp_path, capsys, kind):
 def test_bad_files_for_encode(tmp_path, trained, capsys, kind):
     path, words = _bad_files(tmp_path)[kind]
     refused(capsys, ["encode", trained["npy"], "--data", path, "--out", tmp_path / "codes.npy"], *words, out=tmp_path / "codes.npy")
+
+
+# ---- memory: a .npy is trained from its map --------------------------------------------------
+def test_a_float32_unit_npy_without_hold_out_trains_from_the_map(tmp_path, capsys):
+    """--val-fraction 0 and a no-op scaler: the training array is the memory map itself
+    (no copy), and a run on it trains (the loss falls)."""
+    from argparse import Namespace
+
+    from nanoae.cli.data import own_training_data
+
+    x = np.random.default_rng(0).random((600, 12), dtype=np.float32)
+    x[:, 6:] = x[:, :6]  # redundant halves: a 6-wide code can hold them
+    np.save(tmp_path / "unit.npy", x)
+    args = Namespace(key=None, label_column=None, val_fraction=0.0, seed=0, scale="auto", resume=None)
+    data = own_training_data(args, {}, tmp_path / "unit.npy")
+    assert isinstance(data.train, np.memmap) and data.evaluation is None and data.record["scaler"]["mode"] == "none"
+    path = train_run(tmp_path / "run", tmp_path / "unit.npy", "--val-fraction", 0, "--layers", "16,6", "--log-every", 10, "--lr", 0.003, steps=600)
+    assert "no rows held out" in capsys.readouterr().out
+    losses = [float(line.split(",")[2]) for line in (path.parent / "metrics.csv").read_text().splitlines()[1:]]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:2])
