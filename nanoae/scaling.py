@@ -86,12 +86,14 @@ class _FeatureStats:
         self.m2 = np.zeros(d)
         for rows in row_chunks(n, d, chunk_rows):
             chunk = np.asarray(x[rows], dtype=np.float64)
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                row, feature = (int(v) for v in np.argwhere(~finite)[0])
+                raise ValueError(
+                    f"row {rows.start + row}, feature {feature} is {chunk[row, feature]}; scaling needs finite "
+                    "numbers: fill or drop those rows"
+                )
             self._merge(chunk)
-        if not (np.isfinite(self.minimum).all() and np.isfinite(self.maximum).all()):
-            bad = int(np.flatnonzero(~(np.isfinite(self.minimum) & np.isfinite(self.maximum)))[0])
-            raise ValueError(
-                f"feature {bad} holds NaN or infinite values; scaling needs finite numbers: fill or drop those rows"
-            )
 
     def _merge(self, chunk: np.ndarray) -> None:
         np.minimum(self.minimum, chunk.min(axis=0), out=self.minimum)
@@ -220,6 +222,11 @@ class Scaler:
         shift = np.where(constant, stats.minimum, stats.mean)
         scale = np.where(constant, 1.0, stats.std)
         scale = np.where(scale > 0, scale, 1.0)  # a std that underflowed to 0
+        if not np.isfinite(scale).all():
+            raise ValueError(
+                f"values up to {np.abs(stats.maximum).max():.3g} are too large to standardise in float64: "
+                "divide them by a constant first, or use --scale minmax"
+            )
         return cls("standardize", d, shift=shift, scale=scale, output_range="real", **common)
 
     # ---- applying -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""BatchSampler: shuffled batches that run on across epochs, resumable exactly."""
+"""BatchSampler: shuffled batches that run on across epochs, resumable exactly; holdout_rows."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanoae.data import BatchSampler
+from nanoae.data import BatchSampler, holdout_rows
 
 
 def draw(sampler: BatchSampler, batches: int) -> np.ndarray:
@@ -184,3 +184,56 @@ def test_snapshot_returns_to_the_same_batches_without_copying_the_permutation():
     again = [sampler.next_indices() for _ in range(7)]
     for first, second in zip(ahead, again):
         np.testing.assert_array_equal(first, second)
+
+
+# ---- holdout_rows -------------------------------------------------------------------------------
+def test_holdout_splits_rows_into_sorted_disjoint_int64_parts():
+    train, validation = holdout_rows(10, 0.3, seed=0)
+    assert train.dtype == np.int64 and validation.dtype == np.int64
+    assert len(validation) == 3 and len(train) == 7
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(validation) > 0)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, validation])), np.arange(10))
+    # the first 3 of default_rng(0).permutation(10), sorted
+    np.testing.assert_array_equal(validation, np.sort(np.random.default_rng(0).permutation(10)[:3]))
+
+
+def test_holdout_is_deterministic_per_seed():
+    a, b, c = holdout_rows(1000, 0.1, 7), holdout_rows(1000, 0.1, 7), holdout_rows(1000, 0.1, 8)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert len(c[1]) == 100 and not np.array_equal(a[1], c[1])
+
+
+@pytest.mark.parametrize(("n", "fraction", "size"), [(5, 0.1, 1), (20, 0.025, 1), (3, 0.5, 2), (10, 0.05, 1), (7, 0.85, 6)])
+def test_holdout_size_rounds_half_up(n, fraction, size):
+    assert len(holdout_rows(n, fraction, 0)[1]) == size
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "words"),
+    [
+        (20, 0.01, "a validation fraction of 0.01 of 20 rows leaves no row to validate on; use a fraction from 0.05 to 0.95"),
+        (10, 0.99, "leaves no row to train on; use a fraction from 0.1 to 0.9"),
+        (1, 0.5, "needs at least 2 rows"),
+        (10, 0.0, "strictly between 0 and 1"),
+        (10, 1.0, "strictly between 0 and 1"),
+        (10, float("nan"), "must be a number in (0, 1)"),
+        (10, "0.1", "must be a number in (0, 1)"),
+    ],
+)
+def test_holdout_refuses_splits_that_leave_a_side_empty(n, fraction, words):
+    with pytest.raises(ValueError) as caught:
+        holdout_rows(n, fraction, 0)
+    assert words in str(caught.value)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(2, 400), fraction=st.floats(0.001, 0.999), seed=st.integers(0, 2**32))
+def test_holdout_sizes_follow_the_rounding_or_refuse(n, fraction, seed):
+    k = int(np.floor(fraction * n + 0.5))
+    if not 1 <= k <= n - 1:
+        with pytest.raises(ValueError, match="leaves no row"):
+            holdout_rows(n, fraction, seed)
+        return
+    train, validation = holdout_rows(n, fraction, seed)
+    assert len(validation) == k and len(train) == n - k
+    assert np.intersect1d(train, validation).size == 0

@@ -160,7 +160,9 @@ def _read_header(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
                 f"{where} is .npy format version {version[0]}.{version[1]}, used for structured arrays with "
                 "non-Latin field names; nanoae needs a numeric array written by numpy.save"
             )
-    except (ValueError, SyntaxError, TypeError) as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # NumPy parses the header with Python's tokenizer: any of its errors
         raise DataError(f"{where} has a damaged .npy header ({exc}); write it again with numpy.save") from None
     return tuple(int(s) for s in shape), bool(fortran), dtype
 
@@ -261,8 +263,8 @@ def _load_npz(path: Path, key: str | None) -> ArrayData:
                 array = np.lib.format.read_array(stream, allow_pickle=False)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise DataError(f"{member} could not be read ({exc}); the archive is damaged: write it again with numpy.savez") from None
-        except ValueError as exc:  # pickled members and the like, when the header checks passed
-            raise DataError(f"{member} could not be read without unpickling ({exc}); save a numeric array") from None
+        except ValueError as exc:  # data shorter than its header says, and the like
+            raise DataError(f"{member} could not be read ({exc}); write it again with numpy.savez") from None
     n = shape[0]
     features = _frozen(np.ascontiguousarray(array).reshape(n, -1))
     _check_finite(features, _sample_place(member))
@@ -305,6 +307,13 @@ class _Table:
         if first is None:
             raise DataError(f"{path} holds no rows (it is empty or blank): nothing to train on")
         self.width = len(first)
+        others = [mark for mark in (";", "\t", ",", "|") if mark != delimiter and mark in first[0]]
+        if self.width == 1 and others:
+            expected = {",": "commas (.csv)", "\t": "tabs (.tsv)"}[delimiter]
+            raise DataError(
+                f"{path}: its first row {first[0][:60]!r} is one cell holding {others[0]!r}, but a {path.suffix} file is "
+                f"read as separated by {expected}: save the table with commas as .csv or with tabs as .tsv"
+            )
         if any(cell.strip() and not _is_number(cell) for cell in first):
             self.names = [cell.strip() or f"column {j}" for j, cell in enumerate(first)]
             self.skip_lines = lines_after_first
@@ -356,32 +365,32 @@ class _Table:
 
     def _read_slowly(self) -> np.ndarray:
         rows = []
-        try:
-            for line, cells in self.data_rows():
-                if len(cells) != self.width:
-                    raise DataError(
-                        f"{self.path}: row {line} has {len(cells)} cells, the first row has {self.width}; "
-                        "every row needs the same number of cells"
-                    )
-                values = []
-                for j, cell in enumerate(cells):
-                    text = cell.strip()
-                    if not text:
-                        raise DataError(
-                            f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows"
-                        )
-                    if not _is_number(text):
-                        raise DataError(
-                            f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
-                            "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
-                        )
-                    values.append(float(text))
-                rows.append(values)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{self.path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
-        except csv.Error as exc:
-            raise DataError(f"{self.path} is not a well-formed table ({exc})") from None
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.width)
+        for line, cells in self.data_rows():
+            if len(cells) != self.width:
+                raise DataError(
+                    f"{self.path}: row {line} has {len(cells)} cells, the first row has {self.width}; "
+                    "every row needs the same number of cells"
+                )
+            try:
+                if "_" in "".join(cells):  # float() takes "1_000"; a spreadsheet and NumPy do not
+                    raise ValueError
+                rows.append(np.array(list(map(float, cells)), dtype=np.float64))
+            except ValueError:
+                self._refuse_row(line, cells)
+        return np.stack(rows)
+
+    def _refuse_row(self, line: int, cells: list[str]) -> None:
+        """Raise the DataError for the first cell of a row that is not a number."""
+        for j, cell in enumerate(cells):
+            text = cell.strip()
+            if not text:
+                raise DataError(f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows")
+            if not _is_number(text):
+                raise DataError(
+                    f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
+                    "nanoae reads numeric tables only (encode categories as numbers, or drop the column)"
+                )
+        raise AssertionError(f"row {line} of {self.path} was refused but every cell is a number")  # unreachable
 
 
 def _resolve_label_column(table: _Table, label_column: str | int) -> int:
@@ -411,11 +420,16 @@ def _resolve_label_column(table: _Table, label_column: str | int) -> int:
 def _load_table(path: Path, fmt: str, label_column: str | int | None) -> ArrayData:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes): nothing to train on")
-    table = _Table(path, TABLE_DELIMITERS["." + fmt])
-    label_index = None if label_column is None else _resolve_label_column(table, label_column)
-    if label_index is not None and table.width == 1:
-        raise DataError(f"{path} has one column, the label column: no features are left to train on")
-    values = table.read()
+    try:
+        table = _Table(path, TABLE_DELIMITERS["." + fmt])
+        label_index = None if label_column is None else _resolve_label_column(table, label_column)
+        if label_index is not None and table.width == 1:
+            raise DataError(f"{path} has one column, the label column: no features are left to train on")
+        values = table.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a well-formed table ({exc}); save it as plain CSV") from None
 
     finite = np.isfinite(values)
     if not finite.all():
@@ -446,9 +460,9 @@ def _load_table(path: Path, fmt: str, label_column: str | int | None) -> ArrayDa
     )
 
 
-# ---- image folders ----
+# ---- image folders -----------------------------------------------------------------------------------
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREY_MODES = {"L": "L", "1": "L", "LA": "L"}
+GREY_MODES = ("L", "1", "LA")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 MODE_WORDS = {"L": "grey (L)", "RGB": "RGB", "I;16": "16-bit grey"}
@@ -517,7 +531,7 @@ def read_image_folder(directory: Path) -> tuple[np.ndarray, tuple[int, ...], lis
                 pixels, mode = _pixels(image, path)
         except DataError:
             raise
-        except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not an image"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow's "not an image"
             raise DataError(f"{path} could not be read as an image ({exc}); remove or replace it") from None
         if first is None:
             first = (path, pixels.shape, mode)
