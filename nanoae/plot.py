@@ -32,22 +32,29 @@ def require_matplotlib():
     return plt
 
 
-def tile_images(images: np.ndarray, rows: int, cols: int, side: int | None = None, gap: int = 2) -> np.ndarray:
-    """Arrange rows*cols flat images (n, side*side) into one 2-D canvas with gaps.
+def tile_images(images: np.ndarray, rows: int, cols: int, side: int | None = None, gap: int = 2, image_shape=None) -> np.ndarray:
+    """Arrange rows*cols flat images into one canvas with gaps (white, 1.0).
 
-    images: (rows * cols, side * side) values in [0, 1] -> (rows*(side+gap)-gap, cols*(side+gap)-gap)
+    images: (rows * cols, h*w[*c]) values in [0, 1]; image_shape (h, w) or (h, w, c),
+    default square grey (side x side) -> (rows*(h+gap)-gap, cols*(w+gap)-gap[, c])
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 2 or images.shape[0] < rows * cols:
         raise ValueError(f"need {rows * cols} flat images, got an array of shape {images.shape}")
-    side = side or int(round(math.sqrt(images.shape[1])))
-    if side * side != images.shape[1]:
-        raise ValueError(f"images of {images.shape[1]} pixels are not square; pass side=")
-    canvas = np.ones((rows * (side + gap) - gap, cols * (side + gap) - gap), dtype=np.float32)
+    if image_shape is None:
+        side = side or int(round(math.sqrt(images.shape[1])))
+        if side * side != images.shape[1]:
+            raise ValueError(f"images of {images.shape[1]} pixels are not square; pass side= or image_shape=")
+        image_shape = (side, side)
+    image_shape = tuple(int(size) for size in image_shape)
+    if math.prod(image_shape) != images.shape[1]:
+        raise ValueError(f"image_shape {image_shape} holds {math.prod(image_shape)} values, but each image has {images.shape[1]}")
+    height, width, channels = image_shape[0], image_shape[1], image_shape[2:]
+    canvas = np.ones((rows * (height + gap) - gap, cols * (width + gap) - gap, *channels), dtype=np.float32)
     for index in range(rows * cols):
         row, col = divmod(index, cols)
-        top, left = row * (side + gap), col * (side + gap)
-        canvas[top : top + side, left : left + side] = images[index].reshape(side, side)
+        top, left = row * (height + gap), col * (width + gap)
+        canvas[top : top + height, left : left + width] = images[index].reshape(image_shape)
     return canvas
 
 
@@ -86,15 +93,16 @@ def written_by_nanoae(path) -> bool:
     return False
 
 
-def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: int = 4, title: str | None = None) -> Path:
+def plot_reconstructions(originals, reconstructions, path, rows: int = 4, cols: int = 4, title: str | None = None, image_shape=None) -> Path:
     """The tutorial's figure, done right: a grid of test digits beside the model's output.
 
-    originals, reconstructions: (n >= rows*cols, 784) host arrays in [0, 1]
-    (reconstructions are clipped to [0, 1] for display only).
+    originals, reconstructions: (n >= rows*cols, h*w[*c]) host arrays in [0, 1]
+    (reconstructions are clipped to [0, 1] for display only); image_shape (h, w) or
+    (h, w, 3) for RGB, default 28 x 28 grey.
     """
     plt = require_matplotlib()
-    left = tile_images(originals, rows, cols)
-    right = tile_images(np.clip(np.asarray(reconstructions, dtype=np.float32), 0.0, 1.0), rows, cols)
+    left = tile_images(originals, rows, cols, image_shape=image_shape)
+    right = tile_images(np.clip(np.asarray(reconstructions, dtype=np.float32), 0.0, 1.0), rows, cols, image_shape=image_shape)
     figure, axes = plt.subplots(1, 2, figsize=(8.4, 4.6))
     for axis, canvas, label in zip(axes, (left, right), ("Original images", "Reconstructed images")):
         axis.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -203,6 +211,34 @@ def plot_latent_maps(panels, path, title: str | None = None) -> Path:
     if title:
         figure.suptitle(title)
     return _save(figure, path, plt, tight_layout=False, bbox_inches="tight")  # a colorbar beside the axes
+
+
+def plot_code_map(codes, path, labels=None, title: str | None = None, axis_names=("code 1", "code 2")) -> Path:
+    """One scatter plot of 2-D codes (n, 2), coloured by label when labels (n,) are given:
+    ten or fewer whole-number labels in discrete colours, any others on a colour scale."""
+    plt = require_matplotlib()
+    codes = np.asarray(codes, dtype=np.float64)
+    figure, axis = plt.subplots(figsize=(5.6, 4.8))
+    if labels is None:
+        axis.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7, linewidths=0)
+    else:
+        labels = np.asarray(labels, dtype=np.float64)
+        classes = np.unique(labels)
+        discrete = len(classes) <= 10 and np.all(classes == np.round(classes))
+        if discrete:
+            index = np.searchsorted(classes, labels)
+            scatter = axis.scatter(codes[:, 0], codes[:, 1], c=index, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
+            colorbar = figure.colorbar(scatter, ax=axis, ticks=range(len(classes)))
+            colorbar.ax.set_yticklabels([f"{value:g}" for value in classes])
+        else:
+            scatter = axis.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="viridis", s=4, alpha=0.7, linewidths=0)
+            colorbar = figure.colorbar(scatter, ax=axis)
+        colorbar.set_label("label")
+    axis.set_xlabel(axis_names[0])
+    axis.set_ylabel(axis_names[1])
+    if title:
+        axis.set_title(title, fontsize=10)
+    return _save(figure, path, plt)
 
 
 def plot_curves(x, curves, path, xlabel: str, ylabel: str, title: str | None = None, log_x: bool = True, log_y: bool = True) -> Path:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from nanoae.layers import Dense
 from nanoae.models import Autoencoder, Sequential
-from nanoae.optim import RMSProp
+from nanoae.optim import Adam, RMSProp
 from nanoae.regularizers import ActivityL1, get_corruption, set_weight_decay
 from nanoae.vae import VariationalAutoencoder
 
@@ -157,3 +157,31 @@ def get_preset(name: str):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+# ---- any width: a model for the user's own data ------------------------------------------
+def autoencoder_from_widths(in_features: int, widths, activation: str = "relu", output_activation: str = "sigmoid",
+                            seed=None, backend=None, optimizer=None, fast=None) -> Autoencoder:
+    """A plain Dense autoencoder of any width, for data that is not 784-wide MNIST.
+
+    widths: the encoder's widths after the input, e.g. (512, 128, 32): the encoder maps
+    in_features -> 512 -> 128 -> 32 (the last width is the code), the decoder mirrors it
+    32 -> 128 -> 512 -> in_features. The hidden layers take ``activation``; the code layer
+    is linear (no unit can die there, and a 2-wide code is a map as it is); the decoder's
+    last layer takes ``output_activation``.
+    Weights Glorot-uniform, biases zero; loss MSE; ``optimizer`` default Adam(0.001).
+    """
+    widths = tuple(int(width) for width in widths)
+    if not widths or any(width < 1 for width in widths):
+        raise ValueError(f"widths must be one or more whole numbers >= 1, got {list(widths)}")
+    encoder_widths = (int(in_features), *widths)
+    decoder_widths = encoder_widths[::-1]
+
+    def dense_stack(sizes, last_activation):
+        pairs = list(zip(sizes, sizes[1:]))
+        return Sequential([Dense(a, b, last_activation if k == len(pairs) - 1 else activation) for k, (a, b) in enumerate(pairs)])
+
+    encoder = dense_stack(encoder_widths, "identity")
+    decoder = dense_stack(decoder_widths, output_activation)
+    return Autoencoder(encoder, decoder, loss="mse", optimizer=optimizer if optimizer is not None else Adam(0.001),
+                       backend=backend, seed=seed, fast=fast)

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 RUN_MARKER = "nanoae_run"
-RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "reconstructions.png", "loss.png", "samples.png")
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "reconstructions.png", "loss.png", "samples.png", "codes.png")
 
 
 @dataclass(frozen=True)

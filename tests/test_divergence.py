@@ -14,6 +14,7 @@ import pytest
 
 import nanoae.backend as backend_module
 import nanoae.cli as cli_module
+import nanoae.cli.train as cli_train
 from nanoae import Adam, Autoencoder, Dense, NonFiniteStepError, RMSProp, SGD
 from nanoae.callbacks import Callback, Checkpointer, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -228,9 +229,9 @@ def test_cli_ctrl_c_names_the_checkpoint_that_exists(tmp_path, mnist_dir, capsys
             if state.step == 5:
                 raise KeyboardInterrupt
 
-    original = cli_module._run_training
+    original = cli_train.run_training
     monkeypatch.setattr(
-        cli_module, "_run_training", lambda model, images, steps, batch_size, args, callbacks, sampler: original(
+        cli_train, "run_training", lambda model, images, steps, batch_size, args, callbacks, sampler: original(
             model, images, steps, batch_size, args, [*callbacks, CtrlCAtStep5()], sampler)
     )  # fmt: skip
     out = tmp_path / "run"

@@ -1,0 +1,231 @@
+"""What the commands share: CLIError, exit codes, messages, checks, figures, where data
+comes from, and a run's recorded config read back (every value checked first)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nanoae.data import DataError, find_data_dir, load_dataset
+from nanoae.optim import SGD, Adam, AdamW, RMSProp
+from nanoae.pca import PCA
+from nanoae.plot import plot_code_map, plot_image_grid, plot_loss, plot_reconstructions, read_metrics
+from nanoae.presets import PRESETS
+from nanoae.scaling import SCALE_MODES
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+OPTIMIZER_CHOICES = ("rmsprop", "rmsprop-keras", "rmsprop-torch", "adam", "adamw", "sgd", "momentum", "nesterov")
+OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "identity", "leaky_relu", "tanh")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def make_optimizer(name: str, lr: float):
+    """The optimizer a CLI name stands for, at learning rate lr."""
+    table = {
+        "rmsprop": lambda: RMSProp(lr, flavor="tf1"),
+        "rmsprop-keras": lambda: RMSProp(lr, flavor="keras"),
+        "rmsprop-torch": lambda: RMSProp(lr, flavor="torch"),
+        "adam": lambda: Adam(lr),
+        "adamw": lambda: AdamW(lr),
+        "sgd": lambda: SGD(lr),
+        "momentum": lambda: SGD(lr, momentum=0.9),
+        "nesterov": lambda: SGD(lr, momentum=0.9, nesterov=True),
+    }
+    return table[name]()
+
+
+def say(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def writable_directory(path: Path) -> Path:
+    """``path`` made if missing and checked to take a file (plot's --out)."""
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write to the output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def preset_default(preset: str, option: str, fallback):
+    """The default value of one of a preset factory's options."""
+    parameter = inspect.signature(PRESETS[preset]).parameters.get(option) if preset in PRESETS else None
+    return fallback if parameter is None else parameter.default
+
+
+def as_user_error(build, *args, **kwargs):
+    """``build(*args, **kwargs)``, its ValueError (a refused combination of the
+    user's options, such as a preset's) reported as a CLIError."""
+    try:
+        return build(*args, **kwargs)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def require_autoencoder(checkpoint, path, purpose: str) -> None:
+    if not hasattr(checkpoint.model, "reconstruct"):
+        raise CLIError(f"{path} holds a {type(checkpoint.model).__name__}, not an autoencoder; {purpose}")
+
+
+def require_width(model, path, images, dataset: str) -> None:
+    """A saved model takes rows of the width it was trained on."""
+    if model.in_features != images.shape[1]:
+        raise CLIError(
+            f"{path} holds a model of {model.in_features} input features, but {dataset} images have "
+            f"{images.shape[1]}; use it on data of the width it was trained on"
+        )
+
+
+def _display_range(originals: np.ndarray, reconstructions: np.ndarray):
+    """Both arrays mapped to [0, 1] for display by the originals' own min and max."""
+    low, high = float(originals.min()), float(originals.max())
+    span = high - low if high > low else 1.0
+    return (originals - low) / span, (reconstructions - low) / span
+
+
+def code_map(model, x: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates of the codes of x: (n, 2) and the axes' names. A 2-wide code is
+    its own map; a wider one is projected on its first two principal components; a
+    1-wide one is drawn against zero."""
+    codes = np.asarray(model.backend.to_host(model.encode(x)), dtype=np.float64)
+    if codes.shape[1] == 2:
+        return codes, ("code 1", "code 2")
+    if codes.shape[1] == 1:
+        return np.column_stack([codes[:, 0], np.zeros(len(codes))]), ("code", "")
+    if len(codes) < 2:
+        return codes[:, :2], ("code 1", "code 2")
+    return PCA(2).fit(codes).transform(codes), ("principal component 1 of the codes", "principal component 2")
+
+
+def draw_figures(model, rows, out_dir: Path, metrics_path: Path | None, title: str = "") -> list[Path]:
+    """A run's figures; returns the paths. rows: the Rows to show (cli.data).
+
+    Images (rows.image_shape known): reconstructions.png, 16 of them beside the model's
+    output (shown in [0, 1]: as they are for [0, 1] data, else by the originals' range in
+    the data's units); a VAE adds samples.png (64 draws from the prior). Other data:
+    codes.png, the codes of up to 5,000 rows in 2-D, coloured by label where there are
+    labels. Both: loss.png when the metrics file has rows.
+    """
+    written = []
+    if rows.image_shape is not None:
+        shown = min(16, len(rows))
+        grid = (4, 4) if shown == 16 else (1, shown)
+        x = rows.scaled(0, shown)
+        reconstructions = np.asarray(model.backend.to_host(model.reconstruct(x)), dtype=np.float32)
+        if rows.scaler is not None and rows.scaler.output_range != "unit":
+            x, reconstructions = _display_range(rows.unscale(x), rows.unscale(reconstructions))
+        written.append(
+            plot_reconstructions(x, reconstructions, out_dir / "reconstructions.png", rows=grid[0], cols=grid[1], title=title, image_shape=rows.image_shape)
+        )
+        if hasattr(model, "sample"):  # a VAE: new digits from the prior
+            samples = model.backend.to_host(model.sample(64))
+            written.append(plot_image_grid(samples, out_dir / "samples.png", rows=8, cols=8, title=f"{title}: samples from N(0, I)"))
+    else:
+        count = min(5000, len(rows))
+        points, axis_names = code_map(model, rows.scaled(0, count))
+        labels = None if rows.labels is None else rows.labels[:count]
+        written.append(plot_code_map(points, out_dir / "codes.png", labels, title=f"{title}: codes of {count} rows", axis_names=axis_names))
+    if metrics_path is not None and metrics_path.exists():
+        metrics = read_metrics(metrics_path)
+        if len(metrics["step"]):
+            written.append(
+                plot_loss(
+                    metrics["step"], metrics["train_loss"], out_dir / "loss.png", metrics["test_step"], metrics["test_mse"], title=title
+                )
+            )
+    return written
+
+
+# ---- where a command's data comes from ------------------------------------------------
+def _recorded_data_dir(config: dict, dataset: str) -> str | None:
+    """The directory a run read ``dataset`` from, when it recorded one that still holds it."""
+    place = config.get("data_dir") if isinstance(config, dict) else None
+    if not isinstance(place, str) or config.get("dataset", dataset) != dataset:
+        return None
+    try:
+        return place if find_data_dir(dataset, place) is not None else None
+    except DataError:
+        return None  # moved or changed since: the normal search
+
+
+def load_split(dataset: str, split: str, args, recorded: dict | None = None) -> object:
+    """One split from --data, else the directory the run recorded (``recorded``: its
+    config), else the normal search ($NANOAE_DATA, the cache, a download)."""
+    data_dir = args.data or _recorded_data_dir(recorded or {}, dataset)
+    return load_dataset(dataset, split, data_dir=data_dir, download=not args.no_download, quiet=getattr(args, "quiet", False))
+
+
+def data_dir_used(dataset: str, args, recorded: dict | None = None) -> str | None:
+    """The directory the data was read from (recorded in config.json), or None."""
+    try:
+        place = find_data_dir(dataset, args.data or _recorded_data_dir(recorded or {}, dataset))
+    except DataError:
+        return None
+    return None if place is None else str(Path(place).resolve())
+
+
+# ---- a run's recorded config ------------------------------------------------------------
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+# What a run's recorded config may hold for the keys the command line reads back: the
+# file is untrusted input, so an edited or damaged value is refused, never used.
+_SAVED_VALUE_CHECKS = {
+    "preset": lambda value: value in PRESETS,
+    "dataset": lambda value: isinstance(value, str) and bool(value),
+    "seed": lambda value: is_int(value, 0),
+    "batch_size": lambda value: is_int(value, 1),
+    "optimizer": lambda value: value in OPTIMIZER_CHOICES,
+    "output_activation": lambda value: value in OUTPUT_ACTIVATIONS,
+    "code_size": lambda value: is_int(value, 1),
+    "log_every": lambda value: is_int(value, 1),
+    "eval_every": lambda value: is_int(value, 0),
+    "checkpoint_every": lambda value: is_int(value, 0),
+    "data_dir": lambda value: isinstance(value, str),
+    "lr_overrides": lambda value: isinstance(value, list) and all(isinstance(item, dict) for item in value),
+    "layers": lambda value: isinstance(value, list) and bool(value) and all(is_int(item, 1) for item in value),
+    "activation": lambda value: value in OUTPUT_ACTIVATIONS,
+    "scale": lambda value: value in SCALE_MODES,
+    "scaler": lambda value: isinstance(value, dict),  # its contents: Scaler.from_config checks them
+    "val_fraction": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+    "data_path": lambda value: isinstance(value, str) and bool(value),
+    "data_format": lambda value: isinstance(value, str),
+    "key": lambda value: isinstance(value, str),
+    "label_column": lambda value: isinstance(value, str) or is_int(value, -(2**31)),
+    "features": lambda value: is_int(value, 1),
+    "rows": lambda value: is_int(value, 1),
+    "image_shape": lambda value: isinstance(value, list) and len(value) in (2, 3) and all(is_int(item, 1) for item in value),
+}
+
+
+def saved_config(checkpoint) -> dict:
+    """The run's config recorded in the checkpoint ({} when none), each value the
+    command line reads back checked first: a bad one is a clear error, not a crash."""
+    config = checkpoint.extra.get("config") if isinstance(checkpoint.extra, dict) else None
+    if not isinstance(config, dict):
+        return {}
+    for key, valid in _SAVED_VALUE_CHECKS.items():
+        if config.get(key) is not None and not valid(config[key]):
+            raise CLIError(
+                f"{checkpoint.path}: the run's recorded {key} ({config[key]!r}) is not a valid value; "
+                "its config was edited or damaged (give the option explicitly on a new run)"
+            )
+    return config

@@ -1,0 +1,415 @@
+"""nanoae train: resume checks, run directory, data, model, callbacks, the run, its report.
+
+Every check (options, run directory, data, model, step count) comes before anything is
+written; each step is one helper of :func:`command_train`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nanoae.atomic import write_json_atomically
+from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
+from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler
+from nanoae.cli.common import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CLIError,
+    as_user_error,
+    draw_figures,
+    make_optimizer,
+    preset_default,
+    require_autoencoder,
+    require_width,
+    data_dir_used,
+    flag,
+    saved_config,
+    say,
+)
+from nanoae.cli.data import (
+    DEFAULT_VAL_FRACTION,
+    OWN_DEFAULT_LAYERS,
+    mnist_training_data,
+    own_training_data,
+    recorded_own_file,
+    uses_own_data,
+)
+from nanoae.evaluation import reconstruction_errors, reconstruction_mse
+from nanoae.plot import PlotUnavailable
+from nanoae.presets import TUTORIAL_TRAINING, autoencoder_from_widths, get_preset
+from nanoae.rundir import RUN_FILES, RUN_MARKER, plan_run_directory, prepare_run_directory, read_run_config
+from nanoae.train import train
+from nanoae.version import __version__
+
+
+# ---- nanoae train -------------------------------------------------------------------
+# The defaults of the options a resumed run takes from its checkpoint instead; argparse
+# leaves them None so that a flag the user gave can be told from one left out.
+TRAIN_DEFAULTS = {"preset": "tutorial", "dataset": "mnist", "seed": 0, "log_every": 1, "eval_every": 100, "checkpoint_every": 100}
+# What the checkpoint defines: on --resume each may only be repeated with the run's value.
+_RUN_DEFINING = (
+    "preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size",
+    "layers", "activation", "scale", "val_fraction", "key", "label_column",
+)  # fmt: skip
+# Where the run's own value is known only if it recorded it (a config.json written by nanoae train).
+_MODEL_DEFINING = ("preset", "optimizer", "output_activation", "layers", "activation")
+# The options that only mean something for the user's own data files.
+_OWN_DATA_ONLY = ("key", "label_column", "scale", "val_fraction")
+# What a resumed run keeps from its config unless given again.
+_RUN_SETTINGS = ("log_every", "eval_every", "checkpoint_every")
+_MAY_CHANGE_ON_RESUME = "--steps/--epochs, --lr, --log-every, --eval-every, --checkpoint-every, --quiet, --backend, --data, --out"
+
+
+def _refuse_changed_options(args, resumed, saved: dict) -> None:
+    """Take each run-defining option the command line leaves out from the run; refuse,
+    naming each, the ones given with another value than the run's."""
+    recorded = dict(saved)
+    if recorded.get("code_size") is None and hasattr(resumed.model, "code_size"):
+        recorded["code_size"] = resumed.model.code_size  # the checkpoint's model says it
+    differing = []
+    for key in _RUN_DEFINING:
+        given, known = getattr(args, key), recorded.get(key)
+        if given is None:
+            if known is not None:
+                setattr(args, key, known)
+        elif known is not None and given != known:
+            differing.append(f"{flag(key)} {given} (the run's: {known})")
+        elif known is None and key in _MODEL_DEFINING:
+            differing.append(f"{flag(key)} {given} (the checkpoint does not record one; its model and optimizer are used)")
+    if differing:
+        raise CLIError(
+            f"--resume {args.resume}: the checkpoint defines the model, the optimizer and the dataset, and these "
+            f"options differ from the run: {'; '.join(differing)}. Leave them out (on resume only "
+            f"{_MAY_CHANGE_ON_RESUME} may change), or start a new run with another --out"
+        )
+
+
+def _load_resume_checkpoint(args):
+    """The checkpoint named by --resume (None without it); options the command line
+    leaves out are taken from the run's saved config, and a run-defining option given
+    with another value is refused."""
+    if not args.resume:
+        return None
+    path = Path(args.resume)
+    if not path.is_file():
+        raise CLIError(f"--resume {path}: no such checkpoint file")
+    resumed = load_checkpoint(path, backend=args.backend)
+    require_autoencoder(resumed, path, "nanoae train resumes autoencoder runs (a classifier's run: nanoae classify)")
+    saved = saved_config(resumed)
+    _refuse_changed_options(args, resumed, saved)
+    for key in _RUN_SETTINGS:
+        if getattr(args, key) is None and isinstance(saved.get(key), int):
+            setattr(args, key, saved[key])
+    return resumed
+
+
+def _is_own_data_run(args, saved: dict) -> bool:
+    """Own data: --data names a file (or an image folder), or a resumed run recorded one."""
+    if saved.get("dataset") is not None or (args.dataset is not None and args.data is not None and Path(args.data).is_dir()):
+        return False  # a built-in dataset's run: --data is its directory
+    if args.data is not None:
+        return uses_own_data(args.data)
+    return saved.get("data_path") is not None
+
+
+def _check_model_and_data_options(args, own: bool, resuming: bool) -> None:
+    """Refuse the combinations that say two things at once, before anything is read (a
+    resumed run's model options come from the run, checked against it already)."""
+    if own and args.dataset is not None:
+        raise CLIError(f"--dataset {args.dataset} names a built-in dataset, but --data {args.data} is your own data; leave --dataset out")
+    given = [flag(key) for key in _OWN_DATA_ONLY if getattr(args, key) is not None]
+    if not own and given:
+        raise CLIError(f"{', '.join(given)} apply to your own data files (--data FILE); the built-in datasets need none of them")
+    if resuming:
+        return
+    if args.layers is not None and args.preset is not None:
+        raise CLIError(f"--preset {args.preset} and --layers both define the model; give one (--layers builds a plain autoencoder of those widths)")
+    if args.layers is not None and args.code_size is not None:
+        raise CLIError("--code-size is for the presets; with --layers the code is the last width (e.g. --layers 128,32 codes 32 wide)")
+    if args.activation is not None and args.layers is None and (args.preset is not None or not own):
+        raise CLIError(f"--activation goes with --layers; the {args.preset or 'tutorial'} preset fixes its own activations")
+
+
+def _apply_train_defaults(args, resumed, own: bool) -> None:
+    """The defaults of the options still unset (a resumed run without a recorded
+    preset keeps none: the checkpoint's model is not a preset's). A model given by
+    --layers, or own data, takes no preset: own data gets the default layers."""
+    for key, value in TRAIN_DEFAULTS.items():
+        if key == "preset" and (resumed is not None or own or args.layers is not None or args.activation is not None):
+            continue
+        if key == "dataset" and own:
+            continue
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if own:
+        args.scale = args.scale or "auto"
+        args.val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+    if resumed is None and args.preset is None and args.layers is None:
+        args.layers = list(OWN_DEFAULT_LAYERS)
+
+
+def _run_directory(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        return Path(args.resume).parent
+    return Path("runs") / f"{args.preset or 'autoencoder'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _same_directory(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return first.resolve() == second.resolve()
+
+
+def _plan_out_dir(args):
+    """The checked run directory (nothing written): see :mod:`nanoae.rundir`."""
+    out_dir = _run_directory(args)
+    continuing = bool(args.resume) and _same_directory(out_dir, Path(args.resume).parent)
+    hint = f"continue it with --resume {out_dir / 'checkpoint.npz'}, "
+    return plan_run_directory(out_dir, overwrite=args.overwrite, continuing=continuing, resume_hint=hint)
+
+
+def _metrics_history(args, plan) -> Path | None:
+    """The metrics file whose rows a resumed run written elsewhere starts from: its
+    source run's, when that directory is a nanoae run."""
+    if not args.resume:
+        return None
+    source = Path(args.resume).parent
+    if plan.path.exists() and _same_directory(plan.path, source):
+        return None
+    return source / "metrics.csv" if read_run_config(source) is not None else None
+
+
+def _model_from_widths(args, data):
+    """--layers: a plain autoencoder of those widths on the data's width; Adam(0.001)
+    unless --optimizer/--lr say otherwise (it needs no tuning of its step to the scale
+    of the data, which standardized own data makes larger than MNIST's [0, 1])."""
+    args.activation = args.activation or "relu"
+    args.output_activation = args.output_activation or ("sigmoid" if data.output_range == "unit" else "identity")
+    args.optimizer = args.optimizer or "adam"
+    optimizer = make_optimizer(args.optimizer, args.lr or 0.001)
+    width = data.train.shape[1]
+    return as_user_error(
+        autoencoder_from_widths, width, args.layers, args.activation, args.output_activation, seed=args.seed, backend=args.backend, optimizer=optimizer
+    )
+
+
+def _new_model(args, data):
+    """The preset's model (or --layers'), with the command line's output activation,
+    code size, optimizer and learning rate."""
+    if args.layers is not None:
+        return _model_from_widths(args, data)
+    options = {"seed": args.seed, "backend": args.backend}
+    if args.output_activation:
+        options["output_activation"] = args.output_activation
+    if args.code_size:
+        if preset_default(args.preset, "code_size", None) is None:
+            raise CLIError(f"--code-size does not apply to the {args.preset} preset (its code is fixed at 128)")
+        options["code_size"] = args.code_size
+    model = as_user_error(get_preset(args.preset), **options)
+    if model.in_features != data.train.shape[1]:
+        raise CLIError(
+            f"--preset {args.preset} is built for 784-wide MNIST images; this data has {data.train.shape[1]} features per row: "
+            "give --layers W1,W2,... (e.g. --layers 128,32) instead"
+        )
+    if args.optimizer or args.lr:
+        model.optimizer = make_optimizer(args.optimizer or "rmsprop", args.lr or model.optimizer.lr).bind(model.arena)
+    return model
+
+
+def _model_and_sampler(args, resumed, data, batch_size: int):
+    """(model, sampler): restored from --resume, or a new model and no sampler yet."""
+    images = data.train
+    if resumed is None:
+        return _new_model(args, data), None
+    require_width(resumed.model, args.resume, images, args.dataset or "the data")
+    rows = len(images)
+    sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
+    if sampler is not None and (sampler.n, sampler.batch_size) != (rows, batch_size):
+        raise CLIError(
+            f"--resume {args.resume}: the run drew batches of {sampler.batch_size} from {sampler.n} rows; "
+            f"this one would draw {batch_size} from {rows}. Resume with --batch-size {sampler.batch_size} "
+            "and the same --dataset"
+        )
+    return resumed.model, sampler
+
+
+def _override_lr(args, model, resumed, saved: dict) -> list:
+    """A resumed run's --lr replaces the checkpoint's learning rate; returns the run's
+    list of such overrides (step, lr, previous lr), this one appended."""
+    overrides = list(saved.get("lr_overrides") or [])
+    if resumed is not None and args.lr is not None and args.lr != model.optimizer.lr:
+        overrides.append({"step": model.steps_trained, "lr": args.lr, "previous": model.optimizer.lr})
+        model.optimizer.lr = args.lr
+    return overrides
+
+
+def _train_config(args, model, data, total_steps: int, batch_size: int, data_dir, lr_overrides: list) -> dict:
+    """The run's config.json (also stored in every checkpoint's extra). ``nanoae_run``
+    and ``files`` mark the run's own files (see :mod:`nanoae.rundir`)."""
+    fallback_activation = None if args.preset is None else "relu"
+    return {
+        RUN_MARKER: 1,
+        "files": list(RUN_FILES),
+        "preset": args.preset,
+        "steps": total_steps,
+        "batch_size": batch_size,
+        "lr": model.optimizer.lr,
+        "lr_overrides": lr_overrides,
+        "optimizer": args.optimizer or (None if args.resume else "rmsprop"),
+        "optimizer_config": model.optimizer.config(),
+        "output_activation": args.output_activation or preset_default(args.preset, "output_activation", fallback_activation),
+        "code_size": getattr(model, "code_size", None),
+        "layers": args.layers,
+        "activation": args.activation,
+        "seed": args.seed,
+        "data_source": data.source,
+        "data_dir": data_dir,
+        **data.record,
+        "backend": model.backend.name,
+        "ops": repr(model.backend),
+        "log_every": args.log_every,
+        "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every,
+        "model": model.config(),
+        "nanoae_version": __version__,
+        "resumed_from": str(args.resume) if args.resume else None,
+        "command": "nanoae " + " ".join(sys.argv[1:]),
+    }
+
+
+def _train_callbacks(args, test_images, out_dir: Path, config: dict, resume_step, history) -> list:
+    """Evaluator first (its MSE, test or validation, lands in the metrics row's test_mse),
+    then progress, metrics, checkpoints. No held-out rows: no Evaluator."""
+    callbacks = [] if test_images is None else [Evaluator(test_images, every=args.eval_every or None)]
+    if not args.quiet:
+        callbacks.append(ProgressBar())
+    metrics = MetricsCSV(out_dir / "metrics.csv", resume_step=resume_step, history=history, sync_every=args.checkpoint_every or None)
+    return callbacks + [metrics, Checkpointer(out_dir / "checkpoint.npz", every=args.checkpoint_every or None, extra={"config": config})]
+
+
+def run_training(model, images, steps: int, batch_size: int, args, callbacks, sampler):
+    """train(...), with a diverging run reported once by the caller, not as numpy or
+    warnings noise."""
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteLossWarning)
+        return train(
+            model, images, steps=steps, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler
+        )
+
+
+def _report_run(model, history, data, out_dir: Path, preset: str) -> None:
+    """Test (or validation) errors, figures (when matplotlib is there) and the summary lines."""
+    figures = []
+    try:
+        figures = draw_figures(model, data.figure_rows, out_dir, out_dir / "metrics.csv", title=f"nanoae {preset}, step {model.steps_trained}")
+    except PlotUnavailable as exc:
+        say(f"no figures: {exc}")
+    final_loss = f"{history[-1]:.6f}" if history else "n/a"
+    if data.evaluation is None:
+        measured = "no rows held out"
+    elif data.output_range == "unit":
+        errors = reconstruction_errors(model, data.evaluation)
+        measured = f"{data.eval_name} reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}"
+    else:  # BCE needs targets in [0, 1]
+        measured = f"{data.eval_name} reconstruction MSE {reconstruction_mse(model, data.evaluation):.6f}"
+    print(f"step {model.steps_trained}: final training loss {final_loss}, {measured}")
+    print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
+
+
+def _train_data(args, recorded: dict, own: bool):
+    """(the TrainingData, the batch size): --batch-size, else 256 (own data: at most
+    its training rows), checked against the rows there are."""
+    if own:
+        data = own_training_data(args, recorded, args.data or recorded_own_file(recorded))
+    else:
+        data = mnist_training_data(args, recorded)
+    rows = len(data.train)
+    batch_size = args.batch_size or (min(TUTORIAL_TRAINING["batch_size"], rows) if own else TUTORIAL_TRAINING["batch_size"])
+    if batch_size > rows:
+        what = "your data has only {} training rows" if own else f"the {args.dataset} training set has only {{}} images"
+        raise CLIError(f"--batch-size {batch_size}: {what.format(rows)}")
+    say(f"data: {data.source}", args.quiet)
+    return data, batch_size
+
+
+def _total_steps(args, rows: int, batch_size: int, done: int, saved: dict) -> int:
+    """The run's total steps: --steps, --epochs, a resumed run's recorded total, or the
+    tutorial's; always beyond ``done``, the steps the checkpoint has taken."""
+    if args.epochs is not None:
+        steps = args.epochs * rows / batch_size
+        if not math.isfinite(steps) or steps > 2**53:
+            raise CLIError(f"--epochs {args.epochs}: that is more steps than can be counted; give fewer epochs")
+        steps, given = math.ceil(steps), f"--epochs {args.epochs} ({math.ceil(steps)} steps in total)"
+    elif args.steps:
+        steps, given = args.steps, f"--steps {args.steps}"
+    elif args.resume and isinstance(saved.get("steps"), int):
+        steps, given = saved["steps"], f"the run's {saved['steps']} steps"
+    else:
+        steps, given = TUTORIAL_TRAINING["steps"], f"the default {TUTORIAL_TRAINING['steps']} steps"
+    if steps <= done:
+        raise CLIError(
+            f"{given}: the checkpoint is already at step {done}; --steps is the run's total, so give one "
+            f"beyond it (e.g. --steps {done + TUTORIAL_TRAINING['steps']})"
+        )
+    return steps
+
+
+def _last_checkpoint(path: Path) -> str:
+    """Which checkpoint a stopped run leaves, as read from the file itself (the step it
+    holds), or that none was written."""
+    if not path.exists():
+        return f"no checkpoint was written (none at {path})"
+    try:
+        step = load_checkpoint(path, backend="numpy").step
+    except CheckpointError as exc:
+        return f"the file at {path} is not a usable checkpoint ({exc.problem})"
+    return (
+        f"the last checkpoint is {path} (step {step}, read from the file; its parameters are finite, though the "
+        "run may already have been diverging by then)"
+    )
+
+
+def command_train(args) -> int:
+    # Every check (options, run directory, data, model, step count) before anything is written.
+    resumed = _load_resume_checkpoint(args)
+    saved = saved_config(resumed) if resumed is not None else {}
+    own = _is_own_data_run(args, saved)
+    _check_model_and_data_options(args, own, resumed is not None)
+    _apply_train_defaults(args, resumed, own)
+    plan = _plan_out_dir(args)
+    data, batch_size = _train_data(args, saved, own)
+    model, sampler = _model_and_sampler(args, resumed, data, batch_size)
+    total_steps = _total_steps(args, len(data.train), batch_size, model.steps_trained, saved)
+    lr_overrides = _override_lr(args, model, resumed, saved)
+    data_dir = None if own else data_dir_used(args.dataset, args, saved)
+    config = _train_config(args, model, data, total_steps, batch_size, data_dir, lr_overrides)
+    history_file = _metrics_history(args, plan)
+    out_dir = prepare_run_directory(plan)
+    write_json_atomically(out_dir / "config.json", config)
+    checkpoint_path = out_dir / "checkpoint.npz"
+    remaining = total_steps - model.steps_trained
+    resume_step = model.steps_trained if resumed is not None else None
+    callbacks = _train_callbacks(args, data.evaluation, out_dir, config, resume_step, history_file)
+    what = args.preset or (f"layers {','.join(map(str, args.layers))}" if args.layers else "the checkpoint")
+    say(f"training {what} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    try:
+        history = run_training(model, data.train, remaining, batch_size, args, callbacks, sampler)
+    except KeyboardInterrupt:
+        print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if history.stopped:
+        print(f"nanoae: {history.stop_reason}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    _report_run(model, history, data, out_dir, args.preset or "model")
+    return EXIT_OK
