@@ -356,6 +356,22 @@ def test_nanoae_train_offline_records_the_sample_and_says_so_once(tmp_path, refu
     err = capfd.readouterr().err
     assert len(notices(err)) == 1 and "Warning" not in err, err
     assert requests == ["/train-images-idx3-ubyte.gz"]
+    assert config["dataset"] == "mnist-sample"
+
+
+def test_a_run_on_the_stand_in_sample_stays_on_the_sample(tmp_path, refusing_mirror, monkeypatch, capfd, mnist_dir):
+    # Trained offline on the stand-in, then evaluated where full MNIST is at hand: the run
+    # says it was a sample run, and eval measures the sample's 1,000 test digits.
+    from nanoae.cli import main
+
+    url, _ = refusing_mirror
+    monkeypatch.setenv("NANOAE_MIRRORS", url)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    capfd.readouterr()
+    monkeypatch.setenv("NANOAE_DATA", str(mnist_dir))
+    assert main(["eval", str(out / "checkpoint.npz")]) == 0
+    assert "mnist-sample test (1000 images)" in capfd.readouterr().out
 
 
 def test_the_quick_connection_downloads_over_https(tmp_path, monkeypatch, mnist_dir):

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "reliability.md"
 ROW = re.compile(r"^\| (?P<id>[A-Z]+-\d{2}) \|(?P<rest>.*)\|\s*$")
 TEST = re.compile(r"`(?P<file>tests/[\w/]+\.py)::(?P<name>test_\w+)`")
-AREAS = {"API", "DATA", "CLI", "CKPT", "RUN"}
+AREAS = {"API", "DATA", "CLI", "CKPT", "RUN", "OWN"}
 # Modules whose every test exists for rows of the page: each must be named by a row.
 ROW_MODULES = ("tests/test_bad_input_cases.py", "tests/test_fault_injection.py")
 

@@ -140,6 +140,10 @@ class TrainingData:
 def mnist_training_data(args, saved: dict) -> TrainingData:
     train_set = load_split(args.dataset, "train", args, saved)
     test_set = load_split(args.dataset, "test", args, saved)
+    if train_set.name != args.dataset:
+        # The shipped sample stood in for MNIST: the run is recorded as a run on the sample,
+        # so eval, plot and --resume use the sample even where full MNIST appears later.
+        args.dataset = train_set.name
     record = {"dataset": args.dataset, "features": int(train_set.images.shape[1]), "image_shape": [28, 28], "scaler": None}
     figure_rows = Rows(test_set.images, None, None, test_set.labels, (28, 28), f"{args.dataset} test", args.dataset)
     return TrainingData(train_set.images, test_set.images, "test", "unit", train_set.source, record, figure_rows)
