@@ -489,3 +489,23 @@ if __name__ == "__main__":
     for name, content in build_sample(Path(sys.argv[1]), target).items():
         blob = (target / (name + ".gz")).read_bytes()
         print(f"{name}.gz  {len(blob):>8} bytes  gz MD5 {md5(blob)}  content MD5 {md5(content)}")
+
+
+def test_a_full_mnist_run_is_never_evaluated_or_resumed_on_the_sample(tmp_path, refusing_mirror, monkeypatch, capfd, mnist_dir):
+    # The run's MNIST copy is gone and nothing else holds MNIST: eval and --resume refuse,
+    # naming the fix, instead of reporting the sample's numbers as the run's.
+    from nanoae.cli import main
+
+    url, _ = refusing_mirror
+    monkeypatch.setenv("NANOAE_MIRRORS", url)
+    copy = tmp_path / "mnist"
+    shutil.copytree(mnist_dir, copy)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(copy), "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    shutil.rmtree(copy)
+    capfd.readouterr()
+    for command in (["eval", str(out / "checkpoint.npz")], ["train", "--resume", str(out / "checkpoint.npz"), "--steps", "4"]):
+        assert main(command) == 2
+        err = capfd.readouterr().err
+        assert "the run used mnist, which is not found here" in err and "--data DIR" in err, err
+    assert json.loads((out / "config.json").read_text())["steps"] == 2  # the resume wrote nothing

@@ -140,7 +140,9 @@ class TrainingData:
 def mnist_training_data(args, saved: dict) -> TrainingData:
     train_set = load_split(args.dataset, "train", args, saved)
     test_set = load_split(args.dataset, "test", args, saved)
-    if train_set.name != args.dataset:
+    if saved.get("dataset") is not None:
+        require_the_runs_dataset(train_set, saved["dataset"], "--resume")
+    elif train_set.name != args.dataset:
         # The shipped sample stood in for MNIST: the run is recorded as a run on the sample,
         # so eval, plot and --resume use the sample even where full MNIST appears later.
         args.dataset = train_set.name
@@ -234,10 +236,21 @@ def run_rows(args, config: dict, split: str | None, own_default: str = "all") ->
     return Rows(data.features, rows, scaler, labels, _image_shape(data.image_shape), f"{what} ({count}) of {data.path}")
 
 
+def require_the_runs_dataset(data, dataset: str, what: str) -> None:
+    """A run on ``dataset`` is never used on another one that stood in for it (the
+    shipped MNIST sample, where full MNIST is not found): that would misstate its numbers."""
+    if data.name != dataset:
+        raise CLIError(
+            f"{what}: the run used {dataset}, which is not found here, and only {data.name} could stand in; "
+            f"pass --data DIR (the directory holding {dataset}'s files), or --dataset {data.name} to use it deliberately"
+        )
+
+
 def _mnist_rows(args, config: dict, split: str) -> Rows:
     if split == "all":
         raise CLIError("--split all is for own data; an MNIST run takes --split test or --split train")
     dataset = args.dataset or config.get("dataset") or "mnist"
     data = load_split(dataset, split, args, config)
+    require_the_runs_dataset(data, dataset, f"{split} images")
     return Rows(data.images, None, None, data.labels, (28, 28), f"{dataset} {split} ({len(data.images)} images)", dataset)
 

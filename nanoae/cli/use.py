@@ -201,9 +201,9 @@ def _classify_data_and_out_dir(args, source):
     plan = None
     if args.out:
         plan = plan_run_directory(args.out, overwrite=args.overwrite, continuing=False, kind=CLASSIFY_RUN)
-    dataset = args.dataset or "mnist"
-    train_set = load_split(dataset, "train", args)
-    test_set = load_split(dataset, "test", args)
+    train_set = load_split(args.dataset or "mnist", "train", args)
+    test_set = load_split(args.dataset or "mnist", "test", args)
+    dataset = train_set.name  # "mnist-sample" where the shipped sample stood in for MNIST
     n_labels = args.labels or len(train_set.images)
     if n_labels > len(train_set.images):
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
