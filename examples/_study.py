@@ -42,6 +42,9 @@ def load_mnist(args):
 
     train = load_dataset("mnist", "train", data_dir=args.data, quiet=True)
     test = load_dataset("mnist", "test", data_dir=args.data, quiet=True)
+    if train.name != "mnist" and not args.quick:
+        # A study's numbers are recorded as full MNIST's: never from the stand-in sample.
+        sys.exit(f"{sys.argv[0]}: full MNIST not found ({train.source}); pass --data DIR or set NANOAE_DATA (--quick runs on the sample)")
     if args.quick:
         return train.images[:2000], train.labels[:2000], test.images[:500], test.labels[:500]
     return train.images, train.labels, test.images, test.labels

@@ -509,3 +509,16 @@ def test_a_full_mnist_run_is_never_evaluated_or_resumed_on_the_sample(tmp_path, 
         err = capfd.readouterr().err
         assert "the run used mnist, which is not found here" in err and "--data DIR" in err, err
     assert json.loads((out / "config.json").read_text())["steps"] == 2  # the resume wrote nothing
+
+
+def test_the_notice_says_what_the_cache_holds_and_the_fix_for_no_download(tmp_path, capfd, mnist_dir):
+    # Two of the four files in the cache, downloads off: the line counts the files and
+    # says to allow the download, not to find a network.
+    cache = tmp_path / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    for name in ("t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, cache)
+    assert load_dataset("mnist", "test", download=False).name == "mnist-sample"
+    (line,) = notices(capfd.readouterr().err)
+    assert f"2 of its 4 files in the cache {cache}" in line, line
+    assert "leave out --no-download" in line and "network connection" not in line, line

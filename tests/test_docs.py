@@ -156,6 +156,7 @@ def test_readme_python_runs_as_written_with_fewer_steps(mnist_dir, tmp_path, mon
     else runs as a reader would paste it."""
     pytest.importorskip("numba")  # the README's model runs on the default (fast) table
     monkeypatch.chdir(tmp_path)  # its metrics.csv and checkpoint.npz land here
+    monkeypatch.setenv("NANOAE_DATA", str(mnist_dir))  # where load_dataset's search finds MNIST
     code = "\n".join(_fenced_blocks(README.read_text(), "python"))
     code = re.sub(r"steps=\d+", "steps=3", code).replace('"../shared/data/mnist"', repr(str(mnist_dir)))
     namespace = {}

@@ -135,12 +135,12 @@ def column(text: str) -> str | int:
 
 # ---- the parser ---------------------------------------------------------------------
 def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | None = "mnist", own_data: bool = False) -> None:
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default=dataset_default, help="a built-in dataset (default: mnist)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=dataset_default, help="a built-in dataset (default: mnist; mnist-sample: the 6,000 + 1,000 MNIST digits shipped with nanoae; fashion: Fashion-MNIST)")
     if own_data:
         parser.add_argument(
             "--data",
             metavar="PATH",
-            help="a directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download), "
+            help="a directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, a verified download, then for MNIST the shipped sample), "
             "or your own data: a .npy, .npz, .csv or .tsv file, or a folder of same-sized PNG/JPEG images",
         )
         parser.add_argument("--key", metavar="NAME", help="the array of a .npz file to use (default: its only one)")
@@ -149,9 +149,9 @@ def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str | No
         parser.add_argument(
             "--data",
             metavar="DIR",
-            help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, then a verified download)",
+            help="directory holding the four IDX .gz files (default: $NANOAE_DATA, the cache, a verified download, then for MNIST the shipped sample)",
         )
-    parser.add_argument("--no-download", action="store_true", help="never download; fail if no local copy is found")
+    parser.add_argument("--no-download", action="store_true", help="never download (MNIST then falls back to the shipped sample; Fashion-MNIST fails if no local copy is found)")
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None, help="array library (default: $NANOAE_BACKEND or auto)")
 
 

@@ -33,7 +33,7 @@ from .download import DEFAULT_TIMEOUT, DownloadError, download_dataset, mirrors_
 from .errors import DataError
 from .idx import read_idx
 from .registry import SPLITS, DatasetSpec, get_spec
-from .sources import ENV_DATA, Located, cache_root, locate, locate_embedded, search_report, ways_to_get
+from .sources import ENV_DATA, Located, cache_root, locate, locate_embedded, scan_dir, search_report, ways_to_get
 
 __all__ = ["STAND_IN_CONNECT_TIMEOUT", "Dataset", "load_dataset", "clear_memory_cache"]
 
@@ -147,12 +147,16 @@ def _stand_in(spec: DatasetSpec, split: str, download: bool, failure: DownloadEr
     sample = get_spec(spec.stand_in)
     cache = cache_root() / spec.name
     # Reached only with no data_dir and $NANOAE_DATA unset: a wrong one is an error.
-    reason = f"${ENV_DATA} unset, nothing in the cache {cache}, "
+    found, _ = scan_dir(cache, spec) if cache.is_dir() else ({}, None)
+    in_cache = f"{len(found)} of its {len(spec.files)} files in the cache {cache}" if found else f"nothing in the cache {cache}"
+    reason = f"${ENV_DATA} unset, {in_cache}, "
     if failure is not None:
         reason += _download_summary(failure)
+        network = "or a network connection"
     else:
         reason += "downloads are off (download=False / --no-download)"
-    get_full = f"For full {spec.title}: --data DIR, {ENV_DATA}=DIR, or a network connection."
+        network = "or allow the download (leave out --no-download)"
+    get_full = f"For full {spec.title}: --data DIR, {ENV_DATA}=DIR, {network}."
     try:
         located = locate_embedded(sample)
     except DataError as e:
