@@ -25,7 +25,7 @@ import math
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -42,6 +42,7 @@ _LOSSES = ("mse", "bce")
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _CHUNK_ROWS = 4096  # rows per forward pass in transform/score: bounds the activations' memory
 _SEED_BOUND = 2**31 - 1
+_DEFAULT_STEPS = 1000  # when neither max_steps nor epochs is given
 
 
 class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -74,24 +75,31 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     batch_size : int
         Rows per step (default 256); clipped to the number of training rows.
     max_steps : int or None
-        Training stops after this many steps (default 1000), or earlier when ``epochs``
-        passes over the data are done. Set one of the two to None to use only the other.
+        The most steps to train. Default None.
     epochs : float or None
-        Passes over the training data, ceil(epochs * n / batch_size) steps (default None).
+        Passes over the training data: ceil(epochs * n / batch_size) steps. Default None.
+        The training length: both None, 1000 steps; one given, that one alone; both
+        given, whichever ends first (the fewer steps). ``n_steps_`` records it.
     random_state : int, RandomState or None
         Seeds the initial weights and the batch order; an int is nanoae's seed itself.
         None: a seed drawn from NumPy's global generator.
     backend : str
         "numpy" (default: the CPU, reproducible), "cupy" or "auto" (a GPU when usable).
     dtype : str
-        "float32" (default) or "float64": the model's numbers, and the dtype of
-        ``transform``'s and ``inverse_transform``'s output whatever the input's
-        (float64 input to a float32 model is narrowed). Training runs in this dtype;
-        ``transform``, ``inverse_transform`` and ``score`` evaluate the trained weights
-        in float64 and round once at the end, so each row's output depends on that row
-        alone (see ``_exact_model``).
+        "float32" (default) or "float64": the model's numbers. Training runs in this
+        dtype (``fit`` casts X to it).
     verbose : int
         0 (default) quiet; 1 prints the loss ten times per fit.
+
+    Precision of transform, inverse_transform and score: that of their input.
+    float64 input is evaluated in float64, with a float64 copy of the trained weights
+    (made once per fit, refreshed when ``model_``'s weights have changed since), and gives
+    float64 output. Any other input is cast to ``dtype`` and runs ``model_`` itself, with
+    no copy: with the float32 default, float32 X gives ``model_.encode`` of each block of
+    4096 rows exactly, in float32, at float32's speed. Either way a matrix product may round a row differently
+    with the rows around it (BLAS treats full tiles and leftover rows with different
+    kernels): a row's output may change in its last bits with the batch it comes in,
+    a few times 1e-16 relative in float64, 1e-7 in float32.
 
     Attributes
     ----------
@@ -117,7 +125,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         optimizer="adam",
         learning_rate=0.001,
         batch_size=256,
-        max_steps=1000,
+        max_steps=None,
         epochs=None,
         random_state=None,
         backend="numpy",
@@ -140,8 +148,16 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     # ---- fitting -------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Train a fresh autoencoder on X: (n_samples, n_features). y is ignored. Returns self."""
-        X = self._validated(X, reset=True)
+        """Train a fresh autoencoder on X: (n_samples, n_features). y is ignored. Returns self.
+
+        Everything is checked, built and trained before the first fitted attribute is
+        set, so a fit that fails leaves the previous fit (or none) whole.
+        """
+        # validate_data records n_features_in_ and feature_names_in_ on the estimator it
+        # is given: a parameter copy takes them, and they move here only on success.
+        record = clone(self)
+        with np.errstate(over="ignore"):  # as in _validated
+            X = validate_data(record, X, dtype=self._checked_dtype(), reset=True)
         widths = self._checked_layers()
         steps = self._steps(X.shape[0])
         batch_size = min(self._checked_batch_size(), X.shape[0])
@@ -149,7 +165,15 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         model = self._new_model(X.shape[1], widths, output_activation)
         callbacks = [_LossPrinter(steps)] if self.verbose else []
         history = model.fit(X, steps=steps, batch_size=batch_size, log_every=1, callbacks=callbacks)
+        float64_copy = _float64_copy(model)
+
+        self.n_features_in_ = record.n_features_in_
+        if hasattr(record, "feature_names_in_"):
+            self.feature_names_in_ = record.feature_names_in_
+        else:
+            self.__dict__.pop("feature_names_in_", None)
         self.model_ = model
+        self._float64_twin = (model, float64_copy)  # (the model_ it copies, the copy)
         self.output_activation_ = output_activation
         self.loss_curve_ = [float(value) for value in history]
         self.n_steps_ = int(model.steps_trained)
@@ -185,35 +209,38 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     # ---- using the trained model ---------------------------------------------------
     def transform(self, X):
-        """Codes of X: (n_samples, n_features) -> (n_samples, layers[-1]), in the model's dtype."""
+        """Codes of X: (n_samples, n_features) -> (n_samples, layers[-1]); float64 for
+        float64 X, else the model's dtype (see the class docstring)."""
         check_is_fitted(self)
-        X = self._validated(X, reset=False)
-        return self._in_chunks(self._exact_model().encode, X)
+        X = self._validated(X)
+        return self._in_chunks(self._model_for(X).encode, X)
 
     def inverse_transform(self, X):
-        """Reconstructions from codes: (n_samples, layers[-1]) -> (n_samples, n_features).
+        """Reconstructions from codes: (n_samples, layers[-1]) -> (n_samples, n_features);
+        float64 for float64 codes, else the model's dtype.
 
         With a sigmoid output (or loss "bce") they lie in [0, 1].
         """
         check_is_fitted(self)
         with np.errstate(over="ignore"):  # as in _validated
-            codes = check_array(X, dtype=self._checked_dtype())
+            codes = check_array(X, dtype=self._evaluation_dtypes())
         if codes.shape[1] != self.model_.code_size:
             raise ValueError(
                 f"inverse_transform takes codes of {self.model_.code_size} features (what transform gives), "
                 f"got {codes.shape[1]}; pass the output of transform"
             )
-        return self._in_chunks(self._exact_model().decode, codes)
+        return self._in_chunks(self._model_for(codes).decode, codes)
 
     def score(self, X, y=None) -> float:
         """-mean((X - inverse_transform(transform(X)))^2) over every row and feature.
 
         Higher is better (0 is a perfect reconstruction), as scikit-learn's model
-        selection expects; y is ignored. The sum is taken in float64.
+        selection expects; y is ignored. Reconstructions in X's precision (float64 for
+        float64 X, else the model's dtype); the sum is taken in float64.
         """
         check_is_fitted(self)
-        X = self._validated(X, reset=False)
-        model, total = self._exact_model(), 0.0
+        X = self._validated(X)
+        model, total = self._model_for(X), 0.0
         for start in range(0, X.shape[0], _CHUNK_ROWS):
             chunk = X[start : start + _CHUNK_ROWS]
             difference = self._host(model.reconstruct(chunk)) - chunk
@@ -225,36 +252,48 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         """The code size (what get_feature_names_out counts); AttributeError before fit."""
         return self.model_.code_size
 
-    def _exact_model(self):
-        """model_ computing in float64 (a copy of a float32 model_, made per call so it
-        never lags behind model_), for transform, inverse_transform and score.
+    def _model_for(self, x):
+        """The network that evaluates x: model_ itself, unless x is float64 and model_
+        is not; then its float64 twin, made at fit and brought up to date here if
+        model_'s weights were changed since (trained on, or set by hand).
 
-        Why: a float32 matrix product rounds a row's result differently depending on
-        where the row sits in the batch (BLAS handles the rows of a full tile and the
-        leftover rows with different kernels), so in float32 a row's code would change
-        in its last bit with the rows around it. In float64, rounded once to float32
-        at the end, each row's output depends on that row alone: transform(X)[i] is
-        the same in any order and any subset. Training stays in the model's dtype.
+        Why a float64 twin for float64 input: float64 data asks for float64 results, and
+        scikit-learn's checks compare a row's output across batches and orders to 1e-7
+        relative, which float32 rounding (1.2e-7) does not always meet and float64 does.
         """
-        if self.model_.backend.dtype == np.float64:
-            return self.model_
-        return clone_module(self.model_, dtype="float64")
+        model = self.model_
+        if x.dtype != np.float64 or model.backend.dtype == np.float64:
+            return model
+        source_of_twin, twin = getattr(self, "_float64_twin", (None, None))
+        if source_of_twin is not model:  # model_ was replaced by another network
+            return _float64_copy(model)
+        source, xp = model.parameters(), model.backend.xp
+        for name, view in twin.parameters().items():
+            if not bool(xp.array_equal(view, source[name])):  # float32 -> float64 is exact, so equal means current
+                view[...] = source[name]
+        return twin
+
+    def _evaluation_dtypes(self) -> list:
+        """What input transform, inverse_transform and score keep as it is: float64 and
+        the model's dtype; anything else is cast to the model's dtype (the first)."""
+        return [self.model_.backend.dtype, np.float64]
 
     def _in_chunks(self, method, x) -> np.ndarray:
-        """method on row chunks of x, on the host, in x's dtype (the model's)."""
+        """method on row chunks of x, on the host, in x's dtype."""
         parts = [self._host(method(x[start : start + _CHUNK_ROWS])).astype(x.dtype, copy=False) for start in range(0, x.shape[0], _CHUNK_ROWS)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _host(self, array) -> np.ndarray:
         return self.model_.backend.to_host(array)
 
-    def _validated(self, X, reset: bool) -> np.ndarray:
-        """X as a finite 2-D array of the model's dtype (scikit-learn's checks and messages;
-        reset: record n_features_in_ and feature names, as fit does)."""
-        # A float64 value beyond float32's range becomes inf when narrowed; the finiteness
-        # check right after names it, so NumPy's overflow warning would only repeat it.
+    def _validated(self, X) -> np.ndarray:
+        """X for transform and score: a finite 2-D array of the fitted width, float64 kept
+        as it is and anything else cast to the model's dtype (scikit-learn's checks and
+        messages)."""
+        # A value beyond float32's range becomes inf when narrowed; the finiteness check
+        # right after names it, so NumPy's overflow warning would only repeat it.
         with np.errstate(over="ignore"):
-            return validate_data(self, X, dtype=self._checked_dtype(), reset=reset)
+            return validate_data(self, X, dtype=self._evaluation_dtypes(), reset=False)
 
     # ---- parameters, checked when fit uses them --------------------------------------
     def _checked_dtype(self):
@@ -280,7 +319,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return int(self.batch_size)
 
     def _steps(self, n_samples: int) -> int:
-        """max_steps, or the steps of ``epochs`` passes, whichever is fewer."""
+        """max_steps, or the steps of ``epochs`` passes, whichever is fewer; 1000 with neither."""
         limits = []
         if self.max_steps is not None:
             if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, numbers.Integral) or self.max_steps < 1:
@@ -290,9 +329,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             if isinstance(self.epochs, bool) or not isinstance(self.epochs, numbers.Real) or not 0 < self.epochs < math.inf:
                 raise ValueError(f"epochs must be a number > 0 or None, got {self.epochs!r}")
             limits.append(max(1, math.ceil(self.epochs * n_samples / min(self._checked_batch_size(), n_samples))))
-        if not limits:
-            raise ValueError("max_steps and epochs are both None; set one of them (e.g. max_steps=1000)")
-        return min(limits)
+        return min(limits) if limits else _DEFAULT_STEPS
 
     def _resolved_output_activation(self, X) -> str:
         loss = _checked_choice(self.loss, "loss", _LOSSES)
@@ -314,13 +351,14 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        # transform's output has the model's dtype, so that is the one dtype it preserves.
-        tags.transformer_tags.preserves_dtype = [self.dtype if self.dtype in _DTYPES else "float32"]
+        # float64 input gives float64 output; other input gives the model's dtype.
+        tags.transformer_tags.preserves_dtype = ["float64"] if self.dtype == "float64" else ["float64", "float32"]
         return tags
 
     # ---- pickling: nanoae's own config and the parameter arrays, nothing else --------
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: object's own may be the live __dict__
+        state.pop("_float64_twin", None)  # remade from model_ when unpickled
         model = state.pop("model_", None)
         if model is not None:
             host = model.backend.to_host
@@ -337,6 +375,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         super().__setstate__(state)
         if saved is not None:
             self.model_ = self._rebuilt_model(saved)
+            self._float64_twin = (self.model_, _float64_copy(self.model_))
 
     def _rebuilt_model(self, saved: dict) -> Autoencoder:
         """The pickled model: rebuilt from its config, then given the saved parameters.
@@ -349,6 +388,14 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             view[...] = model.backend.asarray(saved["parameters"][name], dtype=view.dtype)
         model.steps_trained = saved["steps_trained"]
         return model
+
+
+def _float64_copy(model):
+    """A float64 copy of a float32 model (its weights widened exactly); None for a
+    float64 model, which evaluates float64 input itself."""
+    if model.backend.dtype == np.float64:
+        return None
+    return clone_module(model, dtype="float64")
 
 
 def _dense_stack(widths: tuple, activation: str, last_activation: str) -> Sequential:
