@@ -158,7 +158,7 @@ def test_code_size_without_layers_on_own_data(tmp_path, root, capsys):
 
 def test_huge_layers_are_one_line(tmp_path, root, capsys):
     out = tmp_path / "run"
-    refused(capsys, ["train", "--data", root / "u8.npy", "--layers", "1000000,1000000", "--steps", 1, "--out", out],
+    refused(capsys, ["train", "--data", root / "u8.npy", "--layers", "1000000,1000000", "--steps", 1, "--out", out, "--quiet"],
             "cannot allocate", "smaller layers", out=out)  # fmt: skip
 
 
@@ -187,7 +187,7 @@ def test_out_is_never_the_data_or_a_run_file(tmp_path, root, runs, capsys):
     recorded = json.loads((runs["u8"].parent / "config.json").read_text())["data_path"]
     before = (root / "u8.npy").read_bytes()
     refused(capsys, ["reconstruct", runs["u8"], "--out", recorded, "--overwrite"], "--out", "data")  # the run's recorded file
-    refused(capsys, ["reconstruct", runs["u8"], "--data", root / "u8.npy", "--out", tmp_path / ".." / tmp_path.name / "copy.npy", "--overwrite"], "--out")
+    refused(capsys, ["reconstruct", runs["u8"], "--data", copy, "--out", tmp_path / ".." / tmp_path.name / "copy.npy", "--overwrite"], "--out", "data")  # another spelling
     assert (root / "u8.npy").read_bytes() == before and copy.read_bytes() == before
     link = tmp_path / "checkpoint-link.npy"
     link.symlink_to(runs["u8"])
