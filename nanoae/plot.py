@@ -138,13 +138,14 @@ def read_metrics(path) -> dict:
     }
 
 
-def plot_loss(steps, losses, path, test_steps=(), test_values=(), title: str | None = None, log_scale: bool = True) -> Path:
-    """Training loss per step (and test MSE points) on one axis, log scale by default."""
+def plot_loss(steps, losses, path, test_steps=(), test_values=(), title: str | None = None, log_scale: bool = True,
+              test_label: str = "test reconstruction MSE") -> Path:
+    """Training loss per step (and held-out MSE points, named ``test_label``) on one axis, log scale by default."""
     plt = require_matplotlib()
     figure, axis = plt.subplots(figsize=(7.0, 4.2))
     axis.plot(steps, losses, linewidth=1.0, label="training loss (batch)")
     if len(test_steps):
-        axis.plot(test_steps, test_values, "o", markersize=4, label="test reconstruction MSE")
+        axis.plot(test_steps, test_values, "o", markersize=4, label=test_label)
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     if log_scale and len(losses) and np.all(np.asarray(losses) > 0):

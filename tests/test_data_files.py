@@ -55,7 +55,7 @@ def test_npy_2d_is_memory_mapped_read_only_and_exact(tmp_path):
     assert data.source == f"4 rows x 3 features from {data.path} (.npy float32, memory-mapped)"
 
 
-@pytest.mark.parametrize("shape", [(5, 4, 3), (5, 4, 3, 2)])
+@pytest.mark.parametrize("shape", [(5, 4, 3), (5, 4, 3, 3)])
 def test_npy_images_are_flattened_as_a_view_of_the_map(tmp_path, shape):
     x = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
     np.save(tmp_path / "x.npy", x)

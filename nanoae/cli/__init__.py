@@ -31,6 +31,7 @@ from nanoae.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    HIDDEN_ACTIVATIONS,
     OPTIMIZER_CHOICES,
     OUTPUT_ACTIVATIONS,
     CLIError,
@@ -62,9 +63,6 @@ __all__ = [
 # The errors that mean "fix your input" (arguments, data, files, the machine's
 # abilities): one line and exit 2. Anything else is a bug and shows its traceback.
 USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, RunDirectoryError, OSError)
-
-
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 
 
 # ---- argument types ----------------------------------------------------------------

@@ -21,6 +21,9 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 
 
 OPTIMIZER_CHOICES = ("rmsprop", "rmsprop-keras", "rmsprop-torch", "adam", "adamw", "sgd", "momentum", "nesterov")
 OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "identity", "leaky_relu", "tanh")
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
+# Every built-in dataset is 28x28 images: a model's width is checked before one is looked for.
+DATASET_WIDTH = 28 * 28
 
 
 class CLIError(Exception):
@@ -68,11 +71,13 @@ def preset_default(preset: str, option: str, fallback):
 
 def as_user_error(build, *args, **kwargs):
     """``build(*args, **kwargs)``, its ValueError (a refused combination of the
-    user's options, such as a preset's) reported as a CLIError."""
+    user's options, such as a preset's) and MemoryError (a model too large for this
+    machine: nanoae's own message names the size and says to use smaller layers)
+    reported as a CLIError."""
     try:
         return build(*args, **kwargs)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    except (ValueError, MemoryError) as exc:
+        raise CLIError(str(exc) or f"out of memory building the model ({type(exc).__name__}); use smaller layers") from exc
 
 
 def require_autoencoder(checkpoint, path, purpose: str) -> None:
@@ -80,13 +85,13 @@ def require_autoencoder(checkpoint, path, purpose: str) -> None:
         raise CLIError(f"{path} holds a {type(checkpoint.model).__name__}, not an autoencoder; {purpose}")
 
 
-def require_width(model, path, images, dataset: str) -> None:
-    """A saved model takes rows of the width it was trained on."""
-    if model.in_features != images.shape[1]:
-        raise CLIError(
-            f"{path} holds a model of {model.in_features} input features, but {dataset} images have "
-            f"{images.shape[1]}; use it on data of the width it was trained on"
-        )
+def require_width(model_width: int, path, width: int, *, dataset: str | None = None, place=None) -> None:
+    """A saved model (``model_width`` inputs, from checkpoint ``path``) takes rows of
+    the width it was trained on: ``width``, the rows of built-in ``dataset`` or of the
+    file ``place``."""
+    if model_width != width:
+        data = f"{dataset} images have {width}" if dataset else f"{place} has {width} features per row"
+        raise CLIError(f"{path} holds a model of {model_width} input features, but {data}; use it on data of the width it was trained on")
 
 
 def _display_range(originals: np.ndarray, reconstructions: np.ndarray):
@@ -117,7 +122,8 @@ def draw_figures(model, rows, out_dir: Path, metrics_path: Path | None, title: s
     output (shown in [0, 1]: as they are for [0, 1] data, else by the originals' range in
     the data's units); a VAE adds samples.png (64 draws from the prior). Other data:
     codes.png, the codes of up to 5,000 rows in 2-D, coloured by label where there are
-    labels. Both: loss.png when the metrics file has rows.
+    labels. Both: loss.png when the metrics file has rows (:func:`draw_loss`; the
+    held-out points are "validation" for own data, "test" for a built-in dataset).
     """
     written = []
     if rows.image_shape is not None:
@@ -138,15 +144,23 @@ def draw_figures(model, rows, out_dir: Path, metrics_path: Path | None, title: s
         points, axis_names = code_map(model, rows.scaled(0, count))
         labels = None if rows.labels is None else rows.labels[:count]
         written.append(plot_code_map(points, out_dir / "codes.png", labels, title=f"{title}: codes of {count} rows", axis_names=axis_names))
-    if metrics_path is not None and metrics_path.exists():
-        metrics = read_metrics(metrics_path)
-        if len(metrics["step"]):
-            written.append(
-                plot_loss(
-                    metrics["step"], metrics["train_loss"], out_dir / "loss.png", metrics["test_step"], metrics["test_mse"], title=title
-                )
-            )
-    return written
+    held_out = "test" if rows.dataset else "validation"
+    return written + draw_loss(metrics_path, out_dir, title, held_out)
+
+
+def draw_loss(metrics_path: Path | None, out_dir: Path, title: str, held_out: str) -> list[Path]:
+    """[loss.png] drawn from the run's metrics file, or [] when it has no rows; the
+    held-out points are labelled ``held_out`` ("test" or "validation") reconstruction MSE."""
+    if metrics_path is None or not metrics_path.exists():
+        return []
+    metrics = read_metrics(metrics_path)
+    if not len(metrics["step"]):
+        return []
+    path = plot_loss(
+        metrics["step"], metrics["train_loss"], out_dir / "loss.png", metrics["test_step"], metrics["test_mse"], title=title,
+        test_label=f"{held_out} reconstruction MSE",
+    )  # fmt: skip
+    return [path]
 
 
 # ---- where a command's data comes from ------------------------------------------------
@@ -202,7 +216,7 @@ _SAVED_VALUE_CHECKS = {
     "data_dir": lambda value: isinstance(value, str),
     "lr_overrides": lambda value: isinstance(value, list) and all(isinstance(item, dict) for item in value),
     "layers": lambda value: isinstance(value, list) and bool(value) and all(is_int(item, 1) for item in value),
-    "activation": lambda value: value in OUTPUT_ACTIVATIONS,
+    "activation": lambda value: value in HIDDEN_ACTIVATIONS,
     "scale": lambda value: value in SCALE_MODES,
     "scaler": lambda value: isinstance(value, dict),  # its contents: Scaler.from_config checks them
     "val_fraction": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,

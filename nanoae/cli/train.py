@@ -39,10 +39,10 @@ from nanoae.cli.data import (
     OWN_DEFAULT_LAYERS,
     mnist_training_data,
     own_training_data,
+    reconstruction_report,
     recorded_own_file,
     uses_own_data,
 )
-from nanoae.evaluation import reconstruction_errors, reconstruction_mse
 from nanoae.plot import PlotUnavailable
 from nanoae.presets import TUTORIAL_TRAINING, autoencoder_from_widths, get_preset
 from nanoae.rundir import RUN_FILES, RUN_MARKER, plan_run_directory, prepare_run_directory, read_run_config
@@ -55,9 +55,11 @@ from nanoae.version import __version__
 # leaves them None so that a flag the user gave can be told from one left out.
 TRAIN_DEFAULTS = {"preset": "tutorial", "dataset": "mnist", "seed": 0, "log_every": 1, "eval_every": 100, "checkpoint_every": 100}
 # What the checkpoint defines: on --resume each may only be repeated with the run's value.
+# (--key and --label-column describe the file read: cli.data checks them against the run
+# when it resumes on its recorded file, by what they read, a column by number or name alike.)
 _RUN_DEFINING = (
     "preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size",
-    "layers", "activation", "scale", "val_fraction", "key", "label_column",
+    "layers", "activation", "scale", "val_fraction",
 )  # fmt: skip
 # Where the run's own value is known only if it recorded it (a config.json written by nanoae train).
 _MODEL_DEFINING = ("preset", "optimizer", "output_activation", "layers", "activation")
@@ -120,16 +122,40 @@ def _is_own_data_run(args, saved: dict) -> bool:
     return saved.get("data_path") is not None
 
 
-def _check_model_and_data_options(args, own: bool, resuming: bool) -> None:
+def _refuse_other_kind_of_data(args, own: bool, saved: dict) -> None:
+    """A resumed run continues on data of its own kind: an own-data run on a file of its
+    width, a built-in dataset's run on that dataset."""
+    if saved.get("data_path") is not None and not own:
+        raise CLIError(
+            f"--resume {args.resume}: this run trained on your own data ({saved['data_path']}, {saved.get('features')} "
+            f"features per row), but --data {args.data} is a built-in dataset's folder; --data must be a file of that "
+            "width (or leave it out for the run's file)"
+        )
+    if saved.get("dataset") is not None and args.data is not None and not Path(args.data).is_dir() and uses_own_data(args.data):
+        raise CLIError(
+            f"--resume {args.resume}: this run trained on {saved['dataset']}, so --data must be the folder holding its "
+            f"files, but {args.data} is your own data; train a new run on it (without --resume)"
+        )
+
+
+def _check_model_and_data_options(args, own: bool, resuming: bool, saved: dict | None = None) -> None:
     """Refuse the combinations that say two things at once, before anything is read (a
     resumed run's model options come from the run, checked against it already)."""
+    if resuming:
+        _refuse_other_kind_of_data(args, own, saved or {})
     if own and args.dataset is not None:
         raise CLIError(f"--dataset {args.dataset} names a built-in dataset, but --data {args.data} is your own data; leave --dataset out")
     given = [flag(key) for key in _OWN_DATA_ONLY if getattr(args, key) is not None]
     if not own and given:
-        raise CLIError(f"{', '.join(given)} apply to your own data files (--data FILE); the built-in datasets need none of them")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise CLIError(f"{', '.join(given)} {verb} to your own data files (--data FILE); the built-in datasets need none of them")
     if resuming:
         return
+    if own and args.code_size is not None and args.layers is None and args.preset is None:
+        raise CLIError(
+            f"--code-size is for the presets; own data trains an autoencoder of --layers (default "
+            f"{','.join(map(str, OWN_DEFAULT_LAYERS))}), whose last width is the code: give e.g. --layers 128,{args.code_size}"
+        )
     if args.layers is not None and args.preset is not None:
         raise CLIError(f"--preset {args.preset} and --layers both define the model; give one (--layers builds a plain autoencoder of those widths)")
     if args.layers is not None and args.code_size is not None:
@@ -232,14 +258,14 @@ def _model_and_sampler(args, resumed, data, batch_size: int):
     images = data.train
     if resumed is None:
         return _new_model(args, data), None
-    require_width(resumed.model, args.resume, images, args.dataset or "the data")
+    require_width(resumed.model.in_features, args.resume, images.shape[1], dataset=args.dataset or "the data")
     rows = len(images)
     sampler = restore_sampler(resumed)  # None when the checkpoint holds no sampler
     if sampler is not None and (sampler.n, sampler.batch_size) != (rows, batch_size):
         raise CLIError(
             f"--resume {args.resume}: the run drew batches of {sampler.batch_size} from {sampler.n} rows; "
             f"this one would draw {batch_size} from {rows}. Resume with --batch-size {sampler.batch_size} "
-            "and the same --dataset"
+            "on the run's data"
         )
     return resumed.model, sampler
 
@@ -318,11 +344,9 @@ def _report_run(model, history, data, out_dir: Path, preset: str) -> None:
     final_loss = f"{history[-1]:.6f}" if history else "n/a"
     if data.evaluation is None:
         measured = "no rows held out"
-    elif data.output_range == "unit":
-        errors = reconstruction_errors(model, data.evaluation)
-        measured = f"{data.eval_name} reconstruction MSE {errors['mse']:.6f}, BCE {errors['bce']:.6f}"
-    else:  # BCE needs targets in [0, 1]
-        measured = f"{data.eval_name} reconstruction MSE {reconstruction_mse(model, data.evaluation):.6f}"
+    else:  # figure_rows are the held-out rows (the test set), in the model's units
+        errors = reconstruction_report(model, data.figure_rows)
+        measured = f"{data.eval_name} reconstruction MSE {errors['mse']:.6f}" + (f", BCE {errors['bce']:.6f}" if "bce" in errors else "")
     print(f"step {model.steps_trained}: final training loss {final_loss}, {measured}")
     print(f"run directory: {out_dir}  (config.json, metrics.csv, checkpoint.npz{''.join(', ' + p.name for p in figures)})")
 
@@ -385,7 +409,7 @@ def command_train(args) -> int:
     resumed = _load_resume_checkpoint(args)
     saved = saved_config(resumed) if resumed is not None else {}
     own = _is_own_data_run(args, saved)
-    _check_model_and_data_options(args, own, resumed is not None)
+    _check_model_and_data_options(args, own, resumed is not None, saved)
     _apply_train_defaults(args, resumed, own)
     plan = _plan_out_dir(args)
     data, batch_size = _train_data(args, saved, own)

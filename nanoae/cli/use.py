@@ -18,6 +18,7 @@ from nanoae.cli.common import (
     CLIError,
     as_user_error,
     draw_figures,
+    draw_loss,
     load_split,
     make_optimizer,
     require_autoencoder,
@@ -26,11 +27,10 @@ from nanoae.cli.common import (
     say,
     writable_directory,
 )
-from nanoae.cli.data import run_rows
-from nanoae.evaluation import reconstruction_errors, reconstruction_mse
+from nanoae.cli.data import RecordedDataMissing, reconstruction_report, recorded_own_file, run_rows, same_file
 from nanoae.plot import written_by_nanoae
 from nanoae.presets import tutorial_encoder
-from nanoae.rundir import CLASSIFY_RUN, RUN_MARKER, own_files, plan_run_directory, prepare_run_directory, read_run_config
+from nanoae.rundir import CLASSIFY_RUN, RUN_FILES, RUN_MARKER, own_files, plan_run_directory, prepare_run_directory, read_run_config
 
 
 # ---- nanoae eval / plot ---------------------------------------------------------------
@@ -39,32 +39,6 @@ def _loaded(args, purpose: str):
     checkpoint = load_checkpoint(args.checkpoint, backend=args.backend)
     require_autoencoder(checkpoint, args.checkpoint, purpose)
     return checkpoint, saved_config(checkpoint)
-
-
-def _require_rows_width(model, path, rows) -> None:
-    """A saved model takes rows of the width it was trained on."""
-    if model.in_features != rows.width:
-        raise CLIError(
-            f"{path} holds a model of {model.in_features} input features, but "
-            + (f"{rows.dataset} images have {rows.width}" if rows.dataset else f"{rows.description} has {rows.width} per row")
-            + "; use it on data of the width it was trained on"
-        )
-
-
-def _errors(model, rows, batch_size: int = 1000) -> dict:
-    """Reconstruction MSE (and BCE, for data in [0, 1]) over the rows, in the model's units,
-    ``batch_size`` rows at a time: means over rows and features."""
-    unit = rows.scaler is None or rows.scaler.output_range == "unit"
-    totals = {"mse": 0.0, "bce": 0.0} if unit else {"mse": 0.0}
-    for start, stop in rows.chunks(batch_size):
-        x = rows.scaled(start, stop)
-        if unit:
-            chunk = reconstruction_errors(model, x, batch_size)
-        else:  # BCE needs targets in [0, 1]
-            chunk = {"mse": reconstruction_mse(model, x, batch_size=batch_size)}
-        for name in totals:
-            totals[name] += chunk[name] * (stop - start)
-    return {name: value / len(rows) for name, value in totals.items()}
 
 
 def _refuse_foreign_figures(out_dir: Path) -> None:
@@ -83,10 +57,9 @@ def _refuse_foreign_figures(out_dir: Path) -> None:
 
 def command_eval(args) -> int:
     checkpoint, config = _loaded(args, "eval measures reconstructions")
-    rows = run_rows(args, config, args.split, own_default="test")
-    _require_rows_width(checkpoint.model, args.checkpoint, rows)
+    rows = run_rows(args, config, args.split, own_default="test", model_width=checkpoint.model.in_features, checkpoint=args.checkpoint)
     with np.errstate(over="ignore", invalid="ignore"):  # said once below, not as NumPy noise
-        errors = _errors(checkpoint.model, rows)
+        errors = reconstruction_report(checkpoint.model, rows)
     if not all(math.isfinite(value) for value in errors.values()):
         say(f"nanoae eval: {args.checkpoint}'s weights are finite but its reconstructions overflow "
              "(a diverging run's last checkpoint?); an earlier checkpoint or a smaller learning rate may help")
@@ -102,16 +75,27 @@ def command_eval(args) -> int:
 
 
 def command_plot(args) -> int:
+    """The run's figures; where its recorded data file is gone, the loss curve alone
+    (it needs only metrics.csv), saying what could not be drawn."""
     checkpoint, config = _loaded(args, "plot draws reconstructions")
-    rows = run_rows(args, config, None, own_default="test")
-    _require_rows_width(checkpoint.model, args.checkpoint, rows)
+    missing = None
+    metrics = Path(args.checkpoint).parent / "metrics.csv"
+    try:
+        rows = run_rows(args, config, None, own_default="test", model_width=checkpoint.model.in_features, checkpoint=args.checkpoint)
+    except RecordedDataMissing as exc:
+        if not metrics.exists():
+            raise
+        rows, missing = None, exc
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     if out_dir.is_dir():
         _refuse_foreign_figures(out_dir)
     out_dir = writable_directory(out_dir)
-    metrics = Path(args.checkpoint).parent / "metrics.csv"
-    name = config.get("preset") or "model"
-    figures = draw_figures(checkpoint.model, rows, out_dir, metrics, title=f"nanoae {name}, step {checkpoint.step}")
+    title = f"nanoae {config.get('preset') or 'model'}, step {checkpoint.step}"
+    if rows is None:
+        figures = draw_loss(metrics, out_dir, title, "validation")
+        say(f"nanoae plot: drew the loss curve only; no reconstructions or code map: {missing}")
+    else:
+        figures = draw_figures(checkpoint.model, rows, out_dir, metrics, title=title)
     for figure in figures:
         print(figure)
     return EXIT_OK
@@ -121,7 +105,7 @@ def command_plot(args) -> int:
 def _checked_out_file(args) -> Path:
     """--out: a .npy path in an existing directory, not an existing file without --overwrite."""
     out = Path(args.out)
-    if out.suffix != ".npy":
+    if out.suffix.lower() != ".npy":
         raise CLIError(f"--out {out}: give a file name ending in .npy (the output is a NumPy array)")
     if out.is_dir():
         raise CLIError(f"--out {out} is a directory; give a file name such as {out / 'codes.npy'}")
@@ -138,18 +122,33 @@ def _write_rows(out: Path, rows, width: int, batch_size: int, compute) -> None:
 
     def write(handle) -> None:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (len(rows), width)}
-        np.lib.format.write_array_header_2_0(handle, header) if len(rows) * width >= 2**31 else np.lib.format.write_array_header_1_0(handle, header)
+        # Format 1.0 limits the header's own length (65,535 bytes), not the data's: a
+        # two-number shape always fits, and 1.0 is the version every NumPy reads.
+        np.lib.format.write_array_header_1_0(handle, header)
         for start, stop in rows.chunks(batch_size):
             handle.write(np.ascontiguousarray(compute(rows.scaled(start, stop)), dtype="<f4").tobytes())
 
     write_atomically(out, write)
 
 
+def _refuse_out_over_inputs(out: Path, args, config: dict, rows) -> None:
+    """--out is never a file the command reads or the run holds, --overwrite or not: the
+    data file, the run's recorded data file, the checkpoint or another of the run's files."""
+    if not out.exists():
+        return
+    run_dir = Path(args.checkpoint).parent
+    inputs = [(rows.path, "the data file read"), (recorded_own_file(config), "the run's recorded data file"), (args.checkpoint, "the checkpoint")]
+    inputs += [(run_dir / name, "one of the run's files") for name in RUN_FILES]
+    for path, what in inputs:
+        if path is not None and Path(path).exists() and same_file(out, path):
+            raise CLIError(f"--out {out} is {what} ({path}); nanoae never writes over what it reads, even with --overwrite: give another file name")
+
+
 def _use_model(args, job: str) -> int:
     out = _checked_out_file(args)
     checkpoint, config = _loaded(args, f"{job} needs an autoencoder")
-    rows = run_rows(args, config, args.split)
-    _require_rows_width(checkpoint.model, args.checkpoint, rows)
+    rows = run_rows(args, config, args.split, model_width=checkpoint.model.in_features, checkpoint=args.checkpoint)
+    _refuse_out_over_inputs(out, args, config, rows)
     model = checkpoint.model
     if job == "encode":
         width = model.code_size
@@ -208,7 +207,7 @@ def _classify_data_and_out_dir(args, source):
     if n_labels > len(train_set.images):
         raise CLIError(f"--labels {n_labels}: the {dataset} training set has only {len(train_set.images)} images")
     if source is not None:
-        require_width(source, args.source, train_set.images, dataset)
+        require_width(source.in_features, args.source, train_set.images.shape[1], dataset=dataset)
     out_dir = prepare_run_directory(plan) if plan is not None else None
     return dataset, train_set, test_set, n_labels, out_dir
 

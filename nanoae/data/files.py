@@ -4,7 +4,8 @@ Formats, by suffix (case-insensitive):
 
 - ``.npy``: memory-mapped read-only, never copied (its header is checked against the
   file's size first); numeric dtypes only (bool, integers, real floats);
-  (n, d) as it is, (n, h, w) and (n, h, w, c) flattened to (n, h*w*c) as a view.
+  (n, d) as it is, (n, h, w) and (n, h, w, c) flattened to (n, h*w*c) as a view;
+  the image shape is kept for the figures when c is 1, 3 or 4 (other c are plain features).
   A Fortran-ordered file is copied into row order when it holds at most
   ``FORTRAN_COPY_LIMIT`` bytes (rows of a column-ordered file are scattered over the
   whole file) and refused, with the fix, above that.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 import zipfile
 import zlib
@@ -56,6 +58,8 @@ FORMATS = (
     "or a folder of same-sized .png/.jpg images"
 )
 FORTRAN_COPY_LIMIT = 1 << 30
+# The channel counts of (n, h, w, c) arrays drawn as images: grey, RGB, RGBA.
+IMAGE_CHANNELS = (1, 3, 4)
 # Rows per chunk of the NaN/inf scan: about 4M values per chunk.
 FINITE_CHUNK_VALUES = 1 << 22
 
@@ -141,6 +145,8 @@ def _check_shape(shape: tuple[int, ...], where: str) -> tuple[int, ...] | None:
         raise DataError(f"{where} has shape {_shape_text(shape)}: no samples; it needs at least one row")
     if 0 in shape[1:]:
         raise DataError(f"{where} has shape {_shape_text(shape)}: no features; each sample needs at least one value")
+    if len(shape) == 4 and shape[3] not in IMAGE_CHANNELS:
+        return None  # (n, h, w, c) with c of 2 or 5+: plain features, not pictures
     return tuple(shape[1:]) if len(shape) > 2 else None
 
 
@@ -261,6 +267,8 @@ def _load_npz(path: Path, key: str | None) -> ArrayData:
             _check_declared_size(shape, dtype, header_bytes, info.file_size, member)
             with archive.open(info) as stream:
                 array = np.lib.format.read_array(stream, allow_pickle=False)
+        except DataError:
+            raise  # a DataError is a ValueError: the checks' own message, not wrapped below
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise DataError(f"{member} could not be read ({exc}); the archive is damaged: write it again with numpy.savez") from None
         except ValueError as exc:  # data shorter than its header says, and the like
@@ -284,14 +292,40 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+# Cells that are values, not column names, though float() refuses them: a first row
+# holding one is data (and refused as such), never a header silently dropped.
+MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", "?", "-"})
+_GROUPED_NUMBER = re.compile(r"[-+]?\d{1,3}([,' \u00a0]\d{3})+(\.\d+)?")
+_PERCENTAGE = re.compile(r"[-+]?\d+(\.\d+)?\s*%")
+
+
+def _value_problem(cell: str) -> str | None:
+    """Why a cell that is not a plain number still looks like a value (a missing-value
+    marker, a number with thousands separators or a percent sign), or None for a name."""
+    text = cell.strip()
+    if text.lower() in MISSING_MARKERS:
+        return "marks a missing value: nanoae needs finite numbers; fill or drop those rows"
+    if _GROUPED_NUMBER.fullmatch(text):
+        return "is a number written with thousands separators: save the numbers without them (1000, not 1,000)"
+    if _PERCENTAGE.fullmatch(text):
+        return "is a percentage: save it as a plain number (0.5 or 50, not 50%)"
+    return None
+
+
 class _Table:
-    """Where the numbers of a CSV/TSV file start, and its header names."""
+    """Where the numbers of a CSV/TSV file start, and its header names.
+
+    The first row is a header when a cell of it is not a number and none of its cells
+    looks like a value (``_value_problem``): a first row ``"1,000",2`` or ``NA,2`` is
+    data, refused with its row and cell, not dropped as a header.
+    """
 
     def __init__(self, path: Path, delimiter: str):
         self.path = path
         self.delimiter = delimiter
         self.names: list[str] | None = None
         self.skip_lines = 0  # physical lines before the first data row
+        self.label_index: int | None = None  # set by the reader once the label column is known
         first, second = None, None
         with self._open() as stream:
             reader = csv.reader(stream, delimiter=delimiter)
@@ -314,7 +348,8 @@ class _Table:
                 f"{path}: its first row {first[0][:60]!r} is one cell holding {others[0]!r}, but a {path.suffix} file is "
                 f"read as separated by {expected}: save the table with commas as .csv or with tabs as .tsv"
             )
-        if any(cell.strip() and not _is_number(cell) for cell in first):
+        names = [cell for cell in first if cell.strip() and not _is_number(cell)]
+        if names and not any(_value_problem(cell) for cell in names):
             self.names = [cell.strip() or f"column {j}" for j, cell in enumerate(first)]
             self.skip_lines = lines_after_first
             if second is None:
@@ -385,6 +420,13 @@ class _Table:
             text = cell.strip()
             if not text:
                 raise DataError(f"{self.path}: row {line}, column {self.column_name(j)} is empty: fill or drop those rows")
+            if not _is_number(text) and j == self.label_index:
+                raise DataError(
+                    f"{self.path}: row {line}, column {self.column_name(j)} (the label column) holds {text[:40]!r}: "
+                    "labels must be numbers; encode the classes as numbers (0, 1, 2, ...)"
+                )
+            if not _is_number(text) and _value_problem(text):
+                raise DataError(f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} {_value_problem(text)}")
             if not _is_number(text):
                 raise DataError(
                     f"{self.path}: row {line}, column {self.column_name(j)}: {text[:40]!r} is not a number; "
@@ -425,6 +467,7 @@ def _load_table(path: Path, fmt: str, label_column: str | int | None) -> ArrayDa
         label_index = None if label_column is None else _resolve_label_column(table, label_column)
         if label_index is not None and table.width == 1:
             raise DataError(f"{path} has one column, the label column: no features are left to train on")
+        table.label_index = label_index
         values = table.read()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
@@ -610,7 +653,8 @@ def load_data_file(path: Any, *, key: str | None = None, label_column: str | int
     p = p.resolve()
     fmt = "images" if p.is_dir() else {".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "tsv"}.get(p.suffix.lower())
     if fmt is None:
-        raise DataError(f"{p}: nanoae cannot read {p.suffix or 'files without a suffix'!s} files; it reads {FORMATS}")
+        what = f"{p.suffix} files" if p.suffix else "files without a suffix"
+        raise DataError(f"{p}: nanoae cannot read {what}; it reads {FORMATS}")
     if key is not None and fmt != "npz":
         raise DataError(f"--key chooses an array inside a .npz file; {p} is not one: drop --key")
     if label_column is not None and fmt not in ("csv", "tsv"):
