@@ -7,10 +7,11 @@ records the file, its key and label column, the split and the fitted scaler, so 
 later use (``--resume``, ``eval``, ``plot``, ``encode``, ``reconstruct``) reads the same
 rows and applies the stored scaler; nothing is refitted.
 
-Memory: a ``.npy`` file is memory-mapped. Without a hold-out (``--val-fraction 0``) and
-with a scaler that changes nothing on float32 data (``none``, or ``auto`` on float32 in
-[0, 1]), training reads the map itself. A hold-out gathers the training rows into one
-in-memory copy (fancy indexing copies); the other commands scale ``batch`` rows at a time.
+Memory: a ``.npy`` file is memory-mapped, and nothing copies it whole. The scaler is
+fitted over the training rows a chunk at a time; training reads them through the map a
+batch at a time, scaling each batch as it goes (:class:`~nanoae.data.rows.ScaledRows`);
+only the held-out rows are scaled into memory, for the validation MSE. The other
+commands scale ``batch`` rows at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoae.cli.common import CLIError, load_split
-from nanoae.data import holdout_rows, is_own_data, load_data_file
+from nanoae.data import ScaledRows, holdout_rows, is_own_data, load_data_file
 from nanoae.scaling import Scaler
 
 DEFAULT_VAL_FRACTION = 0.1
@@ -108,9 +109,9 @@ def stored_scaler(config) -> Scaler:
         raise CLIError(f"the run's recorded scaler is not valid ({exc}); its config was edited or damaged") from None
 
 
-def fit_scaler(features: np.ndarray, mode: str) -> Scaler:
+def fit_scaler(features: np.ndarray, mode: str, rows: np.ndarray | None = None) -> Scaler:
     try:
-        return Scaler.fit(features, mode)
+        return Scaler.fit(features, mode, rows=rows)
     except ValueError as exc:
         raise CLIError(f"--scale {mode}: {exc}") from None
 
@@ -122,13 +123,14 @@ def _image_shape(value) -> tuple | None:
 # ---- training ---------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class TrainingData:
-    """What nanoae train trains on: train (n, d) float32 in the model's units; evaluation
+    """What nanoae train trains on: train (n, d) float32 in the model's units (own data: a
+    ScaledRows, read and scaled a batch at a time); evaluation
     (m, d) or None; eval_name "test" or "validation"; output_range "unit" | "real" (the
     default output activation follows it); record: the config.json fields that let every
     later command find, split and scale the same rows; figure_rows: the rows the run's
     figures show (the held-out ones, or all)."""
 
-    train: np.ndarray
+    train: np.ndarray | ScaledRows
     evaluation: np.ndarray | None
     eval_name: str
     output_range: str
@@ -162,12 +164,14 @@ def own_training_data(args, saved: dict, path) -> TrainingData:
             "per row; use it on data of the width it was trained on"
         )
     train_rows, val_rows = split_rows(len(data), args.val_fraction, args.seed)
-    train_raw = data.features if train_rows is None else data.features[train_rows]
     if saved.get("scaler") is not None:
         scaler = stored_scaler(saved["scaler"])
     else:
-        scaler = fit_scaler(train_raw, args.scale)
-    train = scaler.transform(train_raw)
+        scaler = fit_scaler(data.features, args.scale, train_rows)
+    try:
+        train = ScaledRows(data.features, train_rows, scaler)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{data.path}: {exc}") from None
     evaluation = None if val_rows is None else scaler.transform(data.features[val_rows])
     record = {
         "dataset": None,
