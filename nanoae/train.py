@@ -220,7 +220,11 @@ def _rows_to_train_on(model, source: ScaledRows, target):
         return x, model._training_target(x, None)
     if source.shape[1] != model.in_features:
         raise ValueError(f"x has {source.shape[1]} features per row but the model expects {model.in_features} (got shape {source.shape})")
-    if model._target_for(source, None) is not source:
+    try:
+        reconstructs = model._target_for(source, None) is source
+    except ValueError:  # a model that needs a target of its own
+        reconstructs = False
+    if not reconstructs:
         raise ValueError(f"a ScaledRows trains a model that reconstructs its input; {type(model).__name__} needs a target array")
     bad = 0
     for part in row_chunks(len(source), source.shape[1]):
