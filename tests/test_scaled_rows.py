@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from nanoae import Autoencoder, Dense, RMSProp, Sequential
-from nanoae.backend import get_backend
+from nanoae.backend import cupy_status, get_backend
 from nanoae.callbacks import Callback
 from nanoae.data import ScaledRows
 from nanoae.ops import cpu
@@ -271,3 +271,14 @@ def test_non_finite_rows_are_refused_before_training():
         model.fit(ScaledRows(features, np.arange(20, 40)), steps=1, batch_size=4)
     model.fit(ScaledRows(features, np.arange(0, 20)), steps=1, batch_size=4)  # the row is not among these
     assert model.steps_trained == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_status()[0], reason=f"no GPU backend here: {cupy_status()[1]}")
+def test_a_gpu_trains_on_the_source_materialized_on_the_device():
+    features, rows, scaler = stored("uint8-unit")
+    source = ScaledRows(features, rows, scaler)
+    models = [autoencoder(get_backend("cupy")) for _ in range(2)]
+    models[0].fit(source.materialize(), steps=10, batch_size=32)
+    models[1].fit(source, steps=10, batch_size=32)
+    np.testing.assert_array_equal(models[0].arena.values.get(), models[1].arena.values.get())
