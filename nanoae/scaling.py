@@ -77,21 +77,21 @@ class _FeatureStats:
     """Per-feature min, max, mean and sum of squared deviations of ``x: (n, d)``, in
     float64, accumulated over row chunks (Chan et al.'s pairwise merge)."""
 
-    def __init__(self, x: np.ndarray, chunk_rows: int | None):
-        n, d = x.shape
+    def __init__(self, x: np.ndarray, chunk_rows: int | None, rows: np.ndarray | None = None):
+        n, d = (x.shape[0] if rows is None else rows.shape[0]), x.shape[1]
         self.count = 0
         self.minimum = np.full(d, np.inf)
         self.maximum = np.full(d, -np.inf)
         self.mean = np.zeros(d)
         self.m2 = np.zeros(d)
-        for rows in row_chunks(n, d, chunk_rows):
-            chunk = np.asarray(x[rows], dtype=np.float64)
+        for part in row_chunks(n, d, chunk_rows):
+            chunk = np.asarray(x[part] if rows is None else x[rows[part]], dtype=np.float64)
             finite = np.isfinite(chunk)
             if not finite.all():
                 row, feature = (int(v) for v in np.argwhere(~finite)[0])
                 raise ValueError(
-                    f"row {rows.start + row}, feature {feature} is {chunk[row, feature]}; scaling needs finite "
-                    "numbers: fill or drop those rows"
+                    f"row {part.start + row if rows is None else int(rows[part.start + row])}, feature {feature} is "
+                    f"{chunk[row, feature]}; scaling needs finite numbers: fill or drop those rows"
                 )
             self._merge(chunk)
 
@@ -172,19 +172,29 @@ class Scaler:
 
     # ---- fitting ----------------------------------------------------------------------
     @classmethod
-    def fit(cls, features: Any, mode: str = "auto", *, chunk_rows: int | None = None) -> "Scaler":
-        """Fit the scaling ``mode`` (one of :data:`SCALE_MODES`) to ``features: (n, d)``.
+    def fit(cls, features: Any, mode: str = "auto", *, chunk_rows: int | None = None, rows: Any = None) -> "Scaler":
+        """Fit the scaling ``mode`` (one of :data:`SCALE_MODES`) to ``features: (n, d)``,
+        or to its rows ``rows`` (int (m,), each in [0, n)) when given.
 
         One chunked float64 pass gathers every statistic; ``features`` may be a
-        read-only memmap. Raises ValueError for an unknown mode, non-finite values, or
-        a mode that does not fit the data (``unit`` on floats outside [0, 1] or on
-        negative integers), with the mode to use instead.
+        read-only memmap, and ``rows`` are read chunk by chunk, never gathered into one
+        copy: fitting ``features`` with ``rows`` gives bit for bit the scaler fitted on
+        ``features[rows]`` (the same chunks, merged in the same order). Raises
+        ValueError for an unknown mode, non-finite values (naming the row of
+        ``features``), or a mode that does not fit the data (``unit`` on floats outside
+        [0, 1] or on negative integers), with the mode to use instead.
         """
         if mode not in SCALE_MODES:
             raise ValueError(f"unknown scaling {mode!r}; choose one of: {', '.join(SCALE_MODES)}")
         x = _numeric_2d(features, "features")
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or rows.dtype.kind not in "iu" or rows.size == 0:
+                raise ValueError(f"rows must be a non-empty 1-D integer array of row numbers, got {rows.dtype} {rows.shape}")
+            if int(rows.min()) < 0 or int(rows.max()) >= x.shape[0]:
+                raise ValueError(f"rows must lie in [0, {x.shape[0]}), got {int(rows.min())}..{int(rows.max())}")
         dtype = x.dtype
-        stats = _FeatureStats(x, chunk_rows)
+        stats = _FeatureStats(x, chunk_rows, rows)
         d = x.shape[1]
         common = {"fitted_dtype": dtype.name, "requested_mode": mode}
 

@@ -48,7 +48,9 @@ import numpy as np
 
 from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.data.batching import BatchSampler
+from nanoae.data.rows import ScaledRows
 from nanoae.errors import NonFiniteStepError
+from nanoae.scaling import row_chunks
 from nanoae.validation import as_batch, positive_int
 
 __all__ = ["MAX_INDEX_BLOCK", "History", "TrainingState", "train"]
@@ -202,6 +204,39 @@ def _put_back(sampler, snapshot: dict, taken: int) -> None:
         sampler.next_indices()
 
 
+def _rows_to_train_on(model, source: ScaledRows, target):
+    """(x, target) for a :class:`~nanoae.data.rows.ScaledRows`, checked once as an array
+    would be (width, finite values, targets the loss can score), a chunk at a time.
+
+    On NumPy in float32 the source itself is returned: the ops table gathers and scales
+    each batch from it. On any other backend (a GPU, which needs the data on the device
+    anyway; a float64 model) it is materialized once here and goes the array's way.
+    """
+    if target is not None:
+        raise ValueError("a ScaledRows is an autoencoder's input and target at once: pass target=None")
+    backend = model.backend
+    if backend.name != "numpy" or np.dtype(backend.dtype) != np.float32:
+        x = as_batch(source.materialize(), model.in_features, backend, "x")
+        return x, model._training_target(x, None)
+    if source.shape[1] != model.in_features:
+        raise ValueError(f"x has {source.shape[1]} features per row but the model expects {model.in_features} (got shape {source.shape})")
+    try:
+        reconstructs = model._target_for(source, None) is source
+    except ValueError:  # a model that needs a target of its own
+        reconstructs = False
+    if not reconstructs:
+        raise ValueError(f"a ScaledRows trains a model that reconstructs its input; {type(model).__name__} needs a target array")
+    bad = 0
+    for part in row_chunks(len(source), source.shape[1]):
+        rows = source.gather(np.arange(part.start, part.stop))
+        bad += rows.size - int(np.isfinite(rows).sum())
+        if not bad and model.loss is not None:
+            model.loss.check_target(rows)
+    if bad:
+        raise ValueError(f"x contains {bad} NaN or infinite value(s); clean or impute them before training")
+    return source, source
+
+
 def train(
     model,
     x,
@@ -216,8 +251,10 @@ def train(
 ) -> History:
     """Train ``model`` on mini-batches of ``x``; return the :class:`History`.
 
-    x: (n, in_features); target: (n, out_features) or None (the model decides: an
-    autoencoder reconstructs x). steps or epochs: how many more steps to take (epochs
+    x: (n, in_features), an array or a :class:`~nanoae.data.rows.ScaledRows` (rows read
+    and scaled a batch at a time, e.g. from a memory-mapped file: the same batches,
+    bit for bit, as its materialized array; autoencoders only); target: (n,
+    out_features) or None (the model decides: an autoencoder reconstructs x). steps or epochs: how many more steps to take (epochs
     may be fractional: steps = ceil(epochs n / batch_size)); step numbers continue from
     ``model.steps_trained``, so a model restored from a checkpoint counts on from there.
     sampler: a :class:`~nanoae.data.BatchSampler` to continue (from a checkpoint, or
@@ -230,8 +267,11 @@ def train(
     batches an unstopped run would have had.
     """
     model._require_training_parts()
-    x = as_batch(x, model.in_features, model.backend, "x")
-    target = model._training_target(x, target)  # checked once here, never per step
+    if isinstance(x, ScaledRows):
+        x, target = _rows_to_train_on(model, x, target)
+    else:
+        x = as_batch(x, model.in_features, model.backend, "x")
+        target = model._training_target(x, target)  # checked once here, never per step
     batch_size = positive_int(batch_size, "batch_size")
     log_every = positive_int(log_every, "log_every")
     if batch_size > x.shape[0]:

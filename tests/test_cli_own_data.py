@@ -342,7 +342,8 @@ def test_a_float32_unit_npy_without_hold_out_trains_from_the_map(tmp_path, capsy
     np.save(tmp_path / "unit.npy", x)
     args = Namespace(key=None, label_column=None, val_fraction=0.0, seed=0, scale="auto", resume=None)
     data = own_training_data(args, {}, tmp_path / "unit.npy")
-    assert isinstance(data.train, np.memmap) and data.evaluation is None and data.record["scaler"]["mode"] == "none"
+    assert data.train.materialize() is data.train.features and isinstance(data.train.features, np.memmap)
+    assert data.evaluation is None and data.record["scaler"]["mode"] == "none"
     path = train_run(tmp_path / "run", tmp_path / "unit.npy", "--val-fraction", 0, "--layers", "16,6", "--log-every", 10, "--lr", 0.003, steps=600)
     assert "no rows held out" in capsys.readouterr().out
     losses = [float(line.split(",")[2]) for line in (path.parent / "metrics.csv").read_text().splitlines()[1:]]

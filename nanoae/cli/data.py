@@ -12,10 +12,11 @@ A run on MNIST has no stored scaler: own data given to it is put in MNIST's unit
 (:func:`mnist_units`: integers 0..255 divided by 255, floats in [0, 1] kept), anything
 else refused, never refitted.
 
-Memory: a ``.npy`` file is memory-mapped. Without a hold-out (``--val-fraction 0``) and
-with a scaler that changes nothing on float32 data (``none``, or ``auto`` on float32 in
-[0, 1]), training reads the map itself. A hold-out gathers the training rows into one
-in-memory copy (fancy indexing copies); the other commands scale ``batch`` rows at a time.
+Memory: a ``.npy`` file is memory-mapped, and nothing copies it whole. The scaler is
+fitted over the training rows a chunk at a time; training reads them through the map a
+batch at a time, scaling each batch as it goes (:class:`~nanoae.data.rows.ScaledRows`);
+only the held-out rows are scaled into memory, for the validation MSE. The other
+commands scale ``batch`` rows at a time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoae.cli.common import DATASET_WIDTH, CLIError, flag, load_split, require_width
-from nanoae.data import holdout_rows, is_own_data, load_data_file
+from nanoae.data import ScaledRows, holdout_rows, is_own_data, load_data_file
 from nanoae.evaluation import reconstruction_errors, reconstruction_mse
 from nanoae.scaling import Scaler
 
@@ -124,9 +125,9 @@ def stored_scaler(config) -> Scaler:
         raise CLIError(f"the run's recorded scaler is not valid ({exc}); its config was edited or damaged") from None
 
 
-def fit_scaler(features: np.ndarray, mode: str) -> Scaler:
+def fit_scaler(features: np.ndarray, mode: str, rows: np.ndarray | None = None) -> Scaler:
     try:
-        return Scaler.fit(features, mode)
+        return Scaler.fit(features, mode, rows=rows)
     except ValueError as exc:
         raise CLIError(f"--scale {mode}: {exc}") from None
 
@@ -237,13 +238,14 @@ def _changed_rows(data, recorded_rows: int, same: bool, recorded) -> CLIError:
 # ---- training ---------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class TrainingData:
-    """What nanoae train trains on: train (n, d) float32 in the model's units; evaluation
+    """What nanoae train trains on: train (n, d) float32 in the model's units (own data: a
+    ScaledRows, read and scaled a batch at a time); evaluation
     (m, d) or None; eval_name "test" or "validation"; output_range "unit" | "real" (the
     default output activation follows it); record: the config.json fields that let every
     later command find, split and scale the same rows; figure_rows: the rows the run's
     figures show (the held-out ones, or all)."""
 
-    train: np.ndarray
+    train: np.ndarray | ScaledRows
     evaluation: np.ndarray | None
     eval_name: str
     output_range: str
@@ -271,12 +273,14 @@ def own_training_data(args, saved: dict, path) -> TrainingData:
     recorded split and stored scaler, a new run's split and scaler made here."""
     data = _resumed_file(args, saved, path) if saved else load_own_file(path, args.key, args.label_column)
     train_rows, val_rows = split_rows(len(data), args.val_fraction, args.seed)
-    train_raw = data.features if train_rows is None else data.features[train_rows]
     if saved.get("scaler") is not None:
         scaler = stored_scaler(saved["scaler"])
     else:
-        scaler = fit_scaler(train_raw, args.scale)
-    train = scaler.transform(train_raw)
+        scaler = fit_scaler(data.features, args.scale, train_rows)
+    try:
+        train = ScaledRows(data.features, train_rows, scaler)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{data.path}: {exc}") from None
     evaluation = None if val_rows is None else scaler.transform(data.features[val_rows])
     record = {
         "dataset": None,

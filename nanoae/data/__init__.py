@@ -18,6 +18,7 @@ Modules, one job each:
     datasets   load_dataset (with the MNIST sample as MNIST's last resort) and Dataset
     batching   BatchSampler, shuffled batches across epoch boundaries; holdout_rows
     files      load_data_file: the user's own .npy/.npz/.csv/.tsv file or image folder
+    rows       ScaledRows: rows of stored data, scaled a batch at a time (no full copy)
 """
 
 from .batching import BatchSampler, holdout_rows
@@ -27,6 +28,7 @@ from .errors import DataError
 from .files import ArrayData, is_own_data, load_data_file
 from .idx import read_idx
 from .registry import DATASETS
+from .rows import ScaledRows
 from .sources import cache_dir, find_data_dir
 
 __all__ = [
@@ -44,4 +46,5 @@ __all__ = [
     "load_data_file",
     "is_own_data",
     "holdout_rows",
+    "ScaledRows",
 ]

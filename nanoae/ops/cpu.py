@@ -50,7 +50,7 @@ import numpy as np
 
 from nanoae.ops import kernels_numpy
 from nanoae.ops.codes import activation_code
-from nanoae.ops.table import OpsTable
+from nanoae.ops.table import OpsTable, is_row_source
 
 
 def _buffer(workspace: dict, key: str, shape, dtype) -> np.ndarray:
@@ -200,10 +200,15 @@ class CpuOps(OpsTable):
         IndexError for an index outside [-n, n), as the reference raises: checked on the
         (batch,) indices' min and max, because ``np.take(..., mode="raise", out=)``
         gathers into a temporary copy, a batch-sized allocation every step. Once checked,
-        "wrap" maps a negative index to its row as indexing does.
+        "wrap" maps a negative index to its row as indexing does. A row source
+        (:class:`nanoae.data.rows.ScaledRows`) gathers and scales into the float32 buffer
+        itself, with scratch it keeps: nothing allocated per step either.
         """
         if workspace is None or indices.dtype.kind not in "iu":
             return super().gather_rows(data, indices)
+        if is_row_source(data):  # read and scaled into the same reused float32 buffer
+            out = _buffer(workspace, f"rows{id(data)}", (indices.shape[0], *data.shape[1:]), np.float32)
+            return data.gather(indices, out=out)
         rows = data.shape[0]
         if indices.size:
             lowest, highest = int(indices.min()), int(indices.max())

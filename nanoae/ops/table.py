@@ -59,6 +59,12 @@ OPS_API = (
 HOOKS = ("gather_rows", "compile_train_step")
 
 
+def is_row_source(data) -> bool:
+    """True for a row source: data that gathers its rows itself (``gather(indices, out=None)``)
+    rather than an array indexed by ``data[indices]``."""
+    return callable(getattr(type(data), "gather", None)) and not hasattr(data, "__array__")
+
+
 class OpsTable:
     """The reference math in the table calling convention; base of every fast table.
 
@@ -170,7 +176,12 @@ class OpsTable:
     def gather_rows(self, data, indices, workspace=None):
         """data[indices]: the rows of one mini-batch. data: (n, features), indices: (batch,).
 
-        An index outside [-n, n) raises IndexError (on NumPy arrays)."""
+        data may also be a row source (an object with ``gather(indices, out=None)``, as
+        :class:`nanoae.data.rows.ScaledRows`): its ``gather(indices)``, float32 rows read
+        and scaled for this batch only. An index outside [-n, n) raises IndexError (on
+        NumPy arrays and row sources)."""
+        if is_row_source(data):
+            return data.gather(indices)
         return data[indices]
 
     def compile_train_step(self, model, data, target=None, workspace=None):
