@@ -226,11 +226,16 @@ def _rows_to_train_on(model, source: ScaledRows, target):
         reconstructs = False
     if not reconstructs:
         raise ValueError(f"a ScaledRows trains a model that reconstructs its input; {type(model).__name__} needs a target array")
-    bad = 0
+    # One pass over the scaled rows, a chunk at a time into one reused buffer: what
+    # as_batch and the loss check on an array (a few times the array's check, once per run).
+    bad, buffer = 0, None
     for part in row_chunks(len(source), source.shape[1]):
-        rows = source.gather(np.arange(part.start, part.stop))
-        bad += rows.size - int(np.isfinite(rows).sum())
-        if not bad and model.loss is not None:
+        if buffer is None or buffer.shape[0] != part.stop - part.start:
+            buffer = np.empty((part.stop - part.start, source.shape[1]), dtype=np.float32)
+        rows = source.gather(np.arange(part.start, part.stop), out=buffer)
+        if not np.isfinite(rows).all():
+            bad += rows.size - int(np.isfinite(rows).sum())
+        elif not bad and model.loss is not None:
             model.loss.check_target(rows)
     if bad:
         raise ValueError(f"x contains {bad} NaN or infinite value(s); clean or impute them before training")
