@@ -291,11 +291,11 @@ def test_plot_without_the_runs_data_still_draws_the_loss(tmp_path, root, capsys)
 
 
 def test_the_loss_figure_calls_held_out_rows_validation(tmp_path, root, monkeypatch):
-    import nanoae.cli.common as common
+    import nanoae.cli.figures as figures
 
     labels = []
-    real = common.plot_loss
-    monkeypatch.setattr(common, "plot_loss", lambda *a, **k: labels.append(k.get("test_label")) or real(*a, **k))
+    real = figures.plot_loss
+    monkeypatch.setattr(figures, "plot_loss", lambda *a, **k: labels.append(k.get("test_label")) or real(*a, **k))
     train(tmp_path / "run", root / "u8.npy", "--layers", "4")
     assert labels == ["validation reconstruction MSE"]
 

@@ -24,7 +24,6 @@ from nanoae.cli.common import (
     EXIT_OK,
     CLIError,
     as_user_error,
-    draw_figures,
     make_optimizer,
     preset_default,
     require_autoencoder,
@@ -34,6 +33,7 @@ from nanoae.cli.common import (
     saved_config,
     say,
 )
+from nanoae.cli.figures import draw_figures
 from nanoae.cli.data import (
     DEFAULT_VAL_FRACTION,
     OWN_DEFAULT_LAYERS,

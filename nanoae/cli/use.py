@@ -17,8 +17,6 @@ from nanoae.cli.common import (
     EXIT_OK,
     CLIError,
     as_user_error,
-    draw_figures,
-    draw_loss,
     load_split,
     make_optimizer,
     require_autoencoder,
@@ -28,6 +26,7 @@ from nanoae.cli.common import (
     writable_directory,
 )
 from nanoae.cli.data import RecordedDataMissing, reconstruction_report, recorded_own_file, run_rows, same_file
+from nanoae.cli.figures import draw_figures, draw_loss
 from nanoae.plot import written_by_nanoae
 from nanoae.presets import tutorial_encoder
 from nanoae.rundir import CLASSIFY_RUN, RUN_FILES, RUN_MARKER, own_files, plan_run_directory, prepare_run_directory, read_run_config
