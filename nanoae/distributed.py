@@ -43,11 +43,6 @@ def shard_bounds(batch_size: int, size: int, rank: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def _host(array) -> np.ndarray:
-    """A NumPy view of array, or a host copy of a device (CuPy) array."""
-    return array if isinstance(array, np.ndarray) else array.get()
-
-
 class Communicator:
     """An MPI communicator for data-parallel training (``comm``: an mpi4py communicator,
     default ``MPI.COMM_WORLD``).
@@ -87,7 +82,7 @@ class Communicator:
 
     def weighted_sum(self, value, weight: float) -> float:
         """sum over ranks of weight_r * value_r, for a scalar (the loss of each shard)."""
-        buffer = np.array([float(_host(value)) * weight], dtype=np.float64)
+        buffer = np.array([float(value) * weight], dtype=np.float64)
         self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
         return float(buffer[0])
 
