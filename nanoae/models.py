@@ -40,6 +40,9 @@ class Model(Module):
         self._build_options = {"backend": backend, "dtype": dtype, "seed": seed, "fast": fast}
         self.steps_trained = 0
         self._guard_workspace: dict = {}  # the finiteness check's buffers (ops.step_is_finite)
+        # Called between backward and the finiteness check, objective -> objective; set
+        # by a data-parallel train() to combine the ranks' gradients, else None.
+        self._gradient_hook = None
 
     # ---- building ------------------------------------------------------------------
     def build(self, backend=None, dtype=None, seed=None, fast=None) -> "Model":
@@ -127,6 +130,8 @@ class Model(Module):
         self.backward(grad_output, need_input_grad=False)  # nobody needs dL/dx
         penalty = self.penalty()  # before the update: the terms at the weights used
         objective = loss if type(penalty) is float and penalty == 0.0 else loss + penalty
+        if self._gradient_hook is not None:  # data-parallel: every rank then holds the global batch's gradient
+            objective = self._gradient_hook(objective)
         if not self.backend.ops.step_is_finite(objective, self.arena.grads, self._guard_workspace):
             raise self._diverged(objective)
         self.optimizer.step()
@@ -170,6 +175,7 @@ class Model(Module):
         log_every: int = 1,
         callbacks=(),
         sampler=None,
+        comm=None,
     ):
         """Train on shuffled mini-batches; return the logged losses (a :class:`~nanoae.train.History`).
 
@@ -180,7 +186,8 @@ class Model(Module):
         sampler seeded from the model's generator, continuing across epoch boundaries
         and across fit calls. With the default
         log_every=1 the history holds every step's loss. See :func:`nanoae.train.train`
-        for callbacks (progress bar, CSV metrics, checkpoints, evaluation).
+        for callbacks (progress bar, CSV metrics, checkpoints, evaluation), and for
+        comm (a :class:`~nanoae.distributed.Communicator`: data-parallel training).
         """
         if sampler is None:
             # Keep drawing from the same shuffled order across fit calls on data of the
@@ -199,6 +206,7 @@ class Model(Module):
             log_every=log_every,
             callbacks=callbacks,
             sampler=sampler,
+            comm=comm,
         )
         self._batch_sampler = history.sampler
         return history

@@ -39,6 +39,8 @@ checked before it is applied; StopOnNonFinite then stops the run at the next log
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -50,6 +52,7 @@ from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOn
 from nanoae.data.batching import BatchSampler
 from nanoae.data.rows import ScaledRows
 from nanoae.errors import NonFiniteStepError
+from nanoae.ops.table import OpsTable
 from nanoae.scaling import row_chunks
 from nanoae.validation import as_batch, positive_int
 
@@ -242,6 +245,51 @@ def _rows_to_train_on(model, source: ScaledRows, target):
     return source, source
 
 
+def _data_parallel(model, comm, x, batch_size: int, steps_to_take: int, log_every: int, sampler):
+    """Check that every rank runs the same job and give every rank rank 0's parameters;
+    return this rank's shard of each batch (a slice) and the model's gradient hook.
+
+    Every rank draws the same global batch (its sampler seeded alike), trains on its
+    contiguous shard of it, and the hook combines the shards' gradients (and losses),
+    weighted by shard size / batch size, before the update.
+    """
+    if not model.static_train_step:
+        raise ValueError(
+            f"{type(model).__name__} draws random noise each training step (a VAE's sample, a denoiser's "
+            "corruption), which differs between one process and several: train it without comm="
+        )
+    if batch_size < comm.size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {comm.size} ranks: pass batch_size >= {comm.size}")
+    state = sampler.snapshot()
+    sampler_state = hashlib.sha256(np.ascontiguousarray(state["permutation"]).tobytes() + repr(state).encode()).hexdigest()
+    job = json.dumps(
+        {
+            "model": model.config(),
+            "backend": model.backend.name,
+            "dtype": str(np.dtype(model.backend.dtype)),
+            "data_shape": list(x.shape),
+            "batch_size": batch_size,
+            "steps": steps_to_take,
+            "steps_trained": model.steps_trained,
+            "log_every": log_every,
+            "sampler": sampler_state,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    comm.agree(job, "configuration (model, seed, data shape, batch size or steps)")
+    comm.broadcast_parameters(model.arena)
+    start, stop = comm.shard(batch_size)
+    weight = (stop - start) / batch_size
+    backend = model.backend
+
+    def combine(objective):
+        comm.allreduce_gradients(model.arena, weight)
+        return backend.asarray(np.asarray(comm.weighted_sum(objective, weight), dtype=backend.dtype))
+
+    return slice(start, stop), combine
+
+
 def train(
     model,
     x,
@@ -253,6 +301,7 @@ def train(
     log_every: int = 1,
     callbacks=(),
     sampler=None,
+    comm=None,
 ) -> History:
     """Train ``model`` on mini-batches of ``x``; return the :class:`History`.
 
@@ -270,6 +319,16 @@ def train(
     step. When a callback stops training, or a step raises, the sampler is left
     exactly where the steps taken leave it, so continuing with it trains on the
     batches an unstopped run would have had.
+
+    comm: a :class:`~nanoae.distributed.Communicator` to train data-parallel, one
+    process per rank, each started with the same arguments and seed: every rank
+    draws the same global batch of batch_size rows, trains on its contiguous shard
+    (sizes differ by at most one), and one allreduce of the gradient arena, each
+    shard weighted by its share of the batch, gives every rank the global batch's
+    gradient before the update, so N ranks take the steps one process would (equal
+    up to rounding). The logged loss is the global batch's. Models that draw noise
+    each step (VAE, denoising) are refused. Callbacks run on every rank; one that
+    stops the run must stop it on all of them.
     """
     model._require_training_parts()
     if isinstance(x, ScaledRows):
@@ -281,19 +340,28 @@ def train(
     log_every = positive_int(log_every, "log_every")
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
-    total_steps = model.steps_trained + _steps_to_take(x.shape[0], batch_size, steps, epochs)
+    steps_to_take = _steps_to_take(x.shape[0], batch_size, steps, epochs)
+    total_steps = model.steps_trained + steps_to_take
     sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
+    shard = hook = None
+    if comm is not None:
+        shard, hook = _data_parallel(model, comm, x, batch_size, steps_to_take, log_every, sampler)
     callbacks = _with_nan_guard(callbacks)
     history = History()
     history.sampler = sampler
     start = model.steps_trained
     state = TrainingState(model, sampler, batch_size, total_steps, step=start, start_step=start, history=history)
 
-    run_step = model.backend.ops.compile_train_step(model, x, None if target is x else target, {})
+    ops = model.backend.ops
+    # Data-parallel steps call MPI between backward and the update, which a recorded
+    # (CUDA graph) step could not: they take the table's plain, per-call step.
+    compile_step = ops.compile_train_step if comm is None else OpsTable.compile_train_step.__get__(ops)
+    run_step = compile_step(model, x, None if target is x else target, {})
     clock = _LogClock(start)
     for callback in callbacks:
         callback.on_train_begin(state)
     snapshot, block_start, block_end = None, start, start
+    model._gradient_hook = hook
     try:
         while model.steps_trained < total_steps and not state.stop:
             # The row numbers of every step up to the next log step (MAX_INDEX_BLOCK steps
@@ -306,6 +374,8 @@ def train(
                 min(total_steps, (model.steps_trained // log_every + 1) * log_every, model.steps_trained + MAX_INDEX_BLOCK),
             )
             block = np.stack([sampler.next_indices() for _ in range(block_end - block_start)])
+            if shard is not None:
+                block = np.ascontiguousarray(block[:, shard])  # this rank's rows of each global batch
             _train_block(model.backend.asarray(block), run_step, state, callbacks)
             if state.diverged:
                 break  # the step before the bad one was logged if it was a log step
@@ -315,6 +385,7 @@ def train(
         state.aborted = True  # callbacks see it in on_train_end; the exception goes on
         raise
     finally:
+        model._gradient_hook = None
         if snapshot is not None and model.steps_trained < block_end:
             _put_back(sampler, snapshot, model.steps_trained - block_start)
         state.epoch = sampler.progress

@@ -1,0 +1,33 @@
+"""Run under mpiexec by tests/test_distributed.py: train a preset data-parallel and save
+rank 0's parameters and logged losses.
+
+argv: out.npy dtype batch_size steps preset seed, where seed "rank" gives each rank its
+own seed (a job started wrongly: every rank must report the mismatch and exit 3).
+"""
+
+import sys
+
+import numpy as np
+
+from nanoae import presets
+from nanoae.distributed import Communicator, RankMismatchError
+
+
+def main() -> None:
+    out, dtype, batch_size, steps, preset, seed = sys.argv[1:7]
+    comm = Communicator()
+    x = np.random.default_rng(7).random((300, 784)).astype(dtype)
+    model = getattr(presets, preset)(seed=comm.rank if seed == "rank" else int(seed), dtype=dtype)
+    try:
+        history = model.fit(x, steps=int(steps), batch_size=int(batch_size), log_every=5, comm=comm)
+    except RankMismatchError as exc:
+        print(f"rank {comm.rank}: {exc}", flush=True)
+        comm.comm.Barrier()  # mpiexec ends the job at the first exit: every rank prints first
+        sys.exit(3)
+    if comm.rank == 0:
+        np.save(out, model.arena.values)
+        np.save(out.replace(".npy", "-loss.npy"), np.asarray(history, dtype=np.float64))
+
+
+if __name__ == "__main__":
+    main()
