@@ -21,8 +21,12 @@ def main() -> None:
     try:
         history = model.fit(x, steps=int(steps), batch_size=int(batch_size), log_every=5, comm=comm)
     except RankMismatchError as exc:
+        # Into a file, not only stdout: mpiexec ends the job at the first rank's exit and may
+        # drop output it has not forwarded yet; the Barrier lets every rank write first.
+        with open(out.replace(".npy", f"-rank{comm.rank}.txt"), "w") as report:
+            report.write(f"rank {comm.rank}: {exc}\n")
         print(f"rank {comm.rank}: {exc}", flush=True)
-        comm.comm.Barrier()  # mpiexec ends the job at the first exit: every rank prints first
+        comm.comm.Barrier()
         sys.exit(3)
     if comm.rank == 0:
         np.save(out, model.arena.values)
