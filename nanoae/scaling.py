@@ -266,22 +266,7 @@ class Scaler:
                 f"this scaling divides integer data by {self.integer_max} (it was fitted on {self.fitted_dtype}); "
                 f"got {x.dtype.name} values: pass data of the kind the model was trained on"
             )
-        out = np.empty(x.shape, dtype=np.float32)
-        scratch = None
-        for rows in row_chunks(x.shape[0], x.shape[1], chunk_rows):
-            chunk = x[rows]
-            if self.mode == "none":
-                out[rows] = chunk
-            elif self.mode == "unit":
-                np.divide(chunk, np.float32(self.integer_max), out=out[rows], dtype=np.float32)
-            else:
-                if scratch is None or scratch.shape[0] < chunk.shape[0]:
-                    scratch = np.empty(chunk.shape, dtype=np.float64)
-                work = scratch[: chunk.shape[0]]
-                np.subtract(chunk, self.shift, out=work, dtype=np.float64)
-                np.divide(work, self.scale, out=work)
-                out[rows] = work
-        return out
+        return self._by_chunks(x, chunk_rows, self.transform_into)
 
     def inverse_transform(self, y: Any, *, chunk_rows: int | None = None) -> np.ndarray:
         """``y: (n, d)`` (the model's outputs, scaled) -> float32 (n, d) in the data's units.
@@ -293,21 +278,49 @@ class Scaler:
         y = self._checked(y, "y")
         if self.mode == "none" and y.dtype == np.float32:
             return y
-        out = np.empty(y.shape, dtype=np.float32)
+        return self._by_chunks(y, chunk_rows, self.inverse_transform_into)
+
+    def transform_into(self, raw: np.ndarray, out: np.ndarray, work: np.ndarray | None = None) -> None:
+        """One block of :meth:`transform`, unchecked: out = transform(raw).
+
+        raw: (k, d) of the fitted kind; out: float32 (k, d); work: float64 (k, d) scratch for
+        ``minmax`` / ``standardize`` (made when None). Every path that scales data (the
+        chunks of :meth:`transform`, the batches of ``nanoae.data.ScaledRows``) goes through
+        here, so they agree bit for bit.
+        """
+        if self.mode == "none":
+            np.copyto(out, raw, casting="unsafe")
+        elif self.mode == "unit":
+            np.divide(raw, np.float32(self.integer_max), out=out, dtype=np.float32)
+        else:
+            work = np.empty(raw.shape, dtype=np.float64) if work is None else work
+            np.subtract(raw, self.shift, out=work, dtype=np.float64)
+            np.divide(work, self.scale, out=work)
+            np.copyto(out, work, casting="unsafe")
+
+    def inverse_transform_into(self, y: np.ndarray, out: np.ndarray, work: np.ndarray | None = None) -> None:
+        """One block of :meth:`inverse_transform`, unchecked: out = inverse_transform(y)."""
+        if self.mode == "none":
+            np.copyto(out, y, casting="unsafe")
+        elif self.mode == "unit":
+            np.multiply(y, np.float32(self.integer_max), out=out, dtype=np.float32)
+        else:
+            work = np.empty(y.shape, dtype=np.float64) if work is None else work
+            np.multiply(y, self.scale, out=work, dtype=np.float64)
+            np.add(work, self.shift, out=work)
+            np.copyto(out, work, casting="unsafe")
+
+    def _by_chunks(self, x: np.ndarray, chunk_rows: int | None, block) -> np.ndarray:
+        """float32 (n, d) made by ``block(x[rows], out[rows], work)`` over row chunks, with
+        one float64 scratch reused where the mode needs one (a memory map is never
+        converted whole)."""
+        out = np.empty(x.shape, dtype=np.float32)
         scratch = None
-        for rows in row_chunks(y.shape[0], y.shape[1], chunk_rows):
-            chunk = y[rows]
-            if self.mode == "none":
-                out[rows] = chunk
-            elif self.mode == "unit":
-                np.multiply(chunk, np.float32(self.integer_max), out=out[rows], dtype=np.float32)
-            else:
-                if scratch is None or scratch.shape[0] < chunk.shape[0]:
-                    scratch = np.empty(chunk.shape, dtype=np.float64)
-                work = scratch[: chunk.shape[0]]
-                np.multiply(chunk, self.scale, out=work, dtype=np.float64)
-                np.add(work, self.shift, out=work)
-                out[rows] = work
+        for rows in row_chunks(x.shape[0], x.shape[1], chunk_rows):
+            chunk = x[rows]
+            if self.mode in ("minmax", "standardize") and (scratch is None or scratch.shape[0] < chunk.shape[0]):
+                scratch = np.empty(chunk.shape, dtype=np.float64)
+            block(chunk, out[rows], None if scratch is None else scratch[: chunk.shape[0]])
         return out
 
     # ---- words and storage ------------------------------------------------------------------

@@ -129,17 +129,12 @@ class ScaledRows:
         return self.scaler.transform(raw)
 
     def _scale_into(self, raw: np.ndarray, out: np.ndarray) -> None:
-        """out = scaler.transform(raw), the same operations in the same precision."""
-        mode = self._mode
-        if mode in ("none", None):
+        """out = scaler.transform(raw), through the scaler's own block step."""
+        if self.scaler is None:
             np.copyto(out, raw, casting="unsafe")
-        elif mode == "unit":
-            np.divide(raw, np.float32(self.scaler.integer_max), out=out, dtype=np.float32)
         else:
-            work = self._buffer("work", raw.shape, np.float64)
-            np.subtract(raw, self.scaler.shift, out=work, dtype=np.float64)
-            np.divide(work, self.scaler.scale, out=work)
-            np.copyto(out, work, casting="unsafe")
+            work = self._buffer("work", raw.shape, np.float64) if self._mode in ("minmax", "standardize") else None
+            self.scaler.transform_into(raw, out, work)
 
     def _buffer(self, name: str, shape: tuple, dtype) -> np.ndarray:
         kept = self._scratch.get(name)
