@@ -15,21 +15,101 @@ sent again after :meth:`Communicator.broadcast_parameters` at the start.
 mpi4py is imported only when a :class:`Communicator` is made, so ``import
 nanoae.distributed`` works without it. Arrays on a GPU (CuPy) are staged through a host
 copy of the buffer; that path has not been run on a GPU.
+
+Faults: every collective waits at most ``timeout`` seconds (``NANOAE_MPI_TIMEOUT``, else
+300). A rank that dies is noticed by the launcher (MPICH's hydra ends the job at once);
+a rank that hangs, or a host that drops off the network, is not: the others would wait
+in the allreduce forever. So the collectives are started non-blocking and polled; a rank
+whose wait passes the deadline prints one line to stderr and ends the whole job with
+``MPI_Abort`` (exit code :data:`TIMEOUT_EXIT_CODE`). The deadline must be longer than
+the longest time one rank may spend outside the collectives while the others wait in
+one: a slow start (reading the data), or rank 0's callbacks (an evaluation, figures, a
+checkpoint) between two steps. 300 s leaves room for those and still ends a hung job
+within minutes. The gradient and loss sums use persistent requests (MPI-4
+``Allreduce_init``, made once per buffer, started each step), so the polled step
+allocates no buffer and builds no new request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import sys
+import time
 
 import numpy as np
 
-__all__ = ["Communicator", "RankMismatchError", "shard_bounds"]
+__all__ = ["DEFAULT_TIMEOUT", "TIMEOUT_EXIT_CODE", "Communicator", "RankMismatchError", "data_fingerprint", "mpi_timeout", "shard_bounds"]
 
 _INSTALL_HINT = 'data-parallel training needs mpi4py and an MPI library: pip install "nanoae[mpi]"'
+
+DEFAULT_TIMEOUT = 300.0
+"""Seconds a collective waits for the other ranks when neither ``timeout=`` nor
+``NANOAE_MPI_TIMEOUT`` says otherwise."""
+
+TIMEOUT_EXIT_CODE = 75
+"""The job's exit code when a rank gives up waiting (sysexits' EX_TEMPFAIL: a lost rank
+or host is a failure worth retrying, not bad input)."""
+
+_TIMEOUT_VARIABLE = "NANOAE_MPI_TIMEOUT"
+_FINGERPRINT_ROWS = 1024
+_FINGERPRINT_CHUNK = 128  # rows hashed at a time, so a wide dataset never needs 1024 rows in memory at once
 
 
 class RankMismatchError(RuntimeError):
     """The ranks of one job were started with different configurations or data."""
+
+
+def mpi_timeout(timeout: float | None = None) -> float:
+    """The seconds a collective waits: ``timeout`` when given, else the environment
+    variable ``NANOAE_MPI_TIMEOUT``, else :data:`DEFAULT_TIMEOUT` (300).
+
+    It must be a positive number; ``inf`` waits forever (MPI's own behaviour).
+    ValueError otherwise, naming where the value came from and the fix.
+    """
+    if timeout is None:
+        text = os.environ.get(_TIMEOUT_VARIABLE, "").strip()
+        if not text:
+            return DEFAULT_TIMEOUT
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not seconds > 0:  # also NaN
+            raise ValueError(
+                f"{_TIMEOUT_VARIABLE}={text!r} is not a positive number of seconds: set it to e.g. 300 "
+                f"(inf waits forever), or unset it for the default {DEFAULT_TIMEOUT:g}"
+            )
+        return seconds
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)) or not timeout > 0:
+        raise ValueError(f"timeout={timeout!r} is not a positive number of seconds: pass e.g. timeout=300 (math.inf waits forever)")
+    return float(timeout)
+
+
+def data_fingerprint(data, rows: int = _FINGERPRINT_ROWS) -> str:
+    """SHA-256 (hex) of data's shape, dtype and up to ``rows`` of its rows.
+
+    data: (n, ...) a NumPy array (a memory map too), a device array (its rows are copied
+    to the host), or a :class:`~nanoae.data.rows.ScaledRows` (its ``gather``: the scaled
+    rows training sees). The rows are ``round(linspace(0, n - 1, min(n, rows)))``: evenly
+    spread, the first and last included, so a multi-gigabyte memory-mapped file costs
+    about ``rows`` row reads, never a pass over the whole. Two datasets of one shape and
+    dtype that differ only in rows between the sampled ones get the same fingerprint:
+    this catches ranks given different files, orders or scalings, not a single changed
+    value.
+    """
+    count = data.shape[0]
+    picked = np.unique(np.linspace(0, count - 1, num=min(count, rows)).round().astype(np.int64)) if count else np.empty(0, np.int64)
+    digest = hashlib.sha256(f"{tuple(data.shape)} {np.dtype(data.dtype).str} {picked.size}".encode())
+    gather = getattr(data, "gather", None)
+    for start in range(0, picked.size, _FINGERPRINT_CHUNK):
+        chunk = picked[start : start + _FINGERPRINT_CHUNK]
+        block = gather(chunk) if gather is not None else data[chunk]
+        if not isinstance(block, np.ndarray):
+            block = block.get()  # a device array (CuPy)
+        digest.update(np.ascontiguousarray(block))
+    return digest.hexdigest()
 
 
 def shard_bounds(batch_size: int, size: int, rank: int) -> tuple[int, int]:
@@ -47,10 +127,13 @@ class Communicator:
     """An MPI communicator for data-parallel training (``comm``: an mpi4py communicator,
     default ``MPI.COMM_WORLD``).
 
-    rank, size: this process's number and the number of processes.
+    rank, size: this process's number and the number of processes. timeout: the
+    seconds each collective waits for the other ranks before this rank ends the job
+    (see :func:`mpi_timeout`: default ``NANOAE_MPI_TIMEOUT``, else 300; ``inf``: no limit).
     """
 
-    def __init__(self, comm=None) -> None:
+    def __init__(self, comm=None, timeout: float | None = None) -> None:
+        self.timeout = mpi_timeout(timeout)  # before MPI starts: a bad value is a plain error
         try:
             from mpi4py import MPI
         except ImportError as exc:
@@ -59,41 +142,45 @@ class Communicator:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self._loss = np.zeros(1, dtype=np.float64)  # the shard losses' sum, one reused buffer
+        self._host: np.ndarray | None = None  # a device arena's host copy, reused
+        self._sums: dict[str, tuple] = {}  # buffer name -> (buffer, (its persistent request,))
+        self._persistent = True  # False where the MPI library has no MPI-4 Allreduce_init
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's [start, stop) of a global batch (see :func:`shard_bounds`)."""
         return shard_bounds(batch_size, self.size, self.rank)
 
-    def allreduce_gradients(self, arena, weight: float) -> None:
+    def allreduce_gradients(self, arena, weight: float, step: int | None = None) -> None:
         """arena.grads <- sum over ranks of weight_r * arena.grads_r, in place.
 
         arena.grads: (size,) flat; weight: this rank's share of the global batch
         (n_r / B), so the result is the gradient of the global batch's mean loss.
+        step: the training step, named in the message if the wait times out.
         """
         grads = arena.grads
         if weight != 1.0:
             grads *= grads.dtype.type(weight)
         if isinstance(grads, np.ndarray):
-            self.comm.Allreduce(self._mpi.IN_PLACE, grads, op=self._mpi.SUM)
-        else:  # a device array: through the host (not run on a GPU yet)
-            host = grads.get()
-            self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
+            self._wait_all(self._start_sum("gradients", grads), "the gradient allreduce", step)
+        else:  # a device array: through a host copy (not run on a GPU yet)
+            host = self._host_buffer(grads)
+            grads.get(out=host)
+            self._wait_all(self._start_sum("gradients", host), "the gradient allreduce", step)
             grads.set(host)
 
-    def weighted_sum(self, value, weight: float) -> float:
+    def weighted_sum(self, value, weight: float, step: int | None = None) -> float:
         """sum over ranks of weight_r * value_r, for a scalar (the loss of each shard)."""
-        buffer = np.array([float(value) * weight], dtype=np.float64)
-        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
-        return float(buffer[0])
+        self._loss[0] = float(value) * weight
+        self._wait_all(self._start_sum("loss", self._loss), "the loss allreduce", step)
+        return float(self._loss[0])
 
     def broadcast_parameters(self, arena) -> None:
         """arena.values <- rank 0's arena.values, on every rank."""
         values = arena.values
-        if isinstance(values, np.ndarray):
-            self.comm.Bcast(values, root=0)
-        else:
-            host = values.get()
-            self.comm.Bcast(host, root=0)
+        host = values if isinstance(values, np.ndarray) else values.get()
+        self._wait_all((self.comm.Ibcast(host, root=0),), "the broadcast of rank 0's parameters")
+        if host is not values:
             values.set(host)
 
     def agree(self, text: str, what: str = "configuration") -> None:
@@ -101,13 +188,67 @@ class Communicator:
         same text (compared by its SHA-256, 32 bytes per rank, one Allgather)."""
         digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8)
         gathered = np.empty((self.size, digest.size), dtype=np.uint8)
-        self.comm.Allgather(digest, gathered)
+        self._wait_all((self.comm.Iallgather(digest, gathered),), f"the check that every rank has the same {what}")
         differing = [rank for rank in range(self.size) if not np.array_equal(gathered[rank], gathered[0])]
         if differing:
             raise RankMismatchError(
                 f"ranks {differing} of {self.size} were started with a different {what} than rank 0: "
                 "start every rank with the same command, seed and data"
             )
+
+    def _wait_all(self, requests, what: str, step: int | None = None) -> None:
+        """Wait until every request (mpi4py requests, started) completes, at most
+        ``self.timeout`` seconds in all; then print one line to stderr naming ``what``
+        (e.g. "the gradient allreduce") and ``step``, and end the whole job with
+        ``MPI_Abort(TIMEOUT_EXIT_CODE)``. Polling ``Test`` drives MPI's progress as a
+        blocking wait would, and allocates nothing.
+        """
+        if self.timeout == math.inf:
+            for request in requests:
+                request.Wait()
+            return
+        deadline = time.monotonic() + self.timeout
+        for request in requests:
+            while not request.Test():
+                if time.monotonic() > deadline:
+                    self._give_up(what, step)
+
+    def _give_up(self, what: str, step: int | None) -> None:
+        where = what if step is None else f"{what} of step {step}"
+        print(
+            f"nanoae: rank {self.rank} of {self.size} waited {self.timeout:g} s at {where} for the other ranks "
+            f"(a rank died or hung, or a host is unreachable); ending the job (set {_TIMEOUT_VARIABLE} to wait longer)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.comm.Abort(TIMEOUT_EXIT_CODE)
+
+    def _start_sum(self, name: str, buffer: np.ndarray) -> tuple:
+        """Start the in-place sum of buffer over the ranks; return the requests to wait on.
+
+        The persistent request is made once per buffer (a collective call, so every rank
+        makes it at the same step) and restarted each call after that.
+        """
+        cached = self._sums.get(name)
+        if cached is None or cached[0] is not buffer:
+            if cached is not None:
+                cached[1][0].Free()
+                del self._sums[name]
+            if self._persistent:
+                try:
+                    cached = self._sums[name] = (buffer, (self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),))
+                except NotImplementedError:  # an MPI library older than MPI-4
+                    self._persistent = False
+            if not self._persistent:
+                return (self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),)
+        cached[1][0].Start()
+        return cached[1]
+
+    def _host_buffer(self, device_array) -> np.ndarray:
+        """A host array shaped like device_array, kept from call to call."""
+        if self._host is None or self._host.shape != device_array.shape or self._host.dtype != device_array.dtype:
+            self._host = np.empty(device_array.shape, dtype=device_array.dtype)
+        return self._host
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"

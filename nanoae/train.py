@@ -51,6 +51,7 @@ import numpy as np
 from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.data.batching import BatchSampler
 from nanoae.data.rows import ScaledRows
+from nanoae.distributed import data_fingerprint
 from nanoae.errors import NonFiniteStepError
 from nanoae.ops.table import OpsTable
 from nanoae.scaling import row_chunks
@@ -245,9 +246,16 @@ def _rows_to_train_on(model, source: ScaledRows, target):
     return source, source
 
 
-def _data_parallel(model, comm, x, batch_size: int, steps_to_take: int, log_every: int, sampler):
-    """Check that every rank runs the same job and give every rank rank 0's parameters;
-    return this rank's shard of each batch (a slice) and the model's gradient hook.
+def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, log_every: int, sampler):
+    """Check that every rank runs the same job on the same data and give every rank
+    rank 0's parameters; return this rank's shard of each batch (a slice) and the
+    model's gradient hook.
+
+    The job (model, dtype, data shape, batch size, steps, the sampler's state) is
+    compared by its hash; the data's content by
+    :func:`~nanoae.distributed.data_fingerprint` (its shape, dtype and 1024 rows spread
+    evenly over it, first and last included: a memory-mapped file is not read whole),
+    and the target's too where it is not the input.
 
     Every rank draws the same global batch (its sampler seeded alike), trains on its
     contiguous shard of it, and the hook combines the shards' gradients (and losses),
@@ -278,14 +286,17 @@ def _data_parallel(model, comm, x, batch_size: int, steps_to_take: int, log_ever
         default=str,
     )
     comm.agree(job, "configuration (model, seed, data shape, batch size or steps)")
+    data = data_fingerprint(x) + ("" if target is None or target is x else " " + data_fingerprint(target))
+    comm.agree(data, "data set (same shape and dtype, other values: another file, row order or scaling)")
     comm.broadcast_parameters(model.arena)
     start, stop = comm.shard(batch_size)
     weight = (stop - start) / batch_size
     backend = model.backend
 
     def combine(objective):
-        comm.allreduce_gradients(model.arena, weight)
-        return backend.asarray(np.asarray(comm.weighted_sum(objective, weight), dtype=backend.dtype))
+        step = model.steps_trained + 1  # the step being trained, for a timeout's message
+        comm.allreduce_gradients(model.arena, weight, step)
+        return backend.asarray(np.asarray(comm.weighted_sum(objective, weight, step), dtype=backend.dtype))
 
     return slice(start, stop), combine
 
@@ -345,7 +356,7 @@ def train(
     sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
     shard = hook = None
     if comm is not None:
-        shard, hook = _data_parallel(model, comm, x, batch_size, steps_to_take, log_every, sampler)
+        shard, hook = _data_parallel(model, comm, x, target, batch_size, steps_to_take, log_every, sampler)
     callbacks = _with_nan_guard(callbacks)
     history = History()
     history.sampler = sampler
