@@ -32,11 +32,13 @@ allocates no buffer and builds no new request.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 import os
 import sys
 import time
+import weakref
 
 import numpy as np
 
@@ -222,6 +224,9 @@ class Communicator:
             flush=True,
         )
         self.comm.Abort(TIMEOUT_EXIT_CODE)
+        # MPICH's Abort can return once it has told the launcher (seen with hydra): the
+        # launcher ends the other ranks, and this one must not poll again meanwhile.
+        os._exit(TIMEOUT_EXIT_CODE)
 
     def _start_sum(self, name: str, buffer: np.ndarray) -> tuple:
         """Start the in-place sum of buffer over the ranks; return the requests to wait on.
@@ -239,10 +244,25 @@ class Communicator:
                     cached = self._sums[name] = (buffer, (self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),))
                 except NotImplementedError:  # an MPI library older than MPI-4
                     self._persistent = False
+                else:
+                    if len(self._sums) == 1:
+                        # Freed before mpi4py's own exit handler (registered earlier, so run
+                        # later) finalizes MPI, which would otherwise warn about each one.
+                        atexit.register(_free_sums, weakref.ref(self))
             if not self._persistent:
                 return (self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),)
         cached[1][0].Start()
         return cached[1]
+
+    def free(self) -> None:
+        """Free the persistent requests kept for the sums (made again at the next sum).
+
+        Called at exit; call it sooner when the buffers they are bound to (a model's
+        gradient arena) are dropped while the program goes on.
+        """
+        for _, (request,) in self._sums.values():
+            request.Free()
+        self._sums.clear()
 
     def _host_buffer(self, device_array) -> np.ndarray:
         """A host array shaped like device_array, kept from call to call."""
@@ -252,3 +272,9 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
+
+
+def _free_sums(reference) -> None:
+    communicator = reference()
+    if communicator is not None and not communicator._mpi.Is_finalized():
+        communicator.free()

@@ -1,0 +1,51 @@
+"""Run under mpiexec by tests/test_distributed_faults.py: train the tutorial model
+data-parallel for many steps, so the test can kill or stop a rank mid-training.
+
+argv: workdir steps data_seed, where data_seed "rank" gives each rank different data of
+the same shape (a job started wrongly: every rank must report the mismatch and exit 3).
+Each rank writes workdir/pid-<rank> (its process id) once it has trained 5 steps, and
+workdir/done-<rank> if training ends.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nanoae import presets
+from nanoae.callbacks import Callback
+from nanoae.distributed import Communicator, RankMismatchError
+
+
+class _WritePidWhenTraining(Callback):
+    """Write this process's id once steps are being taken (renamed into place: never half-written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_step_end(self, state) -> None:
+        if state.step == 5:
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(str(os.getpid()))
+            partial.replace(self.path)
+
+
+def main() -> None:
+    workdir, steps, data_seed = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    comm = Communicator()
+    x = np.random.default_rng(comm.rank if data_seed == "rank" else int(data_seed)).random((300, 784)).astype(np.float32)
+    model = presets.tutorial(seed=0)
+    try:
+        model.fit(x, steps=steps, batch_size=64, log_every=50, comm=comm, callbacks=[_WritePidWhenTraining(workdir / f"pid-{comm.rank}")])
+    except RankMismatchError as exc:
+        # Into a file as well: mpiexec ends the job at the first rank's exit and may drop
+        # output it has not forwarded yet; the Barrier lets every rank write first.
+        (workdir / f"error-{comm.rank}.txt").write_text(f"rank {comm.rank}: {exc}\n")
+        comm.comm.Barrier()
+        sys.exit(3)
+    (workdir / f"done-{comm.rank}").write_text("done\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Data-parallel faults: a rank that dies or hangs ends the job in bounded time; ranks
+given different data stop at the start.
+
+The job tests start ``mpiexec -n 2`` on tests/mpi_fault_script.py (one BLAS thread per
+rank), wait until both ranks are training, then kill or stop rank 1. Every wait on the
+job has a limit (a hang fails the test instead of hanging the suite) and every process
+the test started is ended in a ``finally``. The timeout's parsing and the data
+fingerprint are checked in this process, which never imports mpi4py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nanoae.data.rows import ScaledRows
+from nanoae.distributed import DEFAULT_TIMEOUT, TIMEOUT_EXIT_CODE, Communicator, data_fingerprint, mpi_timeout
+from nanoae.scaling import Scaler
+
+pytestmark = pytest.mark.mpi
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve().parent / "mpi_fault_script.py"
+JOB_LIMIT = 60  # seconds any wait on a job may take before the test fails
+
+
+def _mpiexec() -> str | None:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def _has_mpi4py() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None
+
+
+needs_mpi = pytest.mark.skipif(
+    _mpiexec() is None or not _has_mpi4py(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"'
+)
+
+
+def _environment(timeout: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["NANOAE_MPI_TIMEOUT"] = timeout
+    return env
+
+
+def _start(workdir: Path, timeout: str, steps: int = 100_000, data_seed: str = "7") -> subprocess.Popen:
+    command = [_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), str(workdir), str(steps), data_seed]
+    return subprocess.Popen(command, env=_environment(timeout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _training_pids(job: subprocess.Popen, workdir: Path) -> list[int]:
+    """The ranks' process ids, once both have trained 5 steps."""
+    deadline = time.monotonic() + JOB_LIMIT
+    paths = [workdir / f"pid-{rank}" for rank in range(2)]
+    while not all(path.exists() for path in paths):
+        if job.poll() is not None:
+            pytest.fail(f"the job ended (code {job.returncode}) before both ranks trained: {job.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the ranks did not start training within {JOB_LIMIT} s")
+        time.sleep(0.05)
+    return [int(path.read_text()) for path in paths]
+
+
+def _is_our_rank(pid: int) -> bool:
+    try:
+        return SCRIPT.name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _end(job: subprocess.Popen, workdir: Path) -> None:
+    """End whatever is left of the job: continue and kill our ranks, then the launcher."""
+    for path in workdir.glob("pid-*"):
+        pid = int(path.read_text())
+        if _is_our_rank(pid):  # not a process id reused since
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+    if job.poll() is None:
+        job.terminate()  # hydra ends its own ranks on SIGTERM
+        try:
+            job.wait(10)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.wait()
+    job.stdout.close()
+
+
+def _finish(job: subprocess.Popen) -> str:
+    """The job's output once it has ended (fails the test past JOB_LIMIT: a hang)."""
+    try:
+        output, _ = job.communicate(timeout=JOB_LIMIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job was still running {JOB_LIMIT} s after the fault: it hangs")
+    return output
+
+
+def _gone(pid: int) -> bool:
+    return not _is_our_rank(pid) or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job(tmp_path):
+    # A deadline far beyond the test's limit: what ends this job is the launcher, not nanoae.
+    job = _start(tmp_path, timeout="600")
+    try:
+        first, second = _training_pids(job, tmp_path)
+        os.kill(second, signal.SIGKILL)
+        output = _finish(job)
+        # Only MPICH's launcher speaks here: it sees rank 1 die and ends rank 0 at once,
+        # before any wait of ours could run out.
+        assert job.returncode != 0
+        assert "BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES" in output, output[-3000:]
+        assert "nanoae: rank" not in output
+        assert _gone(first)
+        assert not list(tmp_path.glob("done-*"))
+    finally:
+        _end(job, tmp_path)
+
+
+@needs_mpi
+def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_clear_line(tmp_path):
+    job = _start(tmp_path, timeout="3")  # read by Communicator() from the environment
+    try:
+        first, second = _training_pids(job, tmp_path)
+        os.kill(second, signal.SIGSTOP)  # alive but silent: the launcher sees nothing wrong
+        output = _finish(job)
+        assert job.returncode == TIMEOUT_EXIT_CODE, output[-3000:]
+        ours = [line for line in output.splitlines() if line.startswith("nanoae:")]
+        assert len(ours) == 1, output[-3000:]
+        found = re.fullmatch(
+            r"nanoae: rank 0 of 2 waited 3 s at the (gradient|loss) allreduce of step (\d+) for the other ranks "
+            r"\(a rank died or hung, or a host is unreachable\); ending the job \(set NANOAE_MPI_TIMEOUT to wait longer\)",
+            ours[0],
+        )
+        assert found, ours[0]
+        assert int(found.group(2)) > 5  # rank 1 was stopped after its 5th step, so rank 0 waited later
+        assert _gone(first)
+        assert not list(tmp_path.glob("done-*"))
+    finally:
+        _end(job, tmp_path)
+
+
+@needs_mpi
+def test_ranks_given_different_data_of_one_shape_all_stop_naming_the_data(tmp_path):
+    job = _start(tmp_path, timeout="60", steps=20, data_seed="rank")
+    try:
+        _finish(job)
+        assert job.returncode != 0
+        lines = [(tmp_path / f"error-{rank}.txt").read_text().strip() for rank in range(2)]
+        for rank, line in enumerate(lines):
+            assert line.startswith(f"rank {rank}: ranks [1] of 2 were started with a different data set (same shape and dtype")
+            assert line.endswith("start every rank with the same command, seed and data")
+        assert not list(tmp_path.glob("done-*")) and not list(tmp_path.glob("pid-*"))  # no step was taken
+    finally:
+        _end(job, tmp_path)
+
+
+@needs_mpi
+def test_ranks_given_the_same_data_train_to_the_end(tmp_path):
+    # The check above refuses only what differs: the same job with one data set runs.
+    job = _start(tmp_path, timeout="60", steps=8)
+    try:
+        output = _finish(job)
+        assert job.returncode == 0, output[-3000:]
+        assert sorted(path.name for path in tmp_path.glob("done-*")) == ["done-0", "done-1"]
+    finally:
+        _end(job, tmp_path)
+
+
+# The timeout: argument, environment, default.
+
+
+def test_the_default_timeout_is_300_seconds(monkeypatch):
+    monkeypatch.delenv("NANOAE_MPI_TIMEOUT", raising=False)
+    assert mpi_timeout() == DEFAULT_TIMEOUT == 300.0
+    monkeypatch.setenv("NANOAE_MPI_TIMEOUT", "  ")
+    assert mpi_timeout() == 300.0
+
+
+@given(seconds=st.floats(min_value=1e-3, max_value=1e9))
+def test_the_timeout_is_read_from_the_environment(seconds):
+    previous = os.environ.get("NANOAE_MPI_TIMEOUT")
+    os.environ["NANOAE_MPI_TIMEOUT"] = repr(seconds)
+    try:
+        assert mpi_timeout() == seconds
+        assert mpi_timeout(2.5) == 2.5  # an argument wins over the environment
+    finally:
+        if previous is None:
+            del os.environ["NANOAE_MPI_TIMEOUT"]
+        else:
+            os.environ["NANOAE_MPI_TIMEOUT"] = previous
+
+
+def test_inf_waits_forever(monkeypatch):
+    monkeypatch.setenv("NANOAE_MPI_TIMEOUT", "inf")
+    assert mpi_timeout() == math.inf
+    assert mpi_timeout(math.inf) == math.inf
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "-inf", "3s"])
+def test_a_bad_timeout_in_the_environment_names_the_variable_and_the_fix(monkeypatch, value):
+    monkeypatch.setenv("NANOAE_MPI_TIMEOUT", value)
+    message = re.escape(f"NANOAE_MPI_TIMEOUT='{value}' is not a positive number of seconds: set it to e.g. 300 (inf waits forever), or unset it for the default 300")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        mpi_timeout()
+    # Before MPI is even imported: no MPI library is needed to hear about it.
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        Communicator()
+
+
+@pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, "300", True])
+def test_a_bad_timeout_argument_names_the_fix(value):
+    with pytest.raises(ValueError, match=r"is not a positive number of seconds: pass e\.g\. timeout=300 \(math\.inf waits forever\)"):
+        mpi_timeout(value)
+
+
+# The data fingerprint.
+
+
+def test_fingerprint_of_a_small_array_by_hand():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    expected = hashlib.sha256(b"(3, 2) <f4 3" + x.tobytes()).hexdigest()
+    assert data_fingerprint(x) == expected
+
+
+class _CountingRows:
+    """An array's rows, counting which are read (as a memory map's pages would be)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.read = array, array.shape, array.dtype, set()
+
+    def __getitem__(self, index):
+        self.read.update(np.asarray(index).tolist())
+        return self.array[index]
+
+
+@given(rows=st.integers(1, 5000))
+def test_the_fingerprint_reads_at_most_1024_rows_first_and_last_included(rows):
+    data = _CountingRows(np.zeros((rows, 3), dtype=np.float32))
+    data_fingerprint(data)
+    assert len(data.read) == min(rows, 1024)
+    assert {0, rows - 1} <= data.read
+
+
+def test_the_fingerprint_sees_the_sampled_rows_shape_and_dtype_only():
+    x = np.random.default_rng(0).random((5000, 4)).astype(np.float32)
+    reference = data_fingerprint(x)
+    # Rows 0 and 4999 are sampled; 2500 lies between the sampled rows 2497 and 2502.
+    for row in (0, 4999, 2500):
+        changed = x.copy()
+        changed[row, 1] += 1
+        assert (data_fingerprint(changed) != reference) == (row != 2500)
+    assert data_fingerprint(x.astype(np.float64)) != reference
+    assert data_fingerprint(x.reshape(2500, 8)) != reference
+    assert data_fingerprint(x[::-1]) != reference  # another row order
+
+
+def test_a_memory_map_and_a_scaled_rows_fingerprint_as_the_array_they_hold(tmp_path):
+    raw = np.random.default_rng(1).integers(10, 200, size=(2000, 16), dtype=np.uint8)  # minmax then differs from unit
+    np.save(tmp_path / "raw.npy", raw)
+    mapped = np.load(tmp_path / "raw.npy", mmap_mode="r", allow_pickle=False)
+    assert data_fingerprint(mapped) == data_fingerprint(raw)
+    scaler = Scaler.fit(raw, "minmax")
+    rows = np.arange(100, 1900)
+    source = ScaledRows(mapped, rows=rows, scaler=scaler)
+    assert data_fingerprint(source) == data_fingerprint(source.materialize())
+    assert data_fingerprint(source) != data_fingerprint(ScaledRows(mapped, rows=rows, scaler=Scaler.fit(raw, "unit")))
