@@ -55,6 +55,7 @@ TIMEOUT_EXIT_CODE = 75
 or host is a failure worth retrying, not bad input)."""
 
 _TIMEOUT_VARIABLE = "NANOAE_MPI_TIMEOUT"
+_FORWARD_PAUSE = 1.0  # seconds between the timeout's line and MPI_Abort
 _FINGERPRINT_ROWS = 1024
 _FINGERPRINT_CHUNK = 128  # rows hashed at a time, so a wide dataset never needs 1024 rows in memory at once
 
@@ -223,6 +224,9 @@ class Communicator:
             file=sys.stderr,
             flush=True,
         )
+        # The launcher forwards a rank's output on its own time, and drops what it holds
+        # when the job ends: a moment (nothing beside the wait) lets this line through.
+        time.sleep(_FORWARD_PAUSE)
         self.comm.Abort(TIMEOUT_EXIT_CODE)
         # MPICH's Abort can return once it has told the launcher (seen with hydra): the
         # launcher ends the other ranks, and this one must not poll again meanwhile.

@@ -1,8 +1,10 @@
 """Run under mpiexec by tests/test_distributed_faults.py: train the tutorial model
 data-parallel for many steps, so the test can kill or stop a rank mid-training.
 
-argv: workdir steps data_seed, where data_seed "rank" gives each rank different data of
-the same shape (a job started wrongly: every rank must report the mismatch and exit 3).
+argv: workdir steps data_seed [raise], where data_seed "rank" gives each rank different
+data of the same shape (a job started wrongly: every rank must report the mismatch and
+exit 3), and "raise" makes rank 1 raise an OSError after its 10th step (as a callback
+that cannot write its file would).
 Each rank writes workdir/pid-<rank> (its process id) once it has trained 5 steps, and
 workdir/done-<rank> if training ends.
 """
@@ -16,6 +18,12 @@ import numpy as np
 from nanoae import presets
 from nanoae.callbacks import Callback
 from nanoae.distributed import Communicator, RankMismatchError
+
+
+class _FailAfterStep10(Callback):
+    def on_step_end(self, state) -> None:
+        if state.step == 10:
+            raise OSError("a callback failed on this rank only (simulated)")
 
 
 class _WritePidWhenTraining(Callback):
@@ -34,10 +42,13 @@ class _WritePidWhenTraining(Callback):
 def main() -> None:
     workdir, steps, data_seed = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     comm = Communicator()
+    callbacks = [_WritePidWhenTraining(workdir / f"pid-{comm.rank}")]
+    if sys.argv[4:] == ["raise"] and comm.rank == 1:
+        callbacks.append(_FailAfterStep10())
     x = np.random.default_rng(comm.rank if data_seed == "rank" else int(data_seed)).random((300, 784)).astype(np.float32)
     model = presets.tutorial(seed=0)
     try:
-        model.fit(x, steps=steps, batch_size=64, log_every=50, comm=comm, callbacks=[_WritePidWhenTraining(workdir / f"pid-{comm.rank}")])
+        model.fit(x, steps=steps, batch_size=64, log_every=50, comm=comm, callbacks=callbacks)
     except RankMismatchError as exc:
         # Into a file as well: mpiexec ends the job at the first rank's exit and may drop
         # output it has not forwarded yet; the Barrier lets every rank write first.

@@ -60,8 +60,8 @@ def _environment(timeout: str) -> dict:
     return env
 
 
-def _start(workdir: Path, timeout: str, steps: int = 100_000, data_seed: str = "7") -> subprocess.Popen:
-    command = [_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), str(workdir), str(steps), data_seed]
+def _start(workdir: Path, timeout: str, steps: int = 100_000, data_seed: str = "7", *fault: str) -> subprocess.Popen:
+    command = [_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), str(workdir), str(steps), data_seed, *fault]
     return subprocess.Popen(command, env=_environment(timeout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -115,7 +115,16 @@ def _finish(job: subprocess.Popen) -> str:
 
 
 def _gone(pid: int) -> bool:
-    return not _is_our_rank(pid) or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    """True once the rank has ended (within 10 s: the launcher's kill lands a moment after it returns)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if not _is_our_rank(pid) or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @needs_mpi
@@ -155,6 +164,26 @@ def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_clear_line(tmp_path
         assert found, ours[0]
         assert int(found.group(2)) > 5  # rank 1 was stopped after its 5th step, so rank 0 waited later
         assert _gone(first)
+        assert not list(tmp_path.glob("done-*"))
+    finally:
+        _end(job, tmp_path)
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_ends_the_job_after_the_timeout(tmp_path):
+    # The raising rank's Python exits through MPI_Finalize, which waits for the others, while
+    # they wait for it in the next allreduce: without the deadline this job never ends.
+    # (``python -m mpi4py script.py`` aborts the job at the exception instead.)
+    job = _start(tmp_path, "3", 100_000, "7", "raise")
+    try:
+        output = _finish(job)
+        assert job.returncode == TIMEOUT_EXIT_CODE, output[-3000:]
+        assert "OSError: a callback failed on this rank only (simulated)" in output
+        ours = [line for line in output.splitlines() if line.startswith("nanoae:")]
+        assert ours == [
+            "nanoae: rank 0 of 2 waited 3 s at the gradient allreduce of step 11 for the other ranks "
+            "(a rank died or hung, or a host is unreachable); ending the job (set NANOAE_MPI_TIMEOUT to wait longer)"
+        ], output[-3000:]
         assert not list(tmp_path.glob("done-*"))
     finally:
         _end(job, tmp_path)
