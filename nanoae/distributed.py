@@ -18,8 +18,10 @@ copy of the buffer; that path has not been run on a GPU.
 
 Faults: every collective waits at most ``timeout`` seconds (``NANOAE_MPI_TIMEOUT``, else
 300). A rank that dies is noticed by the launcher (MPICH's hydra ends the job at once);
-a rank that hangs, or a host that drops off the network, is not: the others would wait
-in the allreduce forever. So the collectives are started non-blocking and polled; a rank
+a rank that hangs, a host that drops off the network, or a rank whose Python raises (it
+exits through ``MPI_Finalize``, which waits for the others; ``python -m mpi4py
+script.py`` aborts the job at the exception instead) is not: the others would wait in
+the allreduce forever. So the collectives are started non-blocking and polled; a rank
 whose wait passes the deadline prints one line to stderr and ends the whole job with
 ``MPI_Abort`` (exit code :data:`TIMEOUT_EXIT_CODE`). The deadline must be longer than
 the longest time one rank may spend outside the collectives while the others wait in
@@ -108,9 +110,13 @@ def data_fingerprint(data, rows: int = _FINGERPRINT_ROWS) -> str:
     gather = getattr(data, "gather", None)
     for start in range(0, picked.size, _FINGERPRINT_CHUNK):
         chunk = picked[start : start + _FINGERPRINT_CHUNK]
-        block = gather(chunk) if gather is not None else data[chunk]
-        if not isinstance(block, np.ndarray):
-            block = block.get()  # a device array (CuPy)
+        if gather is not None:
+            block = gather(chunk)
+        elif isinstance(data, np.ndarray):
+            block = data[chunk]
+        else:  # a device array (CuPy): indexed by a list, copied to the host (not run on a GPU yet)
+            block = data[chunk.tolist()]
+            block = block if isinstance(block, np.ndarray) else block.get()
         digest.update(np.ascontiguousarray(block))
     return digest.hexdigest()
 
@@ -149,6 +155,7 @@ class Communicator:
         self._host: np.ndarray | None = None  # a device arena's host copy, reused
         self._sums: dict[str, tuple] = {}  # buffer name -> (buffer, (its persistent request,))
         self._persistent = True  # False where the MPI library has no MPI-4 Allreduce_init
+        self._freed_at_exit = False
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's [start, stop) of a global batch (see :func:`shard_bounds`)."""
@@ -246,13 +253,14 @@ class Communicator:
             if self._persistent:
                 try:
                     cached = self._sums[name] = (buffer, (self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),))
-                except NotImplementedError:  # an MPI library older than MPI-4
+                except (NotImplementedError, self._mpi.Exception):  # an MPI library older than MPI-4
                     self._persistent = False
                 else:
-                    if len(self._sums) == 1:
+                    if not self._freed_at_exit:
                         # Freed before mpi4py's own exit handler (registered earlier, so run
                         # later) finalizes MPI, which would otherwise warn about each one.
                         atexit.register(_free_sums, weakref.ref(self))
+                        self._freed_at_exit = True
             if not self._persistent:
                 return (self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),)
         cached[1][0].Start()
