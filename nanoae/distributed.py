@@ -111,3 +111,27 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def all_ok(self, error: str | None) -> tuple[int, str] | None:
+        """Whether every rank passed its checks, agreed on every rank.
+
+        error: this rank's one-line failure, or None when it passed. Returns None when
+        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
+        the same pair on every rank. One Allgather of each rank's message length (-1: no
+        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
+        (nothing is pickled). Every rank must call it, failed or not: that is what lets
+        a check that fails on one rank end the whole job instead of hanging it.
+        """
+        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
+        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
+        lengths = np.empty(self.size, dtype=np.int64)
+        self.comm.Allgather(mine, lengths)
+        failed = np.flatnonzero(lengths >= 0)
+        if failed.size == 0:
+            return None
+        counts = np.maximum(lengths, 0)
+        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
+        self.comm.Allgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()])
+        first = int(failed[0])
+        start = int(counts[:first].sum())
+        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
