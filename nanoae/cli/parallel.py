@@ -21,6 +21,7 @@ The job must never hang on one rank's error. So the command runs in phases:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -129,8 +130,9 @@ def run_or_abort(comm: Communicator | None, run):
         print(f"nanoae train: error on rank {comm.rank} of {comm.size}: {_one_line(exc)}; ending every rank", file=sys.stderr, flush=True)
         if not isinstance(exc, USER_ERRORS):
             traceback.print_exception(exc)
-        comm.comm.Abort(EXIT_USAGE if isinstance(exc, USER_ERRORS) else 1)
-        raise  # not reached: Abort ends this process too
+        code = EXIT_USAGE if isinstance(exc, USER_ERRORS) else 1
+        comm.comm.Abort(code)
+        os._exit(code)  # MPICH's Abort may return to the caller once it has told the launcher
 
 
 def require_data_parallel(comm: Communicator | None, model, batch_size: int, what: str) -> None:
