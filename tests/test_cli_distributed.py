@@ -40,9 +40,14 @@ def _has_mpi4py() -> bool:
     return importlib.util.find_spec("mpi4py") is not None
 
 
-needs_mpi = pytest.mark.skipif(
+_skip_without_mpi = pytest.mark.skipif(
     _mpiexec() is None or not _has_mpi4py(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"'
 )
+
+
+def needs_mpi(test):
+    """A test that starts mpiexec: marked ``mpi``, skipped with the install hint without MPI."""
+    return pytest.mark.mpi(_skip_without_mpi(test))
 
 
 def _env() -> dict:
@@ -159,16 +164,17 @@ def test_dtype_is_the_checkpoints_on_resume_and_another_is_refused(tmp_path, cap
 
 # ---- under mpiexec ---------------------------------------------------------------------------
 @needs_mpi
-def test_mpiexec_trains_mnist_with_rank_0_alone_printing_and_writing(tmp_path, mnist_dir):
+@pytest.mark.parametrize(("model", "what"), [(["--layers", "32"], "layers 32"), (["--preset", "tutorial"], "tutorial")])
+def test_mpiexec_trains_mnist_with_rank_0_alone_printing_and_writing(tmp_path, mnist_dir, model, what):
     work = tmp_path / "work"
     work.mkdir()
-    options = ["--data", mnist_dir, "--layers", "32", "--steps", "6", "--batch-size", "64", "--log-every", "2", "--eval-every", "3", "--checkpoint-every", "3"]
+    options = ["--data", mnist_dir, *model, "--steps", "6", "--batch-size", "64", "--log-every", "2", "--eval-every", "3", "--checkpoint-every", "3"]
     result = mpiexec(2, *options, "--out", "run", cwd=work)
     _ok(result)
     # Rank 0's files, nothing else anywhere (the other rank writes nothing at all).
     assert set(_tree(work)) - {"run/reconstructions.png", "run/loss.png"} == {"run", *(f"run/{name}" for name in RUN_FILES)}
     assert result.stdout.count("step 6: final training loss") == 1 and result.stdout.count("run directory:") == 1
-    assert result.stderr.count("training layers 32 for 6 steps of batch 64 on 2 ranks") == 1
+    assert result.stderr.count(f"training {what} for 6 steps of batch 64 on 2 ranks") == 1
     assert result.stderr.count("step 6/6") == 1 and result.stderr.count("data: ") == 1
     config = json.loads((work / "run" / "config.json").read_text())
     checkpoint = load_checkpoint(work / "run" / "checkpoint.npz", backend="numpy")
@@ -322,3 +328,18 @@ def test_each_rank_trains_on_its_shard_of_every_global_batch(tmp_path):
     command = [_mpiexec(), "-n", "3", sys.executable, "-c", _RECORDING_SHARDS, str(seen), *args]
     _ok(subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
     assert [(seen / f"rank{rank}.txt").read_text() for rank in range(3)] == ["17 17 17 17", "17 17 17 17", "16 16 16 16"]
+
+
+@needs_mpi
+def test_ranks_started_with_different_options_all_stop_before_anything_is_written(tmp_path):
+    data = _own_data(tmp_path / "rows.npy")
+    options = ["--data", data, "--layers", "6,3", "--steps", "3", "--out", "run"]
+    command = [_mpiexec(), "-n", "1", *_nanoae(*options), ":", "-n", "1", *_nanoae(*options, "--seed", "1")]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "nanoae train: error: ranks [1] of 2 were started with a different configuration (options, data or checkpoint) "
+        "than rank 0: start every rank with the same command, seed and data"
+    ]
+    assert _tree(tmp_path) == ["rows.npy"]
