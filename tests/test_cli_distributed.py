@@ -343,3 +343,15 @@ def test_ranks_started_with_different_options_all_stop_before_anything_is_writte
         "than rank 0: start every rank with the same command, seed and data"
     ]
     assert _tree(tmp_path) == ["rows.npy"]
+
+
+@needs_mpi
+def test_a_diverging_run_stops_every_rank_at_the_same_step_with_exit_3(tmp_path):
+    # Every rank sees the combined (global) loss, so all stop at the same step; rank 0 says so once.
+    data = _own_data(tmp_path / "rows.npy")
+    options = ["--data", data, "--layers", "6,3", "--optimizer", "sgd", "--lr", "1e30", "--steps", "20", "--batch-size", "40", "--out", "run", "--quiet"]
+    result = mpiexec(2, *options, cwd=tmp_path)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nanoae:")]
+    assert len(lines) == 1 and lines[0].startswith("nanoae: training stopped at step 1: training step 2 was not applied")
+    assert _tree(tmp_path / "run") == ["config.json", "metrics.csv"]

@@ -440,7 +440,7 @@ def _check_run(args, comm) -> _CheckedRun:
     plan = _plan_out_dir(args) if leader else None  # rank 0 alone writes the run directory
     data, batch_size = _train_data(args, saved, own)
     model, sampler = _model_and_sampler(args, resumed, data, batch_size)
-    what = f"--preset {args.preset}" if args.preset else f"the checkpoint's {type(model).__name__}"
+    what = f"the checkpoint's {type(model).__name__}" if resumed is not None else f"--preset {args.preset}"
     require_data_parallel(comm, model, batch_size, what)
     total_steps = _total_steps(args, len(data.train), batch_size, model.steps_trained, saved)
     lr_overrides = _override_lr(args, model, resumed, saved)
