@@ -355,3 +355,31 @@ def test_a_diverging_run_stops_every_rank_at_the_same_step_with_exit_3(tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.startswith("nanoae:")]
     assert len(lines) == 1 and lines[0].startswith("nanoae: training stopped at step 1: training step 2 was not applied")
     assert _tree(tmp_path / "run") == ["config.json", "metrics.csv"]
+
+
+def _mpi_is_the_mpich_wheel() -> bool:
+    import importlib.metadata
+
+    try:
+        return bool(importlib.metadata.version("mpich"))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@needs_mpi
+@pytest.mark.skipif(not _mpi_is_the_mpich_wheel(), reason="Open MPI's variables stand in for another library only beside MPICH")
+def test_a_launcher_of_another_mpi_library_is_refused_not_run_as_independent_processes(tmp_path):
+    # Open MPI's variables with mpi4py on MPICH: MPI sees a job of 1 where the launcher says 2,
+    # so each process would otherwise train alone and write the same run directory.
+    data = _own_data(tmp_path / "rows.npy")
+    env = {**_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    command = _nanoae("--data", data, "--layers", "6,3", "--steps", "3", "--out", "run")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("nanoae train: error")]
+    assert errors == [
+        "nanoae train: error: the MPI launcher started 2 processes, but MPI sees 1 in this job: mpiexec and mpi4py come "
+        "from different MPI libraries; start nanoae with the mpiexec of the MPI mpi4py was built with (the one that "
+        'pip install "nanoae[mpi]" puts beside this Python)'
+    ]
+    assert _tree(tmp_path) == ["rows.npy"]

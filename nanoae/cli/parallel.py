@@ -67,6 +67,13 @@ def job_communicator(environ) -> Communicator | None:
     except ImportError:
         started = f"as one of {size} processes" if size else f"({PMIX_RANK} is set)"
         raise CLIError(f"nanoae train was started by an MPI launcher {started}, but mpi4py is not installed: {_MPI_HINT}") from None
+    if size and comm.size != size:
+        # Each process would train alone as rank 0 of 1, all writing one run directory.
+        raise CLIError(
+            f"the MPI launcher started {size} processes, but MPI sees {comm.size} in this job: mpiexec and mpi4py come "
+            "from different MPI libraries; start nanoae with the mpiexec of the MPI mpi4py was built with (the one "
+            'that pip install "nanoae[mpi]" puts beside this Python)'
+        )
     return comm if comm.size > 1 else None
 
 
