@@ -383,3 +383,24 @@ def test_a_launcher_of_another_mpi_library_is_refused_not_run_as_independent_pro
         'pip install "nanoae[mpi]" puts beside this Python)'
     ]
     assert _tree(tmp_path) == ["rows.npy"]
+
+
+_AGREEING = """
+import os, sys
+from nanoae.distributed import Communicator
+
+comm = Communicator()
+passed = comm.all_ok(None)
+# Ranks 1 and 2 fail, with messages of different lengths (one not ASCII); rank 0 passes.
+failed = comm.all_ok(None if comm.rank == 0 else f"rank {comm.rank} failed: données " * comm.rank)
+with open(os.path.join(sys.argv[1], f"rank{comm.rank}.txt"), "w", encoding="utf-8") as out:
+    out.write(repr((passed, failed)))
+"""
+
+
+@needs_mpi
+def test_all_ok_gives_every_rank_the_lowest_failing_ranks_message(tmp_path):
+    command = [_mpiexec(), "-n", "3", sys.executable, "-c", _AGREEING, str(tmp_path)]
+    _ok(subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    expected = repr((None, (1, "rank 1 failed: données ")))
+    assert [(tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8") for rank in range(3)] == [expected] * 3
