@@ -1,9 +1,10 @@
 """nanoae train under an MPI launcher: ``mpiexec -n N nanoae train ...`` trains data-parallel.
 
-A launcher is recognised by what it puts in each process's environment (MPICH's hydra,
-Intel MPI and Slurm's PMI-2 set ``PMI_SIZE``; Open MPI sets ``OMPI_COMM_WORLD_SIZE``;
-a PMIx launch sets ``PMIX_RANK``, and the size is then asked of MPI itself). One process,
-launched or not, trains exactly as without a launcher, and mpi4py is not imported.
+A launcher is recognised by what it puts in each process's environment (MPICH's hydra
+sets ``PMI_SIZE`` and ``PMI_RANK``, checked here; Open MPI sets ``OMPI_COMM_WORLD_SIZE``;
+a PMIx launch sets ``PMIX_RANK``, and the size is then asked of MPI itself). A launch of
+one process trains exactly as without a launcher, without importing mpi4py (where the
+launcher says it is one; a PMIx launch has to ask MPI).
 
 The job must never hang on one rank's error. So the command runs in phases:
 
