@@ -22,7 +22,10 @@ A B C D A B C D, medians over rounds with their min-max:
   reports the median window's mean step.
 
 Ratios are of same-round medians, then their median over rounds: each competitor's step
-time against ``n1-1blas`` and ``n1-2blas``, and ``n2`` against ``n2-buckets``.
+time against ``n1-1blas`` and ``n1-2blas``, and ``n2`` against ``n2-buckets``. ``--async-progress`` adds ``n2-buckets-async``: the
+bucketed ranks with ``MPIR_CVAR_ASYNC_PROGRESS=1`` (MPICH's progress thread; otherwise a
+non-blocking collective moves only inside MPI calls, which the buckets make after each
+layer).
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed from every worker's
 environment; ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set
 to each competitor's BLAS threads. It prints a table and writes every measurement as JSON
@@ -49,13 +52,16 @@ from nanoae.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
 _UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-# name -> (ranks, BLAS threads per rank, through MPI)
+# name -> (ranks, BLAS threads per rank, through MPI, bucketed)
 COMPETITORS = {
-    "n1-1blas": (1, 1, False),
-    "n1-2blas": (1, 2, False),
-    "n2": (2, 1, True),
-    "n2-buckets": (2, 1, True),
+    "n1-1blas": (1, 1, False, False),
+    "n1-2blas": (1, 2, False, False),
+    "n2": (2, 1, True, False),
+    "n2-buckets": (2, 1, True, True),
 }
+# With --async-progress: buckets, and MPICH's progress thread moving them between MPI calls.
+ASYNC = ("n2-buckets-async", (2, 1, True, True))
+ASYNC_ENV = {"MPIR_CVAR_ASYNC_PROGRESS": "1"}
 MARK = "NANOAE-MPI-STEP "
 
 
@@ -153,19 +159,20 @@ def _mpiexec() -> str:
     return found
 
 
-def _environment(threads: int) -> dict:
+def _environment(threads: int, extra: dict) -> dict:
     env = {key: value for key, value in os.environ.items() if key not in _UNSET}
+    env.update(extra)
     for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[key] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(part for part in (str(ROOT), env.get("PYTHONPATH", "")) if part)
     return env
 
 
-def _launch(ranks: int, threads: int, mpi: bool, worker_args: list[str], timeout: float) -> dict:
+def _launch(ranks: int, threads: int, mpi: bool, worker_args: list[str], timeout: float, extra_env=None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), *worker_args]
     if mpi:
         command = [_mpiexec(), "-n", str(ranks), *command]
-    result = subprocess.run(command, env=_environment(threads), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, env=_environment(threads, extra_env or {}), capture_output=True, text=True, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith(MARK)]
     if result.returncode != 0 or len(lines) != 1:
         raise SystemExit(f"worker {' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
@@ -190,16 +197,21 @@ def run(args) -> dict:
         rows.append({**row, "round": round_number})
         print(f"round {round_number + 1}: allreduce {row['median_ms']:.3f} ms", flush=True)
         for batch in args.batches:
-            for name, (ranks, threads, mpi) in COMPETITORS.items():
+            for name, (ranks, threads, mpi, buckets) in _competitors(args).items():
                 worker = ["--worker", "step", "--competitor", name, "--batch-size", str(batch), *timing]
                 if mpi:
                     worker.append("--mpi")
-                if name == "n2-buckets":
+                if buckets:
                     worker += ["--buckets", "--bucket-bytes", str(args.bucket_bytes)]
-                row = _launch(ranks, threads, mpi, worker, args.timeout)
+                extra = ASYNC_ENV if name == ASYNC[0] else None
+                row = _launch(ranks, threads, mpi, worker, args.timeout, extra)
                 rows.append({**row, "round": round_number})
                 print(f"round {round_number + 1}: batch {batch} {name} {row['step_ms']:.2f} ms/step", flush=True)
-    return {"settings": settings, "machine": _machine(), "rows": rows, "summary": summarize(rows, args.batches)}
+    return {"settings": settings, "machine": _machine(), "rows": rows, "summary": summarize(rows, args.batches, _competitors(args))}
+
+
+def _competitors(args) -> dict:
+    return {**COMPETITORS, ASYNC[0]: ASYNC[1]} if args.async_progress else dict(COMPETITORS)
 
 
 def _machine() -> dict:
@@ -214,7 +226,7 @@ def _machine() -> dict:
     }
 
 
-def summarize(rows, batches) -> dict:
+def summarize(rows, batches, competitors) -> dict:
     """Medians over rounds, and same-round ratios' medians."""
     reduce = [row for row in rows if row["what"] == "allreduce"]
     summary = {
@@ -230,13 +242,13 @@ def summarize(rows, batches) -> dict:
         for row in rows:
             if row["what"] == "step" and row["batch"] == batch:
                 by_round.setdefault(row["round"], {})[row["competitor"]] = row["step_ms"]
-        for name in COMPETITORS:
-            times = [competitors[name] for competitors in by_round.values()]
+        for name in competitors:
+            times = [measured[name] for measured in by_round.values()]
             entry = {
                 "batch": batch,
                 "competitor": name,
-                "ranks": COMPETITORS[name][0],
-                "blas_threads": COMPETITORS[name][1],
+                "ranks": competitors[name][0],
+                "blas_threads": competitors[name][1],
                 "step_ms": statistics.median(times),
                 "rounds_ms": times,
                 "samples_per_s": batch / statistics.median(times) * 1e3,
@@ -244,7 +256,10 @@ def summarize(rows, batches) -> dict:
             for base in ("n1-1blas", "n1-2blas"):
                 entry[f"speedup_vs_{base}"] = statistics.median(c[base] / c[name] for c in by_round.values())
             summary["steps"].append(entry)
-        summary.setdefault("buckets_speedup", {})[str(batch)] = statistics.median(c["n2"] / c["n2-buckets"] for c in by_round.values())
+        for name in competitors:
+            if competitors[name][3]:
+                speedup = statistics.median(c["n2"] / c[name] for c in by_round.values())
+                summary.setdefault("buckets_speedup", {}).setdefault(name, {})[str(batch)] = speedup
     return summary
 
 
@@ -267,8 +282,12 @@ def table(report: dict) -> str:
         )
     lines.append("")
     bucket_bytes = report["settings"]["bucket_bytes"]
-    for batch, ratio in summary["buckets_speedup"].items():
-        lines.append(f"batch {batch}: n2 buckets on ({bucket_bytes:,} bytes) vs off: {ratio:.3f}x (same-round step-time ratio, median)")
+    for name, ratios in summary["buckets_speedup"].items():
+        for batch, ratio in ratios.items():
+            lines.append(
+                f"batch {batch}: {name} ({bucket_bytes:,}-byte buckets) vs n2 (one allreduce): {ratio:.3f}x "
+                "(n2 step time / its, median of same-round ratios)"
+            )
     return "\n".join(lines)
 
 
@@ -290,6 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bucket-bytes", type=_positive, default=1 << 18, help="n2-buckets' bucket size (default 256 KiB)")
     parser.add_argument("--allreduce-repeats", type=_positive, default=200)
     parser.add_argument("--allreduce-warmup", type=_positive, default=20)
+    parser.add_argument("--async-progress", action="store_true", help="also n2-buckets-async: MPIR_CVAR_ASYNC_PROGRESS=1")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one worker process may take")
     # worker side
     parser.add_argument("--worker", choices=("allreduce", "step"), help=argparse.SUPPRESS)
