@@ -25,7 +25,9 @@ Ratios are of same-round medians, then their median over rounds: each competitor
 time against ``n1-1blas`` and ``n1-2blas``, and ``n2`` against ``n2-buckets``. ``--async-progress`` adds ``n2-buckets-async``: the
 bucketed ranks with ``MPIR_CVAR_ASYNC_PROGRESS=1`` (MPICH's progress thread; otherwise a
 non-blocking collective moves only inside MPI calls, which the buckets make after each
-layer).
+layer). ``--bucket-env NAME=VALUE`` sets a variable for the bucketed ranks only, such as
+``MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=sched_recursive_doubling`` (on 2 ranks it needs
+3 progress calls where MPICH's default choice needed 5-7).
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed from every worker's
 environment; ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set
 to each competitor's BLAS threads. It prints a table and writes every measurement as JSON
@@ -203,7 +205,7 @@ def run(args) -> dict:
                     worker.append("--mpi")
                 if buckets:
                     worker += ["--buckets", "--bucket-bytes", str(args.bucket_bytes)]
-                extra = ASYNC_ENV if name == ASYNC[0] else None
+                extra = {**(dict(args.bucket_env) if buckets else {}), **(ASYNC_ENV if name == ASYNC[0] else {})}
                 row = _launch(ranks, threads, mpi, worker, args.timeout, extra)
                 rows.append({**row, "round": round_number})
                 print(f"round {round_number + 1}: batch {batch} {name} {row['step_ms']:.2f} ms/step", flush=True)
@@ -282,10 +284,11 @@ def table(report: dict) -> str:
         )
     lines.append("")
     bucket_bytes = report["settings"]["bucket_bytes"]
+    bucket_env = "".join(f", {name}={value}" for name, value in report["settings"].get("bucket_env", []))
     for name, ratios in summary["buckets_speedup"].items():
         for batch, ratio in ratios.items():
             lines.append(
-                f"batch {batch}: {name} ({bucket_bytes:,}-byte buckets) vs n2 (one allreduce): {ratio:.3f}x "
+                f"batch {batch}: {name} ({bucket_bytes:,}-byte buckets{bucket_env}) vs n2 (one allreduce): {ratio:.3f}x "
                 "(n2 step time / its, median of same-round ratios)"
             )
     return "\n".join(lines)
@@ -296,6 +299,13 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
     return value
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def main(argv=None) -> int:
@@ -309,6 +319,11 @@ def main(argv=None) -> int:
     parser.add_argument("--bucket-bytes", type=_positive, default=1 << 18, help="n2-buckets' bucket size (default 256 KiB)")
     parser.add_argument("--allreduce-repeats", type=_positive, default=200)
     parser.add_argument("--allreduce-warmup", type=_positive, default=20)
+    parser.add_argument(
+        "--bucket-env", type=_setting, action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the bucketed ranks only (repeatable), e.g. "
+        "MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=sched_recursive_doubling",
+    )
     parser.add_argument("--async-progress", action="store_true", help="also n2-buckets-async: MPIR_CVAR_ASYNC_PROGRESS=1")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one worker process may take")
     # worker side
