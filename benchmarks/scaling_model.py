@@ -239,7 +239,7 @@ def markdown(inputs: dict) -> str:
         )
         for batch, seconds in profile["points"]:
             fitted = line.seconds(batch)
-            out.append(f"| measured | {name} step at batch {batch:,} (line: {_ms(fitted)} ms) | {_ms(seconds)} ms | {profile['source']} |")
+            out.append(f"| measured | {name} step at batch {batch:,} (the fitted line: {_ms(fitted)} ms) | {_ms(seconds)} ms | the same run |")
     out.append(f"| measured | gradient arena of the tutorial, float32 | {message:,} bytes | `nanoae.presets.tutorial().arena` |")
     out.append(
         f"| modelled | buckets of at least {inputs['bucket_target_bytes']:,} bytes, backward order | "
