@@ -389,10 +389,10 @@ def _child_env() -> dict:
     return env
 
 
-def measure_compute(batches, rounds: int, window_steps: int, warmup_steps: int) -> dict:
+def measure_compute(batches, rounds: int, window_steps: int, warmup_steps: int, timeout: float = 3600) -> dict:
     """The compute profile of this machine: step times in a one-thread child, and their line."""
     command = [sys.executable, __file__, "--step-worker", ",".join(map(str, batches)), str(rounds), str(window_steps), str(warmup_steps)]
-    result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise SystemExit(f"the step measurement failed:\n{result.stderr[-2000:]}")
     seconds = {int(batch): value for batch, value in json.loads(result.stdout.strip().splitlines()[-1]).items()}
@@ -405,14 +405,14 @@ def measure_compute(batches, rounds: int, window_steps: int, warmup_steps: int) 
     }
 
 
-def measure_shared_memory(sizes, repeats: int) -> dict:
+def measure_shared_memory(sizes, repeats: int, timeout: float = 600) -> dict:
     """alpha, beta of shared memory from Allreduce times between 2 ranks (mpiexec -n 2)."""
     beside = Path(sys.executable).parent / "mpiexec"
     mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
     if mpiexec is None:
         raise SystemExit('--measure-mpi needs mpiexec and mpi4py: pip install "nanoae[mpi]"')
     command = [mpiexec, "-n", "2", sys.executable, __file__, "--allreduce-worker", ",".join(map(str, sizes)), str(repeats)]
-    result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise SystemExit(f"the allreduce measurement failed:\n{result.stderr[-2000:]}")
     seconds = {int(size): value for size, value in json.loads(result.stdout.strip().splitlines()[-1]).items()}
@@ -460,6 +460,39 @@ def default_inputs() -> dict:
     }
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more; pass e.g. 5")
+    return value
+
+
+def _read_inputs(parser, path: Path) -> dict:
+    try:
+        inputs = json.loads(path.read_text())
+    except OSError as exc:
+        parser.error(f"cannot read --inputs {path}: {exc.strerror}; pass the recorded inputs, e.g. benchmarks/results/scaling-inputs.json")
+    except json.JSONDecodeError as exc:
+        parser.error(f"--inputs {path} is not JSON ({exc.msg} at line {exc.lineno}); write it again with --write-inputs")
+    missing = [key for key in ("arena_bytes", "layer_bytes_backward", "bucket_target_bytes", "compute", "links") if key not in inputs]
+    if missing:
+        parser.error(f"--inputs {path} lacks {missing}; write it again with --write-inputs")
+    return inputs
+
+
+def _batches(parser, text: str) -> list[int]:
+    try:
+        batches = [int(part) for part in text.split(",")]
+    except ValueError:
+        parser.error(f"--batches {text!r} is not a comma-separated list of whole numbers; pass e.g. 64,256,1024")
+    if len(batches) < 2 or min(batches) < 1:
+        parser.error(f"--batches {text!r} needs at least two batch sizes of 1 or more to fit a line; pass e.g. 64,256,1024")
+    return batches
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=Path, help="recorded inputs (JSON) to model from")
@@ -468,10 +501,10 @@ def main(argv=None) -> int:
     parser.add_argument("--overhead-ms", type=float, help="CPU compute line: fixed ms per step (instead of --measure)")
     parser.add_argument("--per-sample-us", type=float, help="CPU compute line: us per sample (instead of --measure)")
     parser.add_argument("--batches", default=",".join(map(str, MEASURE_BATCHES)), help="batches to measure (comma-separated)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of windows per batch (median taken)")
-    parser.add_argument("--window-steps", type=int, default=20, help="steps in one timed window")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="untimed steps per batch first")
-    parser.add_argument("--allreduce-repeats", type=int, default=200, help="timed Allreduce calls per size")
+    parser.add_argument("--rounds", type=_positive, default=5, help="rounds of windows per batch (median taken)")
+    parser.add_argument("--window-steps", type=_positive, default=20, help="steps in one timed window")
+    parser.add_argument("--warmup-steps", type=_positive, default=10, help="untimed steps per batch first")
+    parser.add_argument("--allreduce-repeats", type=_positive, default=200, help="timed Allreduce calls per size")
     parser.add_argument("--write-inputs", type=Path, help="write the inputs used (JSON) here")
     parser.add_argument("--update-doc", type=Path, help="rewrite the generated part of this Markdown file")
     parser.add_argument("--step-worker", nargs=4, help=argparse.SUPPRESS)
@@ -489,9 +522,9 @@ def main(argv=None) -> int:
             print(json.dumps(result))
         return 0
 
-    inputs = json.loads(args.inputs.read_text()) if args.inputs else default_inputs()
+    inputs = _read_inputs(parser, args.inputs) if args.inputs else default_inputs()
     if args.measure:
-        batches = [int(b) for b in args.batches.split(",")]
+        batches = _batches(parser, args.batches)
         inputs["compute"]["cpu"] = measure_compute(batches, args.rounds, args.window_steps, args.warmup_steps)
     elif args.overhead_ms is not None and args.per_sample_us is not None:
         line = Compute(args.overhead_ms * 1e-3, args.per_sample_us * 1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -170,3 +171,53 @@ def test_command_line_without_a_compute_line_says_what_to_pass(capsys):
         model.main([])
     assert stop.value.code == 2
     assert "pass --measure, --overhead-ms and --per-sample-us, or --inputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--inputs", "no-such-file.json"], "cannot read --inputs no-such-file.json"),
+        (["--measure", "--batches", "64,x"], "is not a comma-separated list of whole numbers"),
+        (["--measure", "--batches", "64"], "needs at least two batch sizes"),
+        (["--measure", "--rounds", "0"], "is not a whole number of 1 or more"),
+    ],
+)
+def test_command_line_refuses_bad_input_with_the_fix(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        model.main(argv)
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_command_line_refuses_inputs_that_are_not_the_recorded_kind(tmp_path, capsys):
+    broken, partial = tmp_path / "broken.json", tmp_path / "partial.json"
+    broken.write_text("{not json")
+    partial.write_text(json.dumps({"arena_bytes": 1}))
+    for path, message in ((broken, "is not JSON"), (partial, "lacks ['layer_bytes_backward'")):
+        with pytest.raises(SystemExit) as stop:
+            model.main(["--inputs", str(path)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_measure_times_every_batch_in_a_one_thread_child():
+    # the plumbing only (one window of one step): which batches came back and that a line was fitted
+    profile = model.measure_compute([8, 16], rounds=1, window_steps=1, warmup_steps=1, timeout=120)
+    assert [batch for batch, _ in profile["points"]] == [8, 16]
+    assert all(seconds > 0 for _, seconds in profile["points"])
+    assert set(profile["line"]) == {"overhead", "per_sample"} and "one BLAS thread" in profile["what"]
+
+
+def _has_mpi() -> bool:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return (beside.exists() or shutil.which("mpiexec") is not None) and importlib.util.find_spec("mpi4py") is not None
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not _has_mpi(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"')
+def test_measure_mpi_fits_shared_memory_from_two_ranks():
+    fitted = model.measure_shared_memory(model.MPI_FIT_BYTES, repeats=5, timeout=120)
+    assert [size for size, _ in fitted["points"]] == list(model.MPI_FIT_BYTES)
+    # the fit passes through both points (two sizes, two unknowns)
+    for size, seconds in fitted["points"]:
+        assert model.ring_allreduce_seconds(2, size, fitted["alpha"], fitted["beta"]) == pytest.approx(seconds, rel=1e-6)
