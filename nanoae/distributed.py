@@ -44,7 +44,17 @@ import weakref
 
 import numpy as np
 
-__all__ = ["DEFAULT_TIMEOUT", "TIMEOUT_EXIT_CODE", "Communicator", "RankMismatchError", "data_fingerprint", "mpi_timeout", "shard_bounds"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TIMEOUT_EXIT_CODE",
+    "Communicator",
+    "GradientBuckets",
+    "RankMismatchError",
+    "bucket_bounds",
+    "data_fingerprint",
+    "mpi_timeout",
+    "shard_bounds",
+]
 
 _INSTALL_HINT = 'data-parallel training needs mpi4py and an MPI library: pip install "nanoae[mpi]"'
 
@@ -136,13 +146,20 @@ class Communicator:
     """An MPI communicator for data-parallel training (``comm``: an mpi4py communicator,
     default ``MPI.COMM_WORLD``).
 
-    rank, size: this process's number and the number of processes. timeout: the
-    seconds each collective waits for the other ranks before this rank ends the job
-    (see :func:`mpi_timeout`: default ``NANOAE_MPI_TIMEOUT``, else 300; ``inf``: no limit).
+    rank, size: this process's number and the number of processes.
+    bucket_bytes: None (default) for one Allreduce of the whole gradient arena after the
+    backward pass; a positive number of bytes (e.g. ``1 << 20``) to cut the arena into
+    buckets of whole layers of about that size and start each one's allreduce as soon as
+    the backward pass has finished its layers (see :class:`GradientBuckets`).
+    timeout: the seconds each collective waits for the other ranks before this rank
+    ends the job (see :func:`mpi_timeout`: default ``NANOAE_MPI_TIMEOUT``, else 300;
+    ``inf``: no limit).
     """
 
-    def __init__(self, comm=None, timeout: float | None = None) -> None:
-        self.timeout = mpi_timeout(timeout)  # before MPI starts: a bad value is a plain error
+    def __init__(self, comm=None, *, bucket_bytes: int | None = None, timeout: float | None = None) -> None:
+        # Both before MPI starts: a bad value is a plain error.
+        self.bucket_bytes = _bucket_size(bucket_bytes)
+        self.timeout = mpi_timeout(timeout)
         try:
             from mpi4py import MPI
         except ImportError as exc:
@@ -269,12 +286,19 @@ class Communicator:
     def free(self) -> None:
         """Free the persistent requests kept for the sums (made again at the next sum).
 
-        Called at exit; call it sooner when the buffers they are bound to (a model's
-        gradient arena) are dropped while the program goes on.
+        Called when the communicator is dropped, and at exit for one still held (MPI
+        warns at its end about each request left); call it sooner to let go of the
+        buffers they are bound to (a model's gradient arena) while the program goes on.
         """
-        for _, (request,) in self._sums.values():
-            request.Free()
-        self._sums.clear()
+        sums = getattr(self, "_sums", None)  # absent when __init__ failed
+        if sums and not self._mpi.Is_finalized():
+            for _, (request,) in sums.values():
+                request.Free()
+        if sums:
+            sums.clear()
+
+    def __del__(self) -> None:
+        self.free()
 
     def _host_buffer(self, device_array) -> np.ndarray:
         """A host array shaped like device_array, kept from call to call."""
@@ -285,8 +309,156 @@ class Communicator:
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
 
+    def all_ok(self, error: str | None) -> tuple[int, str] | None:
+        """Whether every rank passed its checks, agreed on every rank.
+
+        error: this rank's one-line failure, or None when it passed. Returns None when
+        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
+        the same pair on every rank. One Allgather of each rank's message length (-1: no
+        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
+        (nothing is pickled). Every rank must call it, failed or not: that is what lets
+        a check that fails on one rank end the whole job instead of hanging it.
+        """
+        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
+        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
+        lengths = np.empty(self.size, dtype=np.int64)
+        self._wait_all((self.comm.Iallgather(mine, lengths),), "the check that every rank is ready to train")
+        failed = np.flatnonzero(lengths >= 0)
+        if failed.size == 0:
+            return None
+        counts = np.maximum(lengths, 0)
+        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
+        self._wait_all(
+            (self.comm.Iallgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()]),),
+            "the exchange of the ranks' error messages",
+        )
+        first = int(failed[0])
+        start = int(counts[:first].sum())
+        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
+
+    def gradient_buckets(self, arena, layers, weight: float):
+        """A :class:`GradientBuckets` over ``arena.grads`` (layers: [(start, stop)] of
+        each layer's gradients, in arena order) when this communicator buckets, else None
+        (also for arrays on a GPU, which take the one host-staged Allreduce)."""
+        if self.bucket_bytes is None or not isinstance(arena.grads, np.ndarray):
+            return None
+        return GradientBuckets(self, arena.grads, layers, weight, self.bucket_bytes)
+
+
+# ---- bucketed allreduce, overlapping the backward pass ----------------------------------
+
+
+def _bucket_size(bucket_bytes):
+    """bucket_bytes checked: None, or a positive int."""
+    if bucket_bytes is None:
+        return None
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes <= 0:
+        raise ValueError(
+            f"bucket_bytes must be a positive whole number of bytes such as 1 << 20 (1 MiB), got {bucket_bytes!r}; "
+            "pass None for one allreduce after the backward pass"
+        )
+    return int(bucket_bytes)
+
+
+def bucket_bounds(layers, size: int, itemsize: int, bucket_bytes: int) -> list[tuple[int, int]]:
+    """Cut a gradient arena of ``size`` elements into buckets of whole layers, in the order
+    the backward pass finishes them: the last layer's first.
+
+    layers: [(start, stop)] of each layer's gradients, in arena order, disjoint;
+    itemsize: bytes per element. Walking the layers from the last, a bucket closes once
+    its layers hold at least ``bucket_bytes`` (so a layer larger than that is a bucket of
+    its own). Returns [(start, stop)], first bucket first: it ends at ``size``, each next
+    one ends where the one before starts and the last starts at 0, so they cover the
+    arena once (the zero padding between tensors travels with the layer above it).
+
+    bucket_bounds([(0, 10), (16, 20), (32, 40)], 48, 8, 64) -> [(32, 48), (0, 32)]:
+    the last layer's 64 bytes close a bucket; the other two (32 + 80 bytes) make one.
+    """
+    bounds, stop, held = [], size, 0
+    previous_start = size
+    for start, end in reversed(list(layers)):
+        if not 0 <= start <= end <= previous_start:
+            raise ValueError(f"layers must be disjoint (start, stop) ranges inside [0, {size}) in arena order, got {list(layers)}")
+        previous_start = start
+        held += (end - start) * itemsize
+        if held >= bucket_bytes:
+            bounds.append((start, stop))
+            stop, held = start, 0
+    if held or not bounds:  # the first layers, fewer bytes than bucket_bytes
+        bounds.append((0, stop))
+    else:  # anything before the first layer goes with it
+        bounds[-1] = (0, bounds[-1][1])
+    return bounds
+
+
+class GradientBuckets:
+    """The bucketed allreduce of one rank's gradient arena, step after step.
+
+    grads: (size,) flat NumPy gradients; layers: [(start, stop)] of each layer's gradients
+    in arena order (see :func:`bucket_bounds`); weight: this rank's share n_r / B of the
+    global batch. Each bucket is scaled by weight and summed over the ranks, so the arena
+    ends as the one Allreduce of :meth:`Communicator.allreduce_gradients` leaves it.
+
+    During a step's backward pass, :meth:`layers_ready` marks layers whose gradients are
+    final; a bucket's non-blocking Iallreduce starts once all its layers are, and every
+    bucket before it has started (so every rank starts the same buckets in the same
+    order). Each call also lets MPI progress the transfers in flight (MPICH moves a
+    non-blocking collective only inside MPI calls, unless MPIR_CVAR_ASYNC_PROGRESS=1).
+    :meth:`wait` starts whatever has not started and waits for all of them.
+    """
+
+    def __init__(self, communicator: "Communicator", grads, layers, weight: float, bucket_bytes: int) -> None:
+        self._communicator = communicator
+        self._mpi = communicator._mpi
+        self._comm = communicator.comm
+        self._grads = grads
+        self._weight = grads.dtype.type(weight)
+        layers = list(layers)
+        self.bounds = bucket_bounds(layers, grads.shape[0], grads.dtype.itemsize, bucket_bytes)
+        # which bucket holds each layer, and how many layers each bucket waits for
+        self._bucket_of = [next(i for i, (lo, hi) in enumerate(self.bounds) if lo <= start and end <= hi) for start, end in layers]
+        self._layer_count = [self._bucket_of.count(i) for i in range(len(self.bounds))]
+        self._reset()
+
+    def _reset(self) -> None:
+        self._done = [False] * len(self._bucket_of)
+        self._missing = list(self._layer_count)
+        self._next = 0  # the next bucket to start
+        self._requests: list = []
+        self._in_flight = False
+
+    def layers_ready(self, indices) -> None:
+        """Layers ``indices`` (into layers) have their final gradients: start every bucket
+        that is complete and next in line, then let the transfers in flight progress."""
+        for index in indices:
+            if not self._done[index]:
+                self._done[index] = True
+                self._missing[self._bucket_of[index]] -= 1
+        while self._next < len(self.bounds) and self._missing[self._next] == 0:
+            self._start(self._next)
+        if self._in_flight:
+            self._in_flight = not self._mpi.Request.Testall(self._requests)
+
+    def _start(self, bucket: int) -> None:
+        start, stop = self.bounds[bucket]
+        view = self._grads[start:stop]
+        if self._weight != 1:
+            view *= self._weight
+        self._requests.append(self._comm.Iallreduce(self._mpi.IN_PLACE, view, op=self._mpi.SUM))
+        self._in_flight = True
+        self._next = bucket + 1
+
+    def wait(self, step: int | None = None) -> None:
+        """Start the buckets not started yet, wait until every bucket is summed, and
+        ready the next step. The arena then holds the global batch's gradient.
+        The wait has the communicator's deadline (step: named if it runs out)."""
+        while self._next < len(self.bounds):
+            self._start(self._next)
+        self._communicator._wait_all(self._requests, "the gradient allreduce", step)
+        self._reset()
+
 
 def _free_sums(reference) -> None:
     communicator = reference()
-    if communicator is not None and not communicator._mpi.Is_finalized():
+    if communicator is not None:
         communicator.free()

@@ -271,10 +271,17 @@ class Sequential(Model):
         return x
 
     def backward(self, grad_output, need_input_grad: bool = True):
-        """Reverse pass; returns dL/dx, or None when need_input_grad is False."""
+        """Reverse pass; returns dL/dx, or None when need_input_grad is False.
+
+        After each layer's backward, ``_gradients_ready(layer)`` when set (see
+        :class:`~nanoae.module.Module`): that layer's gradients are final.
+        """
         last = len(self.layers) - 1
+        ready = self._gradients_ready
         for position, layer in enumerate(reversed(self.layers)):
             grad_output = layer.backward(grad_output, need_input_grad or position < last)
+            if ready is not None:
+                ready(layer)
         return grad_output
 
     def __len__(self) -> int:
@@ -364,8 +371,14 @@ class Autoencoder(Model):
         return self.decoder.forward(self.encoder.forward(x))
 
     def backward(self, grad_output, need_input_grad: bool = True):
+        ready = self._gradients_ready
         grad_code = self.decoder.backward(grad_output, True)
-        return self.encoder.backward(grad_code, need_input_grad)
+        if ready is not None:  # a decoder that is one layer, not a Sequential, says nothing itself
+            ready(self.decoder)
+        grad_input = self.encoder.backward(grad_code, need_input_grad)
+        if ready is not None:
+            ready(self.encoder)
+        return grad_input
 
     @property
     def static_train_step(self) -> bool:

@@ -52,6 +52,12 @@ class Module:
 
     in_features: int | None = None
     out_features: int | None = None
+    # ready(module), called by a container's backward (Sequential, Autoencoder) right after
+    # a child's backward has written all of that child's parameter gradients, which nothing
+    # later in the pass changes. Set on every module of a model by a data-parallel train()
+    # that starts each bucket's allreduce as soon as its gradients are final; None (one
+    # check per layer) otherwise.
+    _gradients_ready = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

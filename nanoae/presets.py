@@ -161,7 +161,7 @@ def get_preset(name: str):
 
 # ---- any width: a model for the user's own data ------------------------------------------
 def autoencoder_from_widths(in_features: int, widths, activation: str = "relu", output_activation: str = "sigmoid",
-                            seed=None, backend=None, optimizer=None, fast=None) -> Autoencoder:
+                            seed=None, backend=None, optimizer=None, fast=None, dtype=None) -> Autoencoder:
     """A plain Dense autoencoder of any width, for data that is not 784-wide MNIST.
 
     widths: the encoder's widths after the input, e.g. (512, 128, 32): the encoder maps
@@ -169,7 +169,8 @@ def autoencoder_from_widths(in_features: int, widths, activation: str = "relu", 
     32 -> 128 -> 512 -> in_features. The hidden layers take ``activation``; the code layer
     is linear (no unit can die there, and a 2-wide code is a map as it is); the decoder's
     last layer takes ``output_activation``.
-    Weights Glorot-uniform, biases zero; loss MSE; ``optimizer`` default Adam(0.001).
+    Weights Glorot-uniform, biases zero; loss MSE; ``optimizer`` default Adam(0.001);
+    ``dtype`` "float32" (default) or "float64".
     """
     widths = tuple(int(width) for width in widths)
     if not widths or any(width < 1 for width in widths):
@@ -184,4 +185,4 @@ def autoencoder_from_widths(in_features: int, widths, activation: str = "relu", 
     encoder = dense_stack(encoder_widths, "identity")
     decoder = dense_stack(decoder_widths, output_activation)
     return Autoencoder(encoder, decoder, loss="mse", optimizer=optimizer if optimizer is not None else Adam(0.001),
-                       backend=backend, seed=seed, fast=fast)
+                       backend=backend, dtype=dtype, seed=seed, fast=fast)

@@ -246,10 +246,43 @@ def _rows_to_train_on(model, source: ScaledRows, target):
     return source, source
 
 
+def _gradient_layers(model):
+    """The arena's tensors grouped by the module whose backward writes their gradients.
+
+    Returns (layers, owned): layers, [(start, stop)] in arena order, each a run of
+    adjacent tensors of one module (the module with the longest name prefix); owned,
+    id(module) -> the indices of the layers inside that module, for every module of the
+    model (a Sequential owns its layers'; a module without parameters, none).
+    """
+    modules = list(model.modules())
+    layout = model.arena.layout
+    layers, owners = [], []
+    for name in sorted(layout, key=lambda name: layout[name][0]):
+        offset, shape = layout[name]
+        stop = offset + int(np.prod(shape, dtype=np.int64))
+        owner = max((module for module in modules if name.startswith(module._prefix)), key=lambda module: len(module._prefix))
+        if owners and owners[-1] is owner:
+            layers[-1] = (layers[-1][0], stop)
+        else:
+            layers.append((offset, stop))
+            owners.append(owner)
+    owned = {
+        id(module): tuple(index for index, owner in enumerate(owners) if owner._prefix.startswith(module._prefix))
+        for module in modules
+    }
+    return layers, owned
+
+
+def _set_gradients_ready(model, ready) -> None:
+    for module in model.modules():
+        module._gradients_ready = ready
+
+
 def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, log_every: int, sampler):
     """Check that every rank runs the same job on the same data and give every rank
-    rank 0's parameters; return this rank's shard of each batch (a slice) and the
-    model's gradient hook.
+    rank 0's parameters; return this rank's shard of each batch (a slice), the model's
+    gradient hook and its layers' gradients-ready callback (None unless comm buckets the
+    allreduce).
 
     The job (model, dtype, data shape, batch size, steps, the sampler's state) is
     compared by its hash; the data's content by
@@ -259,7 +292,9 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
 
     Every rank draws the same global batch (its sampler seeded alike), trains on its
     contiguous shard of it, and the hook combines the shards' gradients (and losses),
-    weighted by shard size / batch size, before the update.
+    weighted by shard size / batch size, before the update. With buckets, the callback
+    starts each bucket's allreduce once the backward pass has finished its layers, and
+    the hook waits for them all.
     """
     if not model.static_train_step:
         raise ValueError(
@@ -281,6 +316,7 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
             "steps_trained": model.steps_trained,
             "log_every": log_every,
             "sampler": sampler_state,
+            "bucket_bytes": getattr(comm, "bucket_bytes", None),
         },
         sort_keys=True,
         default=str,
@@ -292,13 +328,23 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
     start, stop = comm.shard(batch_size)
     weight = (stop - start) / batch_size
     backend = model.backend
+    buckets = owned = None
+    if getattr(comm, "bucket_bytes", None) is not None:
+        layers, owned = _gradient_layers(model)
+        buckets = comm.gradient_buckets(model.arena, layers, weight)  # None for arrays on a GPU
 
     def combine(objective):
         step = model.steps_trained + 1  # the step being trained, for a timeout's message
-        comm.allreduce_gradients(model.arena, weight, step)
+        if buckets is None:
+            comm.allreduce_gradients(model.arena, weight, step)
+        else:
+            buckets.wait(step)
         return backend.asarray(np.asarray(comm.weighted_sum(objective, weight, step), dtype=backend.dtype))
 
-    return slice(start, stop), combine
+    def ready(module):
+        buckets.layers_ready(owned.get(id(module), ()))
+
+    return slice(start, stop), combine, None if buckets is None else ready
 
 
 def train(
@@ -337,7 +383,9 @@ def train(
     (sizes differ by at most one), and one allreduce of the gradient arena, each
     shard weighted by its share of the batch, gives every rank the global batch's
     gradient before the update, so N ranks take the steps one process would (equal
-    up to rounding). The logged loss is the global batch's. Models that draw noise
+    up to rounding). A comm made with ``bucket_bytes`` splits that allreduce into
+    buckets of whole layers, each started as soon as the backward pass has finished
+    them (the same sums). The logged loss is the global batch's. Models that draw noise
     each step (VAE, denoising) are refused. Callbacks run on every rank; one that
     stops the run must stop it on all of them.
     """
@@ -354,9 +402,9 @@ def train(
     steps_to_take = _steps_to_take(x.shape[0], batch_size, steps, epochs)
     total_steps = model.steps_trained + steps_to_take
     sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
-    shard = hook = None
+    shard = hook = ready = None
     if comm is not None:
-        shard, hook = _data_parallel(model, comm, x, target, batch_size, steps_to_take, log_every, sampler)
+        shard, hook, ready = _data_parallel(model, comm, x, target, batch_size, steps_to_take, log_every, sampler)
     callbacks = _with_nan_guard(callbacks)
     history = History()
     history.sampler = sampler
@@ -373,6 +421,8 @@ def train(
         callback.on_train_begin(state)
     snapshot, block_start, block_end = None, start, start
     model._gradient_hook = hook
+    if ready is not None:
+        _set_gradients_ready(model, ready)
     try:
         while model.steps_trained < total_steps and not state.stop:
             # The row numbers of every step up to the next log step (MAX_INDEX_BLOCK steps
@@ -397,6 +447,8 @@ def train(
         raise
     finally:
         model._gradient_hook = None
+        if ready is not None:
+            _set_gradients_ready(model, None)
         if snapshot is not None and model.steps_trained < block_end:
             _put_back(sampler, snapshot, model.steps_trained - block_start)
         state.epoch = sampler.progress

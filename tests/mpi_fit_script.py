@@ -1,8 +1,9 @@
 """Run under mpiexec by tests/test_distributed.py: train a preset data-parallel and save
 rank 0's parameters and logged losses.
 
-argv: out.npy dtype batch_size steps preset seed, where seed "rank" gives each rank its
-own seed (a job started wrongly: every rank must report the mismatch and exit 3).
+argv: out.npy dtype batch_size steps preset seed [bucket_bytes], where seed "rank" gives
+each rank its own seed (a job started wrongly: every rank must report the mismatch and
+exit 3), and bucket_bytes (default "none": one allreduce) is the Communicator's.
 """
 
 import sys
@@ -15,7 +16,8 @@ from nanoae.distributed import Communicator, RankMismatchError
 
 def main() -> None:
     out, dtype, batch_size, steps, preset, seed = sys.argv[1:7]
-    comm = Communicator()
+    buckets = sys.argv[7] if len(sys.argv) > 7 else "none"
+    comm = Communicator(bucket_bytes=None if buckets == "none" else int(buckets))
     x = np.random.default_rng(7).random((300, 784)).astype(dtype)
     model = getattr(presets, preset)(seed=comm.rank if seed == "rank" else int(seed), dtype=dtype)
     try:

@@ -212,6 +212,7 @@ def test_ranks_given_the_same_data_train_to_the_end(tmp_path):
         output = _finish(job)
         assert job.returncode == 0, output[-3000:]
         assert sorted(path.name for path in tmp_path.glob("done-*")) == ["done-0", "done-1"]
+        assert "persistent request" not in output  # MPI's warning for a request never freed
     finally:
         _end(job, tmp_path)
 
@@ -256,6 +257,20 @@ def test_a_bad_timeout_in_the_environment_names_the_variable_and_the_fix(monkeyp
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ValueError, match=f"^{message}$"):
         Communicator()
+
+
+def test_nanoae_train_under_a_launcher_refuses_a_bad_timeout_with_exit_2(tmp_path):
+    # What hydra puts in each rank's environment; the check runs before MPI would start.
+    env = {**os.environ, "PMI_SIZE": "2", "PMI_RANK": "0", "NANOAE_MPI_TIMEOUT": "-1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "nanoae", "train", "--preset", "tutorial", "--steps", "1", "--out", "run"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=JOB_LIMIT)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "nanoae train: error: NANOAE_MPI_TIMEOUT='-1' is not a positive number of seconds: "
+        "set it to e.g. 300 (inf waits forever), or unset it for the default 300\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, "300", True])

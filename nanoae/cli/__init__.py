@@ -21,10 +21,8 @@ import sys
 
 import numpy as np
 
-from nanoae.backend import BackendUnavailable
 from nanoae.benchmark.runner import add_arguments as add_bench_arguments
 from nanoae.benchmark.runner import run_from_arguments as run_benchmark
-from nanoae.checkpoint import CheckpointError
 from nanoae.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_DIVERGED,
@@ -34,16 +32,15 @@ from nanoae.cli.common import (
     HIDDEN_ACTIVATIONS,
     OPTIMIZER_CHOICES,
     OUTPUT_ACTIVATIONS,
+    USER_ERRORS,
     CLIError,
     as_user_error,
 )
 from nanoae.cli.train import command_train
 from nanoae.cli.use import command_classify, command_encode, command_eval, command_plot, command_reconstruct
-from nanoae.data import DATASETS, DataError
+from nanoae.data import DATASETS
 from nanoae.gradcheck import gradcheck
-from nanoae.plot import PlotUnavailable
 from nanoae.presets import PRESETS, get_preset
-from nanoae.rundir import RunDirectoryError
 from nanoae.scaling import SCALE_MODES
 from nanoae.version import __version__
 
@@ -60,9 +57,6 @@ __all__ = [
     "EXIT_INTERRUPTED",
 ]
 
-# The errors that mean "fix your input" (arguments, data, files, the machine's
-# abilities): one line and exit 2. Anything else is a bug and shows its traceback.
-USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, RunDirectoryError, OSError)
 
 
 # ---- argument types ----------------------------------------------------------------
@@ -168,6 +162,7 @@ def add_train_command(commands) -> None:
                        "with --layers: sigmoid for data scaled to [0, 1], identity for standardized data)")
     train.add_argument("--code-size", type=positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
+    train.add_argument("--dtype", choices=("float32", "float64"), help="the model's floating type (default: float32; a resumed run keeps its checkpoint's)")
     _add_data_options(train, dataset_default=None, own_data=True)
     train.add_argument("--scale", choices=SCALE_MODES, help="own data: auto (default: integers / their type's maximum, floats in [0, 1] kept, "
                        "else standardize), unit, minmax, standardize or none; fitted on the training rows, stored in the run")

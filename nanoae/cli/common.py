@@ -8,9 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nanoae.backend import BackendUnavailable
+from nanoae.checkpoint import CheckpointError
 from nanoae.data import DataError, find_data_dir, load_dataset
 from nanoae.optim import SGD, Adam, AdamW, RMSProp
+from nanoae.plot import PlotUnavailable
 from nanoae.presets import PRESETS
+from nanoae.rundir import RunDirectoryError
 from nanoae.scaling import SCALE_MODES
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -24,6 +28,11 @@ DATASET_WIDTH = 28 * 28
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+# The errors that mean "fix your input" (arguments, data, files, the machine's
+# abilities): one line and exit 2. Anything else is a bug and shows its traceback.
+USER_ERRORS = (CLIError, CheckpointError, DataError, BackendUnavailable, PlotUnavailable, RunDirectoryError, OSError)
 
 
 def make_optimizer(name: str, lr: float):

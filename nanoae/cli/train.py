@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from nanoae.cli.common import (
     say,
 )
 from nanoae.cli.figures import draw_figures
+from nanoae.cli.parallel import StopRank, agree_on_the_run, checked_on_every_rank, job_communicator, require_data_parallel, run_or_abort
 from nanoae.cli.data import (
     DEFAULT_VAL_FRACTION,
     OWN_DEFAULT_LAYERS,
@@ -53,13 +55,15 @@ from nanoae.version import __version__
 # ---- nanoae train -------------------------------------------------------------------
 # The defaults of the options a resumed run takes from its checkpoint instead; argparse
 # leaves them None so that a flag the user gave can be told from one left out.
-TRAIN_DEFAULTS = {"preset": "tutorial", "dataset": "mnist", "seed": 0, "log_every": 1, "eval_every": 100, "checkpoint_every": 100}
+TRAIN_DEFAULTS = {
+    "preset": "tutorial", "dataset": "mnist", "seed": 0, "dtype": "float32", "log_every": 1, "eval_every": 100, "checkpoint_every": 100,
+}  # fmt: skip
 # What the checkpoint defines: on --resume each may only be repeated with the run's value.
 # (--key and --label-column describe the file read: cli.data checks them against the run
 # when it resumes on its recorded file, by what they read, a column by number or name alike.)
 _RUN_DEFINING = (
     "preset", "dataset", "seed", "batch_size", "optimizer", "output_activation", "code_size",
-    "layers", "activation", "scale", "val_fraction",
+    "layers", "activation", "scale", "val_fraction", "dtype",
 )  # fmt: skip
 # Where the run's own value is known only if it recorded it (a config.json written by nanoae train).
 _MODEL_DEFINING = ("preset", "optimizer", "output_activation", "layers", "activation")
@@ -76,6 +80,7 @@ def _refuse_changed_options(args, resumed, saved: dict) -> None:
     recorded = dict(saved)
     if recorded.get("code_size") is None and hasattr(resumed.model, "code_size"):
         recorded["code_size"] = resumed.model.code_size  # the checkpoint's model says it
+    recorded["dtype"] = np.dtype(resumed.model.backend.dtype).name  # the checkpoint's arrays are the run's dtype
     differing = []
     for key in _RUN_DEFINING:
         given, known = getattr(args, key), recorded.get(key)
@@ -226,8 +231,9 @@ def _model_from_widths(args, data):
     optimizer = make_optimizer(args.optimizer, args.lr or 0.001)
     width = data.train.shape[1]
     return as_user_error(
-        autoencoder_from_widths, width, args.layers, args.activation, args.output_activation, seed=args.seed, backend=args.backend, optimizer=optimizer
-    )
+        autoencoder_from_widths, width, args.layers, args.activation, args.output_activation,
+        seed=args.seed, backend=args.backend, optimizer=optimizer, dtype=args.dtype,
+    )  # fmt: skip
 
 
 def _new_model(args, data):
@@ -235,7 +241,7 @@ def _new_model(args, data):
     code size, optimizer and learning rate."""
     if args.layers is not None:
         return _model_from_widths(args, data)
-    options = {"seed": args.seed, "backend": args.backend}
+    options = {"seed": args.seed, "backend": args.backend, "dtype": args.dtype}
     if args.output_activation:
         options["output_activation"] = args.output_activation
     if args.code_size:
@@ -280,9 +286,10 @@ def _override_lr(args, model, resumed, saved: dict) -> list:
     return overrides
 
 
-def _train_config(args, model, data, total_steps: int, batch_size: int, data_dir, lr_overrides: list) -> dict:
+def _train_config(args, model, data, total_steps: int, batch_size: int, data_dir, lr_overrides: list, ranks: int) -> dict:
     """The run's config.json (also stored in every checkpoint's extra). ``nanoae_run``
-    and ``files`` mark the run's own files (see :mod:`nanoae.rundir`)."""
+    and ``files`` mark the run's own files (see :mod:`nanoae.rundir`); ``ranks``: the
+    processes that train it data-parallel (1: one process)."""
     fallback_activation = None if args.preset is None else "relu"
     return {
         RUN_MARKER: 1,
@@ -303,6 +310,8 @@ def _train_config(args, model, data, total_steps: int, batch_size: int, data_dir
         "data_dir": data_dir,
         **data.record,
         "backend": model.backend.name,
+        "dtype": np.dtype(model.backend.dtype).name,
+        "ranks": ranks,
         "ops": repr(model.backend),
         "log_every": args.log_every,
         "eval_every": args.eval_every,
@@ -324,13 +333,13 @@ def _train_callbacks(args, test_images, out_dir: Path, config: dict, resume_step
     return callbacks + [metrics, Checkpointer(out_dir / "checkpoint.npz", every=args.checkpoint_every or None, extra={"config": config})]
 
 
-def run_training(model, images, steps: int, batch_size: int, args, callbacks, sampler):
+def run_training(model, images, steps: int, batch_size: int, args, callbacks, sampler, comm=None):
     """train(...), with a diverging run reported once by the caller, not as numpy or
-    warnings noise."""
+    warnings noise; data-parallel with ``comm`` (a Communicator of more than one rank)."""
     with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteLossWarning)
         return train(
-            model, images, steps=steps, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler
+            model, images, steps=steps, batch_size=batch_size, log_every=args.log_every, callbacks=callbacks, sampler=sampler, comm=comm
         )
 
 
@@ -404,36 +413,86 @@ def _last_checkpoint(path: Path) -> str:
     )
 
 
-def command_train(args) -> int:
-    # Every check (options, run directory, data, model, step count) before anything is written.
+@dataclass
+class _CheckedRun:
+    """What the checks of nanoae train found, before anything is written. plan and
+    history_file are rank 0's alone (None on the other ranks of a data-parallel job)."""
+
+    resumed: object
+    data: object
+    batch_size: int
+    model: object
+    sampler: object
+    total_steps: int
+    config: dict
+    plan: object
+    history_file: Path | None
+
+
+def _check_run(args, comm) -> _CheckedRun:
+    """Every check (options, run directory, data, model, step count); nothing written."""
     resumed = _load_resume_checkpoint(args)
     saved = saved_config(resumed) if resumed is not None else {}
     own = _is_own_data_run(args, saved)
     _check_model_and_data_options(args, own, resumed is not None, saved)
     _apply_train_defaults(args, resumed, own)
-    plan = _plan_out_dir(args)
+    leader = comm is None or comm.rank == 0
+    plan = _plan_out_dir(args) if leader else None  # rank 0 alone writes the run directory
     data, batch_size = _train_data(args, saved, own)
     model, sampler = _model_and_sampler(args, resumed, data, batch_size)
+    what = f"the checkpoint's {type(model).__name__}" if resumed is not None else f"--preset {args.preset}"
+    require_data_parallel(comm, model, batch_size, what)
     total_steps = _total_steps(args, len(data.train), batch_size, model.steps_trained, saved)
     lr_overrides = _override_lr(args, model, resumed, saved)
     data_dir = None if own else data_dir_used(args.dataset, args, saved)
-    config = _train_config(args, model, data, total_steps, batch_size, data_dir, lr_overrides)
-    history_file = _metrics_history(args, plan)
-    out_dir = prepare_run_directory(plan)
-    write_json_atomically(out_dir / "config.json", config)
-    checkpoint_path = out_dir / "checkpoint.npz"
-    remaining = total_steps - model.steps_trained
-    resume_step = model.steps_trained if resumed is not None else None
-    callbacks = _train_callbacks(args, data.evaluation, out_dir, config, resume_step, history_file)
-    what = args.preset or (f"layers {','.join(map(str, args.layers))}" if args.layers else "the checkpoint")
-    say(f"training {what} for {total_steps} steps of batch {batch_size} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    ranks = 1 if comm is None else comm.size
+    config = _train_config(args, model, data, total_steps, batch_size, data_dir, lr_overrides, ranks)
+    history_file = _metrics_history(args, plan) if leader else None
+    return _CheckedRun(resumed, data, batch_size, model, sampler, total_steps, config, plan, history_file)
+
+
+def _start_run_directory(args, run: _CheckedRun) -> tuple[Path, list]:
+    """The run directory prepared, config.json written, the callbacks that write the rest."""
+    out_dir = prepare_run_directory(run.plan)
+    write_json_atomically(out_dir / "config.json", run.config)
+    resume_step = run.model.steps_trained if run.resumed is not None else None
+    return out_dir, _train_callbacks(args, run.data.evaluation, out_dir, run.config, resume_step, run.history_file)
+
+
+def command_train(args) -> int:
+    """nanoae train; under an MPI launcher of N > 1 processes, data-parallel on N ranks
+    (:mod:`nanoae.cli.parallel`): rank 0 alone prints and writes, the others are silent."""
+    comm = job_communicator(os.environ)
+    if comm is not None and comm.rank != 0:
+        args.quiet = True
     try:
-        history = run_training(model, data.train, remaining, batch_size, args, callbacks, sampler)
+        return _train_command(args, comm)
+    except StopRank as stop:
+        return stop.code
+
+
+def _train_command(args, comm) -> int:
+    # Every check (options, run directory, data, model, step count) before anything is
+    # written, on every rank, and the ranks agree before rank 0 writes.
+    run = checked_on_every_rank(comm, lambda: _check_run(args, comm))
+    agree_on_the_run(comm, run.config, run.data.train)
+    leader = comm is None or comm.rank == 0
+    out_dir, callbacks = checked_on_every_rank(comm, lambda: _start_run_directory(args, run) if leader else (None, []))
+    model, batch_size, total_steps = run.model, run.batch_size, run.total_steps
+    remaining = total_steps - model.steps_trained
+    what = args.preset or (f"layers {','.join(map(str, args.layers))}" if args.layers else "the checkpoint")
+    where = "" if comm is None else f" on {comm.size} ranks"
+    say(f"training {what} for {total_steps} steps of batch {batch_size}{where} on {model.backend!r}; run directory {out_dir}", args.quiet)
+    try:
+        history = run_or_abort(comm, lambda: run_training(model, run.data.train, remaining, batch_size, args, callbacks, run.sampler, comm))
     except KeyboardInterrupt:
-        print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
+        if leader:
+            print(f"nanoae: interrupted at step {model.steps_trained}; {_last_checkpoint(out_dir / 'checkpoint.npz')}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if history.stopped:
-        print(f"nanoae: {history.stop_reason}; {_last_checkpoint(checkpoint_path)}", file=sys.stderr)
+        if leader:
+            print(f"nanoae: {history.stop_reason}; {_last_checkpoint(out_dir / 'checkpoint.npz')}", file=sys.stderr)
         return EXIT_DIVERGED
-    _report_run(model, history, data, out_dir, args.preset or "model")
+    if leader:
+        _report_run(model, history, run.data, out_dir, args.preset or "model")
     return EXIT_OK
