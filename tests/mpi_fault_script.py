@@ -1,10 +1,11 @@
 """Run under mpiexec by tests/test_distributed_faults.py: train the tutorial model
 data-parallel for many steps, so the test can kill or stop a rank mid-training.
 
-argv: workdir steps data_seed [raise], where data_seed "rank" gives each rank different
-data of the same shape (a job started wrongly: every rank must report the mismatch and
-exit 3), and "raise" makes rank 1 raise an OSError after its 10th step (as a callback
-that cannot write its file would).
+argv: workdir steps data_seed [raise] [buckets], where data_seed "rank" gives each rank
+different data of the same shape (a job started wrongly: every rank must report the
+mismatch and exit 3), "raise" makes rank 1 raise an OSError after its 10th step (as a
+callback that cannot write its file would), and "buckets" sums the gradients in 256 KiB
+buckets during the backward pass.
 Each rank writes workdir/pid-<rank> (its process id) once it has trained 5 steps, and
 workdir/done-<rank> if training ends.
 """
@@ -41,9 +42,10 @@ class _WritePidWhenTraining(Callback):
 
 def main() -> None:
     workdir, steps, data_seed = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    comm = Communicator()
+    options = sys.argv[4:]
+    comm = Communicator(bucket_bytes=1 << 18 if "buckets" in options else None)
     callbacks = [_WritePidWhenTraining(workdir / f"pid-{comm.rank}")]
-    if sys.argv[4:] == ["raise"] and comm.rank == 1:
+    if "raise" in options and comm.rank == 1:
         callbacks.append(_FailAfterStep10())
     x = np.random.default_rng(comm.rank if data_seed == "rank" else int(data_seed)).random((300, 784)).astype(np.float32)
     model = presets.tutorial(seed=0)

@@ -147,8 +147,9 @@ def test_a_killed_rank_ends_the_job(tmp_path):
 
 
 @needs_mpi
-def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_clear_line(tmp_path):
-    job = _start(tmp_path, timeout="3")  # read by Communicator() from the environment
+@pytest.mark.parametrize("buckets", [(), ("buckets",)], ids=["one-allreduce", "buckets"])
+def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_clear_line(tmp_path, buckets):
+    job = _start(tmp_path, "3", 100_000, "7", *buckets)  # the 3 s read by Communicator() from the environment
     try:
         first, second = _training_pids(job, tmp_path)
         os.kill(second, signal.SIGSTOP)  # alive but silent: the launcher sees nothing wrong
