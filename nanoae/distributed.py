@@ -21,7 +21,9 @@ Faults: every collective waits at most ``timeout`` seconds (``NANOAE_MPI_TIMEOUT
 a rank that hangs, a host that drops off the network, or a rank whose Python raises (it
 exits through ``MPI_Finalize``, which waits for the others; ``python -m mpi4py
 script.py`` aborts the job at the exception instead) is not: the others would wait in
-the allreduce forever. So the collectives are started non-blocking and polled; a rank
+the allreduce forever. So every collective here (the sums, the buckets' wait, the
+start-up checks and broadcast, :meth:`Communicator.all_ok`) is started non-blocking and
+polled (:meth:`Communicator._wait_all`); a rank
 whose wait passes the deadline prints one line to stderr and ends the whole job with
 ``MPI_Abort`` (exit code :data:`TIMEOUT_EXIT_CODE`). The deadline must be longer than
 the longest time one rank may spend outside the collectives while the others wait in
