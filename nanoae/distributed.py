@@ -295,7 +295,10 @@ class Communicator:
         sums = getattr(self, "_sums", None)  # absent when __init__ failed
         if sums and not self._mpi.Is_finalized():
             for _, (request,) in sums.values():
-                request.Free()
+                try:
+                    request.Free()
+                except self._mpi.Exception:  # still active: a sum interrupted (Ctrl-C) mid-wait
+                    pass
         if sums:
             sums.clear()
 
