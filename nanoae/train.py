@@ -387,7 +387,10 @@ def train(
     buckets of whole layers, each started as soon as the backward pass has finished
     them (the same sums). The logged loss is the global batch's. Models that draw noise
     each step (VAE, denoising) are refused. Callbacks run on every rank; one that
-    stops the run must stop it on all of them.
+    stops the run must stop it on all of them. Before the first step the ranks compare
+    their job and a fingerprint of their data (see :func:`_data_parallel`) and raise
+    :class:`~nanoae.distributed.RankMismatchError` on every rank where they differ;
+    every exchange waits at most ``comm.timeout`` seconds, then ends the whole job.
     """
     model._require_training_parts()
     if isinstance(x, ScaledRows):
