@@ -231,8 +231,8 @@ def test_cli_ctrl_c_names_the_checkpoint_that_exists(tmp_path, mnist_dir, capsys
 
     original = cli_train.run_training
     monkeypatch.setattr(
-        cli_train, "run_training", lambda model, images, steps, batch_size, args, callbacks, sampler: original(
-            model, images, steps, batch_size, args, [*callbacks, CtrlCAtStep5()], sampler)
+        cli_train, "run_training", lambda model, images, steps, batch_size, args, callbacks, sampler, comm=None: original(
+            model, images, steps, batch_size, args, [*callbacks, CtrlCAtStep5()], sampler, comm)
     )  # fmt: skip
     out = tmp_path / "run"
     code = run_cli(["train", "--data", mnist_dir, "--out", out, "--steps", 10, "--batch-size", 32, "--checkpoint-every", every,
