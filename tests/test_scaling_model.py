@@ -119,6 +119,20 @@ def test_overlapped_crossover_worked_on_paper():
     assert model.overlapped_crossover(6000, compute, link, [2000]) is None
 
 
+def test_what_buckets_change_without_latency_and_without_bandwidth_cost():
+    compute = model.Compute(1e-3, 1e-6)
+    # alpha = 0: the buckets' allreduces add up to the whole arena's, and some of it hides, so
+    # overlap never loses; it gains most where the hideable part fills backward exactly
+    free_latency = model.Link("bandwidth only", 0.0, 1e6, "cpu", "", "")
+    gain, loss = model._bucket_effect(compute, free_latency, 4000, [1000, 1000, 2000])
+    assert loss[2] >= loss[3] and gain[2] > gain[3]
+    # bandwidth free (beta huge), alpha > 0: every extra bucket only adds 2 (N-1) alpha, so overlap
+    # never gains, and it loses most with the most rounds (N = 256) on the shortest compute (B = 256)
+    free_bandwidth = model.Link("latency only", 10e-6, 1e30, "cpu", "", "")
+    gain, loss = model._bucket_effect(compute, free_bandwidth, 4, [1, 1, 1, 1])
+    assert gain[2] <= gain[3] * (1 + 1e-12) and loss[:2] == (256, 256)  # at best a tie (up to rounding)
+
+
 @given(sizes=st.lists(st.integers(1, 10_000), min_size=1, max_size=20), target=st.integers(1, 20_000))
 def test_buckets_keep_every_byte_in_order(sizes, target):
     found = model.buckets(sizes, target)
