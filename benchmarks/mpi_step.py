@@ -29,9 +29,12 @@ layer). ``--bucket-env NAME=VALUE`` sets a variable for the bucketed ranks only,
 ``MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=sched_recursive_doubling`` (on 2 ranks it needs
 3 progress calls where MPICH's default choice needed 5-7).
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed from every worker's
-environment; ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set
-to each competitor's BLAS threads. It prints a table and writes every measurement as JSON
-(``--out``).
+environment; ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+``NUMBA_NUM_THREADS`` are set to each competitor's threads (the optimizer's Numba kernels
+are parallel and would otherwise use every core, so a "one thread" rank would not be one).
+It prints a table and writes every measurement as JSON (``--out``): each row with the
+threads BLAS and Numba ran with and the ops table, the report with the commit
+(``git describe --always --dirty``) and the CPU model.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ import numpy as np
 
 from nanoae import presets
 from nanoae.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # provenance.py sits beside this script
+import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -97,6 +103,7 @@ def _allreduce_worker(args) -> dict:
         "min_ms": float(times.min() * 1e3),
         "max_ms": float(times.max() * 1e3),
         "repeats": int(args.allreduce_repeats),
+        "numba_threads": provenance.numba_threads(),
     }
 
 
@@ -136,6 +143,8 @@ def _step_worker(args) -> dict:
         "batch": batch,
         "ranks": 1 if comm is None else comm.size,
         "blas_threads": int(os.environ.get("OPENBLAS_NUM_THREADS", "0")),
+        "numba_threads": provenance.numba_threads(),
+        "ops": repr(model.backend),
         "bucket_bytes": args.bucket_bytes if args.buckets else None,
         "step_ms": float(np.median(windows) * 1e3),
         "window_ms": [w * 1e3 for w in windows],
@@ -164,7 +173,7 @@ def _mpiexec() -> str:
 def _environment(threads: int, extra: dict) -> dict:
     env = {key: value for key, value in os.environ.items() if key not in _UNSET}
     env.update(extra)
-    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[key] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(part for part in (str(ROOT), env.get("PYTHONPATH", "")) if part)
     return env
@@ -220,10 +229,11 @@ def _machine() -> dict:
     import numpy  # noqa: PLC0415
 
     return {
+        "commit": provenance.commit(),
+        "cpu_model": provenance.cpu_model(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
         "mpiexec": _mpiexec(),
     }
 

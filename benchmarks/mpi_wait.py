@@ -1,8 +1,8 @@
 """What the bounded wait costs: one sum of the tutorial's gradient arena over the ranks,
 done three ways, each timed the same way.
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-        mpiexec -n 2 python benchmarks/mpi_wait.py --rounds 20 --calls 200 --out mpi-wait.json
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+        mpiexec -n 2 python benchmarks/mpi_wait.py --rounds 20 --calls 200 --out benchmarks/results/mpi-wait.json
 
 - ``blocking``: ``Allreduce(IN_PLACE, grads)``, MPI's own wait (no deadline);
 - ``nonblocking``: ``Iallreduce`` then ``Test`` polled with a deadline check (a new
@@ -14,22 +14,37 @@ done three ways, each timed the same way.
 The three alternate in rounds (A B C, A B C, ...) after a warm-up, each round timing
 ``--calls`` calls after a barrier; the table gives each way's median time per call over
 the rounds with its min-max, and its ratio to ``blocking``. The same for the 8-byte loss
-sum (``--what loss``). Rank 0 prints the table; ``--out`` writes the rows as JSON.
+sum (``--what loss``). Rank 0 prints the table; ``--out`` writes the rows as JSON with the
+commit (``git describe --always --dirty``), the machine and the MPI library.
+
+The calls within a round run back to back, with no Barrier between them (unlike
+``mpi_step.py``'s Allreduce, timed alone after a Barrier), so a round's time per call
+includes whatever one rank's late arrival at the next call costs the other.
+
+It calls ``Communicator._wait_all`` and ``_start_sum``, which are private: the point is
+to time exactly the wait ``Communicator`` runs each step, which no public call exposes
+on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
 from nanoae import presets
 from nanoae.distributed import Communicator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # provenance.py sits beside this script
+import provenance  # noqa: E402
 
 
 def _blocking(comm: Communicator, buffer: np.ndarray):
@@ -66,11 +81,21 @@ def _time_round(comm: Communicator, call, calls: int) -> float:
     return comm.comm.allreduce(elapsed, op=MPI.MAX) / calls
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more; pass e.g. 20")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--calls", type=int, default=200, help="calls timed per round")
-    parser.add_argument("--warmup", type=int, default=50, help="untimed calls of each way first")
+    parser.add_argument("--rounds", type=_positive, default=20)
+    parser.add_argument("--calls", type=_positive, default=200, help="calls timed per round")
+    parser.add_argument("--warmup", type=_positive, default=50, help="untimed calls of each way first")
     parser.add_argument("--what", choices=["gradients", "loss", "both"], default="both")
     parser.add_argument("--out", help="write the rows as JSON here (rank 0)")
     args = parser.parse_args(argv)
@@ -116,7 +141,16 @@ def main(argv=None) -> int:
             )
         if args.out:
             with open(args.out, "w") as out:
-                json.dump({"ranks": comm.size, "mpi": MPI.Get_library_version().splitlines()[0], "rows": rows}, out, indent=1)
+                report = {
+                    "commit": provenance.commit(),
+                    "machine": provenance.machine(),
+                    "numba_threads": provenance.numba_threads(),
+                    "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                    "ranks": comm.size,
+                    "mpi": MPI.Get_library_version().splitlines()[0],
+                    "rows": rows,
+                }
+                json.dump(report, out, indent=1)
     return 0
 
 

@@ -76,6 +76,11 @@ def test_a_tiny_run_measures_every_competitor_and_writes_json(tmp_path):
     assert [row["ranks"] for row in steps] == [1, 1, 2, 2] and [row["blas_threads"] for row in steps] == [1, 2, 1, 1]
     assert [row["bucket_bytes"] for row in steps] == [None, None, None, 1 << 18]
     assert all(row["step_ms"] > 0 and row["timed_steps"] == 4 for row in steps)
+    # Numba's threads follow each competitor's (the optimizer's kernels are parallel), and the ops table is named
+    numba = importlib.util.find_spec("numba") is not None
+    assert [row["numba_threads"] for row in steps] == ([1, 2, 1, 1] if numba else [None] * 4)
+    assert all("ops=" in row["ops"] for row in steps)
+    assert report["machine"]["commit"] not in ("", "unknown") and report["machine"]["cpu_model"]
     (reduce,) = [row for row in report["rows"] if row["what"] == "allreduce"]
     assert reduce["bytes"] == 4 * 1_100_320 and reduce["ranks"] == 2 and reduce["median_ms"] > 0
     assert "| 16 | n2-buckets | 2 | 1 |" in result.stdout
