@@ -199,6 +199,27 @@ def test_the_job_text_holds_the_datas_content_and_not_where_each_host_found_it()
     assert job_text(comm, {**config, "seed": 1}, rows) != job_text(comm, config, rows)
 
 
+# ---- what the help and the run say about memory and the deadline -------------------------------
+def test_float64_on_own_data_says_the_memory_its_rows_take(tmp_path, capsys):
+    data = _own_data(tmp_path / "rows.npy", rows=100_000, width=12)  # 90,000 training rows after the 10 % hold-out
+    common = ["train", "--data", str(data), "--layers", "6,3", "--steps", "1", "--batch-size", "40"]
+    assert main([*common, "--dtype", "float64", "--out", str(tmp_path / "f64")]) == 0
+    assert "--dtype float64: the 90,000 x 12 training rows are held in memory as float64, 8.2 MiB in each process" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "f32")]) == 0  # float32 reads them a batch at a time: nothing to say
+    assert "held in memory" not in capsys.readouterr().err
+
+
+def test_the_help_names_float64s_memory_and_the_deadline_rank_0s_evaluation_counts_against(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "float64 holds own data's training rows in memory as float64" in text
+    assert "a uint8 file needs 8 times its size (12 while it is converted), in every process" in text
+    for option, waits in (("--eval-every", "while rank 0 evaluates"), ("--checkpoint-every", "while rank 0 writes it")):
+        described = text[text.index(f"{option} {option[2:].upper().replace('-', '_')} ") :][:400]
+        assert f"Under mpiexec the other ranks wait {waits}, at most $NANOAE_MPI_TIMEOUT seconds (default: 300)" in described, option
+
+
 # ---- under mpiexec: one line for the job ----------------------------------------------------
 @needs_mpi
 def test_a_refused_option_under_mpiexec_is_printed_once(tmp_path):

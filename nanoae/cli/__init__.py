@@ -165,8 +165,9 @@ def add_train_command(commands) -> None:
     train.add_argument("--code-size", type=positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
     train.add_argument("--dtype", choices=("float32", "float64"), help="the model's floating type (default: float32; a resumed run keeps its "
-                       "checkpoint's). float64 holds own data's training rows in memory as float64 (8 bytes a value: a uint8 file "
-                       "needs 8 times its size, in every process of an mpiexec job) where float32 reads them from the file a batch at a time")
+                       "checkpoint's). float64 holds own data's training rows in memory as float64, where float32 reads them from "
+                       "the file a batch at a time: a uint8 file needs 8 times its size (12 while it is converted), in every "
+                       "process of an mpiexec job")
     _add_data_options(train, dataset_default=None, own_data=True)
     train.add_argument("--scale", choices=SCALE_MODES, help="own data: auto (default: integers / their type's maximum, floats in [0, 1] kept, "
                        "else standardize), unit, minmax, standardize or none; fitted on the training rows, stored in the run")
@@ -191,11 +192,12 @@ def add_train_command(commands) -> None:
     )
     train.add_argument("--log-every", type=positive_int, help="log the loss every N steps (default: 1, as the tutorial)")
     # Under mpiexec rank 0 evaluates and checkpoints between two steps while the others wait.
-    waiting = " Under mpiexec the other ranks wait for it, at most $NANOAE_MPI_TIMEOUT seconds (default: 300) before ending the job"
+    deadline = "at most $NANOAE_MPI_TIMEOUT seconds (default: 300) before they end the job"
     train.add_argument("--eval-every", type=non_negative_int, help="test reconstruction MSE every N steps, 0 for only at the end "
-                       f"(default: 100).{waiting}: raise it for a large held-out set")
-    train.add_argument("--checkpoint-every", type=non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100)."
-                       f"{waiting}: raise it for a slow disk")
+                       f"(default: 100). Under mpiexec the other ranks wait while rank 0 evaluates, {deadline}: raise NANOAE_MPI_TIMEOUT "
+                       "for a large held-out set")
+    train.add_argument("--checkpoint-every", type=non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100). "
+                       f"Under mpiexec the other ranks wait while rank 0 writes it, {deadline}: raise NANOAE_MPI_TIMEOUT for a slow disk")
     train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
 
 

@@ -474,8 +474,9 @@ def _say_float64_rows(shape: tuple, quiet: bool) -> None:
     """A float64 model holds own data's training rows in memory (float32 reads them from
     the file a batch at a time): say how much, since it is per process."""
     rows, width = shape
-    gib = rows * width * 8 / 2**30
-    say(f"--dtype float64: the {rows:,} x {width} training rows are held in memory as float64, {gib:.2f} GiB in each process", quiet)
+    size = rows * width * 8
+    held = f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
+    say(f"--dtype float64: the {rows:,} x {width} training rows are held in memory as float64, {held} in each process", quiet)
 
 
 def _start_run_directory(args, run: _CheckedRun) -> tuple[Path, list]:
