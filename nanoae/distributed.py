@@ -246,7 +246,8 @@ class Communicator:
         where = what if step is None else f"{what} of step {step}"
         print(
             f"nanoae: rank {self.rank} of {self.size} waited {self.timeout:g} s at {where} for the other ranks "
-            f"(a rank died or hung, or a host is unreachable); ending the job (set {_TIMEOUT_VARIABLE} to wait longer)",
+            f"(a rank died or hung, a host is unreachable, or rank 0 spent that long evaluating or checkpointing "
+            f"between steps); ending the job (set {_TIMEOUT_VARIABLE} to wait longer)",
             file=sys.stderr,
             flush=True,
         )

@@ -159,7 +159,8 @@ def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_clear_line(tmp_path
         assert len(ours) == 1, output[-3000:]
         found = re.fullmatch(
             r"nanoae: rank 0 of 2 waited 3 s at the (gradient|loss) allreduce of step (\d+) for the other ranks "
-            r"\(a rank died or hung, or a host is unreachable\); ending the job \(set NANOAE_MPI_TIMEOUT to wait longer\)",
+            r"\(a rank died or hung, a host is unreachable, or rank 0 spent that long evaluating or checkpointing "
+            r"between steps\); ending the job \(set NANOAE_MPI_TIMEOUT to wait longer\)",
             ours[0],
         )
         assert found, ours[0]
@@ -183,7 +184,8 @@ def test_an_exception_on_one_rank_ends_the_job_after_the_timeout(tmp_path):
         ours = [line for line in output.splitlines() if line.startswith("nanoae:")]
         assert ours == [
             "nanoae: rank 0 of 2 waited 3 s at the gradient allreduce of step 11 for the other ranks "
-            "(a rank died or hung, or a host is unreachable); ending the job (set NANOAE_MPI_TIMEOUT to wait longer)"
+            "(a rank died or hung, a host is unreachable, or rank 0 spent that long evaluating or checkpointing "
+            "between steps); ending the job (set NANOAE_MPI_TIMEOUT to wait longer)"
         ], output[-3000:]
         assert not list(tmp_path.glob("done-*"))
     finally:

@@ -16,6 +16,8 @@ lines each.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 
@@ -36,6 +38,7 @@ from nanoae.cli.common import (
     CLIError,
     as_user_error,
 )
+from nanoae.cli.parallel import prints_for_the_job
 from nanoae.cli.train import command_train
 from nanoae.cli.use import command_classify, command_encode, command_eval, command_plot, command_reconstruct
 from nanoae.data import DATASETS
@@ -56,7 +59,6 @@ __all__ = [
     "EXIT_DIVERGED",
     "EXIT_INTERRUPTED",
 ]
-
 
 
 # ---- argument types ----------------------------------------------------------------
@@ -162,7 +164,10 @@ def add_train_command(commands) -> None:
                        "with --layers: sigmoid for data scaled to [0, 1], identity for standardized data)")
     train.add_argument("--code-size", type=positive_int, help="width of the code for the presets past the tutorial (vae: 2; others: 128); the tutorial's is fixed at 128")
     train.add_argument("--seed", type=non_negative_int, help="seed for the initial weights and the batch order (default: 0)")
-    train.add_argument("--dtype", choices=("float32", "float64"), help="the model's floating type (default: float32; a resumed run keeps its checkpoint's)")
+    train.add_argument("--dtype", choices=("float32", "float64"), help="the model's floating type (default: float32; a resumed run keeps its "
+                       "checkpoint's). float64 holds own data's training rows in memory as float64, where float32 reads them from "
+                       "the file a batch at a time: a uint8 file needs 8 times its size (12 while it is converted), in every "
+                       "process of an mpiexec job")
     _add_data_options(train, dataset_default=None, own_data=True)
     train.add_argument("--scale", choices=SCALE_MODES, help="own data: auto (default: integers / their type's maximum, floats in [0, 1] kept, "
                        "else standardize), unit, minmax, standardize or none; fitted on the training rows, stored in the run")
@@ -186,8 +191,13 @@ def add_train_command(commands) -> None:
         "--quiet, --backend, --data and --out may change",
     )
     train.add_argument("--log-every", type=positive_int, help="log the loss every N steps (default: 1, as the tutorial)")
-    train.add_argument("--eval-every", type=non_negative_int, help="test reconstruction MSE every N steps, 0 for only at the end (default: 100)")
-    train.add_argument("--checkpoint-every", type=non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100)")
+    # Under mpiexec rank 0 evaluates and checkpoints between two steps while the others wait.
+    deadline = "at most $NANOAE_MPI_TIMEOUT seconds (default: 300) before they end the job"
+    train.add_argument("--eval-every", type=non_negative_int, help="test reconstruction MSE every N steps, 0 for only at the end "
+                       f"(default: 100). Under mpiexec the other ranks wait while rank 0 evaluates, {deadline}: raise NANOAE_MPI_TIMEOUT "
+                       "for a large held-out set")
+    train.add_argument("--checkpoint-every", type=non_negative_int, help="checkpoint every N steps, 0 for only at the end (default: 100). "
+                       f"Under mpiexec the other ranks wait while rank 0 writes it, {deadline}: raise NANOAE_MPI_TIMEOUT for a slow disk")
     train.add_argument("--quiet", action="store_true", help="no progress output; print only the summary")
 
 
@@ -318,6 +328,15 @@ COMMANDS = {
 }
 
 
+def _parse(parser: argparse.ArgumentParser, argv):
+    """parser.parse_args(argv). Under an MPI launcher every process parses the same
+    command line: only rank 0 prints a refusal (or --help); the others exit alike, silent."""
+    if prints_for_the_job(os.environ):
+        return parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
     """Run one command; return its exit code.
 
@@ -326,7 +345,7 @@ def main(argv=None) -> int:
     exception is a bug in nanoae and propagates with its traceback.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -18,7 +18,7 @@ import numpy as np
 
 from nanoae.atomic import write_json_atomically
 from nanoae.callbacks import Checkpointer, Evaluator, MetricsCSV, NonFiniteLossWarning, ProgressBar
-from nanoae.checkpoint import CheckpointError, load_checkpoint, restore_sampler
+from nanoae.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_sampler
 from nanoae.cli.common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -35,19 +35,31 @@ from nanoae.cli.common import (
     say,
 )
 from nanoae.cli.figures import draw_figures
-from nanoae.cli.parallel import StopRank, agree_on_the_run, checked_on_every_rank, job_communicator, require_data_parallel, run_or_abort
+from nanoae.cli.parallel import (
+    StopRank,
+    agree_on_the_run,
+    checked_on_every_rank,
+    is_leader,
+    job_communicator,
+    job_text,
+    require_data_parallel,
+    run_or_abort,
+)
 from nanoae.cli.data import (
     DEFAULT_VAL_FRACTION,
     OWN_DEFAULT_LAYERS,
+    TrainingData,
     mnist_training_data,
     own_training_data,
     reconstruction_report,
     recorded_own_file,
     uses_own_data,
 )
+from nanoae.data import BatchSampler
+from nanoae.models import Model
 from nanoae.plot import PlotUnavailable
 from nanoae.presets import TUTORIAL_TRAINING, autoencoder_from_widths, get_preset
-from nanoae.rundir import RUN_FILES, RUN_MARKER, plan_run_directory, prepare_run_directory, read_run_config
+from nanoae.rundir import RUN_FILES, RUN_MARKER, RunDirectory, plan_run_directory, prepare_run_directory, read_run_config
 from nanoae.train import train
 from nanoae.version import __version__
 
@@ -416,17 +428,21 @@ def _last_checkpoint(path: Path) -> str:
 @dataclass
 class _CheckedRun:
     """What the checks of nanoae train found, before anything is written. plan and
-    history_file are rank 0's alone (None on the other ranks of a data-parallel job)."""
+    history_file are rank 0's alone (None on the other ranks of a data-parallel job);
+    job: what the ranks compare (:func:`~nanoae.cli.parallel.job_text`; None in one
+    process). model: the autoencoder to train (a new one, or the checkpoint's);
+    sampler: the checkpoint's batch order, None for a new one."""
 
-    resumed: object
-    data: object
+    resumed: Checkpoint | None
+    data: TrainingData
     batch_size: int
-    model: object
-    sampler: object
+    model: Model
+    sampler: BatchSampler | None
     total_steps: int
     config: dict
-    plan: object
+    plan: RunDirectory | None
     history_file: Path | None
+    job: str | None
 
 
 def _check_run(args, comm) -> _CheckedRun:
@@ -436,7 +452,7 @@ def _check_run(args, comm) -> _CheckedRun:
     own = _is_own_data_run(args, saved)
     _check_model_and_data_options(args, own, resumed is not None, saved)
     _apply_train_defaults(args, resumed, own)
-    leader = comm is None or comm.rank == 0
+    leader = is_leader(comm)
     plan = _plan_out_dir(args) if leader else None  # rank 0 alone writes the run directory
     data, batch_size = _train_data(args, saved, own)
     model, sampler = _model_and_sampler(args, resumed, data, batch_size)
@@ -448,7 +464,19 @@ def _check_run(args, comm) -> _CheckedRun:
     ranks = 1 if comm is None else comm.size
     config = _train_config(args, model, data, total_steps, batch_size, data_dir, lr_overrides, ranks)
     history_file = _metrics_history(args, plan) if leader else None
-    return _CheckedRun(resumed, data, batch_size, model, sampler, total_steps, config, plan, history_file)
+    if own and np.dtype(model.backend.dtype) == np.float64:
+        _say_float64_rows(data.train.shape, args.quiet)
+    job = job_text(comm, config, data.train)
+    return _CheckedRun(resumed, data, batch_size, model, sampler, total_steps, config, plan, history_file, job)
+
+
+def _say_float64_rows(shape: tuple, quiet: bool) -> None:
+    """A float64 model holds own data's training rows in memory (float32 reads them from
+    the file a batch at a time): say how much, since it is per process."""
+    rows, width = shape
+    size = rows * width * 8
+    held = f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
+    say(f"--dtype float64: the {rows:,} x {width} training rows are held in memory as float64, {held} in each process", quiet)
 
 
 def _start_run_directory(args, run: _CheckedRun) -> tuple[Path, list]:
@@ -462,21 +490,21 @@ def _start_run_directory(args, run: _CheckedRun) -> tuple[Path, list]:
 def command_train(args) -> int:
     """nanoae train; under an MPI launcher of N > 1 processes, data-parallel on N ranks
     (:mod:`nanoae.cli.parallel`): rank 0 alone prints and writes, the others are silent."""
-    comm = job_communicator(os.environ)
-    if comm is not None and comm.rank != 0:
-        args.quiet = True
     try:
-        return _train_command(args, comm)
+        comm = job_communicator(os.environ)
+        if not is_leader(comm):
+            args.quiet = True
+        return _train_checked_and_agreed(args, comm)
     except StopRank as stop:
         return stop.code
 
 
-def _train_command(args, comm) -> int:
+def _train_checked_and_agreed(args, comm) -> int:
     # Every check (options, run directory, data, model, step count) before anything is
     # written, on every rank, and the ranks agree before rank 0 writes.
     run = checked_on_every_rank(comm, lambda: _check_run(args, comm))
-    agree_on_the_run(comm, run.config, run.data.train)
-    leader = comm is None or comm.rank == 0
+    agree_on_the_run(comm, run.job)
+    leader = is_leader(comm)
     out_dir, callbacks = checked_on_every_rank(comm, lambda: _start_run_directory(args, run) if leader else (None, []))
     model, batch_size, total_steps = run.model, run.batch_size, run.total_steps
     remaining = total_steps - model.steps_trained
