@@ -68,7 +68,7 @@ def stop(job: subprocess.Popen) -> None:
             job.wait()
 
 
-def run(command, *, env: dict | None = None, cwd=None, limit: float = JOB_LIMIT_S) -> subprocess.CompletedProcess:
+def run_job(command, *, env: dict | None = None, cwd=None, limit: float = JOB_LIMIT_S) -> subprocess.CompletedProcess:
     """Run command (mpiexec or a script that starts it) to its end, output captured as
     text; past ``limit`` seconds the job is stopped (see :func:`stop`) and the test fails."""
     job = subprocess.Popen(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mpi_helpers import mpiexec_path, needs_mpi, run
+from mpi_helpers import mpiexec_path, needs_mpi, run_job
 
 from nanoae import presets
 from nanoae.distributed import Communicator, RankMismatchError, shard_bounds
@@ -37,7 +37,7 @@ def _run(ranks: int, tmp_path: Path, dtype: str, batch_size: int, preset: str = 
          start: str = "same"):
     out = tmp_path / f"params-{ranks}-{dtype}-{batch_size}-{preset}-{start}.npy"
     command = [mpiexec_path(), "-n", ranks, sys.executable, SCRIPT, out, dtype, batch_size, STEPS, preset, seed, "none", start]
-    return run(command), out
+    return run_job(command), out
 
 
 def _every_rank(out: Path, ranks: int) -> list[np.ndarray]:
@@ -164,6 +164,44 @@ def test_a_batch_smaller_than_the_ranks_is_refused():
     model = presets.tutorial(seed=0)
     with pytest.raises(RankMismatchError, match="^rank 0 of 2: batch_size 1 is smaller than the 2 ranks: pass batch_size >= 2$"):
         model.fit(_data("float32"), steps=1, batch_size=1, comm=_TwoRanks())
+
+
+class _RankZeroOfTwoWhereRank1Failed:
+    """Rank 0 of a job where rank 1's own checks failed: all_ok says so, and no other
+    exchange may be reached (the first one would wait for rank 1 forever)."""
+
+    rank, size, bucket_bytes = 0, 2, None
+
+    def __init__(self) -> None:
+        self.checked = []
+
+    def all_ok(self, error):
+        self.checked.append(error)
+        return 1, "x has 100 features per row but the model expects 784 (got shape (300, 100))"
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{name} reached after a failed check")
+
+
+def test_a_check_failing_on_another_rank_raises_here_before_any_other_exchange():
+    model = presets.tutorial(seed=0)
+    comm = _RankZeroOfTwoWhereRank1Failed()
+    before = model.arena.values.copy()
+    with pytest.raises(RankMismatchError, match=re.escape(
+        "rank 1 of 2: x has 100 features per row but the model expects 784 (got shape (300, 100))"
+    )) as raised:
+        model.fit(_data("float32"), steps=3, batch_size=64, comm=comm)
+    assert comm.checked == [None]  # this rank's own checks passed, and it said so
+    assert raised.value.__cause__ is None
+    assert model.steps_trained == 0
+    np.testing.assert_array_equal(model.arena.values, before)
+
+
+def test_this_ranks_failed_check_is_the_cause_of_the_error_on_every_rank():
+    comm = _TwoRanks()
+    with pytest.raises(RankMismatchError, match=re.escape("rank 0 of 2: batch_size 64 is larger than the dataset (40 rows)")) as raised:
+        presets.tutorial(seed=0).fit(_data("float32")[:40], steps=1, batch_size=64, comm=comm)
+    assert isinstance(raised.value.__cause__, ValueError)
 
 
 def test_a_missing_mpi4py_names_the_extra_to_install(monkeypatch):

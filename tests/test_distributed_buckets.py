@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mpi_helpers import mpiexec_path, needs_mpi, run
+from mpi_helpers import mpiexec_path, needs_mpi, run_job
 
 from nanoae import presets
+from nanoae.callbacks import Callback
 from nanoae.distributed import Communicator, GradientBuckets, bucket_bounds
 
 SCRIPT = Path(__file__).resolve().parent / "mpi_fit_script.py"
@@ -35,7 +36,7 @@ def _run(ranks: int, tmp_path: Path, dtype: str, batch_size: int, preset: str, b
     rank 0's bit for bit (a bucket skipped or scaled twice on rank >= 1 alone fails)."""
     out = tmp_path / f"params-{ranks}-{dtype}-{batch_size}-{preset}-{buckets}.npy"
     command = [mpiexec_path(), "-n", ranks, sys.executable, SCRIPT, out, dtype, batch_size, STEPS, preset, "0", buckets]
-    result = run(command)
+    result = run_job(command)
     assert result.returncode == 0, result.stderr[-3000:]
     params = np.load(out, allow_pickle=False)
     for rank in range(ranks):
@@ -254,6 +255,27 @@ def test_bucketed_fit_on_one_rank_equals_plain_fit_bit_for_bit():
     plain.fit(_data("float32"), steps=5, batch_size=32, log_every=1)
     np.testing.assert_array_equal(bucketed.arena.values, plain.arena.values)
     assert np.abs(plain.arena.values - presets.tutorial(seed=0).arena.values).max() > 1e-5
+
+
+class _InterruptAtStep2(Callback):
+    def on_step_end(self, state) -> None:
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_run_that_raises_keeps_its_persistent_requests_and_one_that_ends_frees_them():
+    # Freeing is collective, and a rank that raised may be out of step with the others (or
+    # hold a request still active): only a run that ends without an exception frees.
+    recorder = _Recorder()
+    comm = _OneRank(1 << 18, recorder)
+    model = presets.tutorial(seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(_data("float32"), steps=5, batch_size=32, comm=comm, callbacks=[_InterruptAtStep2()])
+    assert model.steps_trained == 2 and len(recorder.made) == 4
+    assert comm.freed == 0 and not any(request.freed for request in recorder.made)
+    comm.free()  # what the caller does before its next fit, on every rank
+    model.fit(_data("float32"), steps=2, batch_size=32, comm=comm)
+    assert comm.freed == 2 and len(recorder.made) == 8 and all(request.freed for request in recorder.made)
 
 
 def test_bucket_bounds_by_hand():
