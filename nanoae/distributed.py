@@ -244,14 +244,6 @@ class Communicator:
         self._broadcast((*buffers, self._count), "the broadcast of rank 0's optimizer state")
         optimizer.update_count = int(self._count[0])
 
-    def _broadcast(self, arrays, what: str) -> None:
-        """Each of arrays <- rank 0's, in place; all broadcasts in flight at once."""
-        hosts = [array if isinstance(array, np.ndarray) else array.get() for array in arrays]
-        self._wait_all([self.comm.Ibcast(host, root=0) for host in hosts], what)
-        for array, host in zip(arrays, hosts):
-            if host is not array:  # a device array (not run on a GPU yet)
-                array.set(host)
-
     def agree(self, text: str, what: str = "configuration") -> None:
         """Raise :class:`RankMismatchError` on every rank unless every rank passed the
         same text (compared by its SHA-256, 32 bytes per rank, one Allgather)."""
@@ -264,6 +256,96 @@ class Communicator:
                 f"ranks {differing} of {self.size} were started with a different {what} than rank 0: "
                 "start every rank with the same command, seed and data"
             )
+
+    def all_ok(self, error: str | None) -> tuple[int, str] | None:
+        """Whether every rank passed its checks, agreed on every rank.
+
+        error: this rank's one-line failure, or None when it passed. Returns None when
+        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
+        the same pair on every rank. One Allgather of each rank's message length (-1: no
+        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
+        (nothing is pickled). Every rank must call it, failed or not: that is what lets
+        a check that fails on one rank end the whole job instead of hanging it.
+        """
+        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
+        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
+        lengths = np.empty(self.size, dtype=np.int64)
+        self._wait_all((self.comm.Iallgather(mine, lengths),), "the check that every rank is ready to train")
+        failed = np.flatnonzero(lengths >= 0)
+        if failed.size == 0:
+            return None
+        counts = np.maximum(lengths, 0)
+        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
+        self._wait_all(
+            (self.comm.Iallgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()]),),
+            "the exchange of the ranks' error messages",
+        )
+        first = int(failed[0])
+        start = int(counts[:first].sum())
+        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
+
+    def gradient_buckets(self, arena, layers, weight: float):
+        """A :class:`GradientBuckets` over ``arena.grads`` (layers: [(start, stop)] of
+        each layer's gradients, in arena order) when this communicator buckets, else None
+        (also for arrays on a GPU, which take the one host-staged Allreduce)."""
+        if self.bucket_bytes is None or not isinstance(arena.grads, np.ndarray):
+            return None
+        return GradientBuckets(self, arena.grads, layers, weight, self.bucket_bytes)
+
+    def persistent_sum(self, name: str, buffer: np.ndarray):
+        """A persistent in-place sum of buffer over the ranks (inactive until started),
+        kept under name until :meth:`free` (one kept there before is freed), or None
+        where the MPI library has no MPI-4 ``Allreduce_init``. Collective: every rank
+        makes its requests in the same order, and frees them at the same point."""
+        previous = self._sums.pop(name, None)
+        if previous is not None:
+            _free_request(previous.request, self._mpi)
+        if not self._persistent:
+            return None
+        try:
+            request = self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+        except (NotImplementedError, self._mpi.Exception):  # an MPI library older than MPI-4
+            self._persistent = False
+            return None
+        if not self._exit_hook_registered:
+            # Freed before mpi4py's own exit handler (registered earlier, so run later)
+            # finalizes MPI, which would otherwise warn about each one.
+            atexit.register(_free_sums, weakref.ref(self))
+            self._exit_hook_registered = True
+        self._sums[name] = _PersistentSum(buffer, request)
+        return request
+
+    def free(self) -> None:
+        """Free the persistent requests kept for the sums and the gradient buckets
+        (a sum makes its own again when next called).
+
+        Collective: every rank must call it at the same point, between two fits (a
+        request made again after it must match the other ranks' in order).
+        :func:`~nanoae.train.train` calls it at the end of every data-parallel run that
+        did not end in an exception; it also runs when the communicator is dropped and
+        at exit (MPI warns at its end about each request left). A request still active
+        (a sum interrupted mid-wait, e.g. by Ctrl-C) is left to MPI.
+        """
+        sums = getattr(self, "_sums", None)  # absent when __init__ failed
+        if sums and not self._mpi.Is_finalized():
+            for persistent in sums.values():
+                _free_request(persistent.request, self._mpi)
+        if sums:
+            sums.clear()
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def __del__(self) -> None:
+        self.free()
+
+    def _broadcast(self, arrays, what: str) -> None:
+        """Each of arrays <- rank 0's, in place; all broadcasts in flight at once."""
+        hosts = [array if isinstance(array, np.ndarray) else array.get() for array in arrays]
+        self._wait_all([self.comm.Ibcast(host, root=0) for host in hosts], what)
+        for array, host in zip(arrays, hosts):
+            if host is not array:  # a device array (not run on a GPU yet)
+                array.set(host)
 
     def _wait_all(self, requests, what: str, step: int | None = None) -> None:
         """Wait until every request (mpi4py requests, started) completes, at most
@@ -312,93 +394,11 @@ class Communicator:
         cached.request.Start()
         return cached.requests
 
-    def persistent_sum(self, name: str, buffer: np.ndarray):
-        """A persistent in-place sum of buffer over the ranks (inactive until started),
-        kept under name until :meth:`free` (one kept there before is freed), or None
-        where the MPI library has no MPI-4 ``Allreduce_init``. Collective: every rank
-        makes its requests in the same order, and frees them at the same point."""
-        previous = self._sums.pop(name, None)
-        if previous is not None:
-            _free_request(previous.request, self._mpi)
-        if not self._persistent:
-            return None
-        try:
-            request = self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
-        except (NotImplementedError, self._mpi.Exception):  # an MPI library older than MPI-4
-            self._persistent = False
-            return None
-        if not self._exit_hook_registered:
-            # Freed before mpi4py's own exit handler (registered earlier, so run later)
-            # finalizes MPI, which would otherwise warn about each one.
-            atexit.register(_free_sums, weakref.ref(self))
-            self._exit_hook_registered = True
-        self._sums[name] = _PersistentSum(buffer, request)
-        return request
-
-    def free(self) -> None:
-        """Free the persistent requests kept for the sums and the gradient buckets
-        (a sum makes its own again when next called).
-
-        Collective: every rank must call it at the same point, between two fits (a
-        request made again after it must match the other ranks' in order).
-        :func:`~nanoae.train.train` calls it at the end of every data-parallel run that
-        did not end in an exception; it also runs when the communicator is dropped and
-        at exit (MPI warns at its end about each request left). A request still active
-        (a sum interrupted mid-wait, e.g. by Ctrl-C) is left to MPI.
-        """
-        sums = getattr(self, "_sums", None)  # absent when __init__ failed
-        if sums and not self._mpi.Is_finalized():
-            for persistent in sums.values():
-                _free_request(persistent.request, self._mpi)
-        if sums:
-            sums.clear()
-
-    def __del__(self) -> None:
-        self.free()
-
     def _host_buffer(self, device_array) -> np.ndarray:
         """A host array shaped like device_array, kept from call to call."""
         if self._host is None or self._host.shape != device_array.shape or self._host.dtype != device_array.dtype:
             self._host = np.empty(device_array.shape, dtype=device_array.dtype)
         return self._host
-
-    def __repr__(self) -> str:
-        return f"Communicator(rank={self.rank}, size={self.size})"
-
-    def all_ok(self, error: str | None) -> tuple[int, str] | None:
-        """Whether every rank passed its checks, agreed on every rank.
-
-        error: this rank's one-line failure, or None when it passed. Returns None when
-        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
-        the same pair on every rank. One Allgather of each rank's message length (-1: no
-        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
-        (nothing is pickled). Every rank must call it, failed or not: that is what lets
-        a check that fails on one rank end the whole job instead of hanging it.
-        """
-        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
-        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
-        lengths = np.empty(self.size, dtype=np.int64)
-        self._wait_all((self.comm.Iallgather(mine, lengths),), "the check that every rank is ready to train")
-        failed = np.flatnonzero(lengths >= 0)
-        if failed.size == 0:
-            return None
-        counts = np.maximum(lengths, 0)
-        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
-        self._wait_all(
-            (self.comm.Iallgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()]),),
-            "the exchange of the ranks' error messages",
-        )
-        first = int(failed[0])
-        start = int(counts[:first].sum())
-        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
-
-    def gradient_buckets(self, arena, layers, weight: float):
-        """A :class:`GradientBuckets` over ``arena.grads`` (layers: [(start, stop)] of
-        each layer's gradients, in arena order) when this communicator buckets, else None
-        (also for arrays on a GPU, which take the one host-staged Allreduce)."""
-        if self.bucket_bytes is None or not isinstance(arena.grads, np.ndarray):
-            return None
-        return GradientBuckets(self, arena.grads, layers, weight, self.bucket_bytes)
 
 
 # ---- bucketed allreduce, overlapping the backward pass ----------------------------------
