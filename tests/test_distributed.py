@@ -2,8 +2,9 @@
 
 The equivalence tests start ``mpiexec -n N`` on tests/mpi_fit_script.py (one BLAS thread
 per rank, see tests/mpi_helpers.py) and compare rank 0's parameters after 20 steps with
-one process's fit of the same seed and global batch, and every rank's with rank 0's. The sharding and the refusals are checked in this process,
-which never imports mpi4py (no MPI is started inside pytest).
+one process's fit of the same seed and global batch, and every rank's with rank 0's.
+The sharding and the refusals are checked in this process, which never imports mpi4py
+(no MPI is started inside pytest).
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def test_a_check_failing_on_another_rank_raises_here_before_any_other_exchange()
 
 def test_this_ranks_failed_check_is_the_cause_of_the_error_on_every_rank():
     comm = _TwoRanks()
-    with pytest.raises(RankMismatchError, match=re.escape("rank 0 of 2: batch_size 64 is larger than the dataset (40 rows)")) as raised:
+    message = "rank 0 of 2: batch_size 64 is larger than the dataset (40 rows)"
+    with pytest.raises(RankMismatchError, match=re.escape(message)) as raised:
         presets.tutorial(seed=0).fit(_data("float32")[:40], steps=1, batch_size=64, comm=comm)
     assert isinstance(raised.value.__cause__, ValueError)
 

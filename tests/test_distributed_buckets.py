@@ -3,8 +3,9 @@ pass has finished them, sum to what the one Allreduce gives.
 
 The MPI tests start ``mpiexec -n N`` on tests/mpi_fit_script.py with a bucket size (one
 BLAS thread per rank, see tests/mpi_helpers.py) and compare rank 0's parameters after 20
-steps with one process, and with the unbucketed run, and every rank's with rank 0's. The rest runs in this process on a one-rank stand-in for MPI
-that records when each bucket starts (no MPI is started inside pytest).
+steps with one process, and with the unbucketed run, and every rank's with rank 0's.
+The rest runs in this process on a one-rank stand-in for MPI that records when each
+bucket starts (no MPI is started inside pytest).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from mpi_helpers import mpiexec_path, needs_mpi, run_job
 
 from nanoae import presets
 from nanoae.callbacks import Callback
-from nanoae.distributed import Communicator, GradientBuckets, bucket_bounds
+from nanoae.distributed import Communicator
+from nanoae.gradient_buckets import GradientBuckets, bucket_bounds
 
 SCRIPT = Path(__file__).resolve().parent / "mpi_fit_script.py"
 STEPS = 20
