@@ -29,9 +29,19 @@ whose wait passes the deadline prints one line to stderr and ends the whole job 
 the longest time one rank may spend outside the collectives while the others wait in
 one: a slow start (reading the data), or rank 0's callbacks (an evaluation, figures, a
 checkpoint) between two steps. 300 s leaves room for those and still ends a hung job
-within minutes. The gradient and loss sums use persistent requests (MPI-4
-``Allreduce_init``, made once per buffer, started each step), so the polled step
-allocates no buffer and builds no new request.
+within minutes.
+
+Two collectives per step: the gradient sum (one Allreduce of the arena, or one per
+bucket) and a second 8-byte Allreduce of the shards' weighted losses, so the logged loss
+is the global batch's. The second costs one more allreduce latency per step (and on a
+GPU a device-to-host copy of the loss); it is kept apart because the arena's dtype
+(float32 by default) would round the float64 loss sum.
+
+Both sums and every bucket use persistent requests (MPI-4 ``Allreduce_init``: made once
+per buffer, started each step, where the library has it), so the polled step allocates
+no buffer and builds no new request or request list. Making and freeing them is
+collective: :meth:`Communicator.free` must run on every rank at the same point, which
+:func:`~nanoae.train.train` does at the end of every data-parallel run.
 """
 
 from __future__ import annotations
@@ -46,13 +56,13 @@ import weakref
 
 import numpy as np
 
+from nanoae.gradient_buckets import GradientBuckets
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "TIMEOUT_EXIT_CODE",
     "Communicator",
-    "GradientBuckets",
     "RankMismatchError",
-    "bucket_bounds",
     "data_fingerprint",
     "mpi_timeout",
     "shard_bounds",
@@ -75,7 +85,18 @@ _FINGERPRINT_CHUNK = 128  # rows hashed at a time, so a wide dataset never needs
 
 
 class RankMismatchError(RuntimeError):
-    """The ranks of one job were started with different configurations or data."""
+    """The ranks of one job were started with different configurations or data, or a
+    check of its input failed on some rank (the message names the first such rank)."""
+
+
+class _PersistentSum:
+    """One buffer's persistent in-place sum: the buffer, its request, and the 1-tuple
+    of it that :meth:`Communicator._start_sum` returns (made once, not per step)."""
+
+    __slots__ = ("buffer", "request", "requests")
+
+    def __init__(self, buffer, request) -> None:
+        self.buffer, self.request, self.requests = buffer, request, (request,)
 
 
 def mpi_timeout(timeout: float | None = None) -> float:
@@ -152,7 +173,8 @@ class Communicator:
     bucket_bytes: None (default) for one Allreduce of the whole gradient arena after the
     backward pass; a positive number of bytes (e.g. ``1 << 20``) to cut the arena into
     buckets of whole layers of about that size and start each one's allreduce as soon as
-    the backward pass has finished its layers (see :class:`GradientBuckets`).
+    the backward pass has finished its layers (see
+    :class:`~nanoae.gradient_buckets.GradientBuckets`).
     timeout: the seconds each collective waits for the other ranks before this rank
     ends the job (see :func:`mpi_timeout`: default ``NANOAE_MPI_TIMEOUT``, else 300;
     ``inf``: no limit).
@@ -160,21 +182,24 @@ class Communicator:
 
     def __init__(self, comm=None, *, bucket_bytes: int | None = None, timeout: float | None = None) -> None:
         # Both before MPI starts: a bad value is a plain error.
-        self.bucket_bytes = _bucket_size(bucket_bytes)
+        self.bucket_bytes = _checked_bucket_bytes(bucket_bytes)
         self.timeout = mpi_timeout(timeout)
         try:
             from mpi4py import MPI
-        except ImportError as exc:
-            raise ImportError(_INSTALL_HINT) from exc
+        except (ImportError, RuntimeError) as exc:
+            # RuntimeError: mpi4py's binary wheel is there but no MPI library it can load
+            # (mpi4py installed without mpich).
+            raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
         self._mpi = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self._loss = np.zeros(1, dtype=np.float64)  # the shard losses' sum, one reused buffer
         self._host: np.ndarray | None = None  # a device arena's host copy, reused
-        self._sums: dict[str, tuple] = {}  # buffer name -> (buffer, (its persistent request,))
+        self._sums: dict[str, _PersistentSum] = {}  # buffer name -> its persistent sum
         self._persistent = True  # False where the MPI library has no MPI-4 Allreduce_init
-        self._freed_at_exit = False
+        self._exit_hook_registered = False
+        self._count = np.zeros(1, dtype=np.int64)  # the optimizer's update count, broadcast
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's [start, stop) of a global batch (see :func:`shard_bounds`)."""
@@ -206,11 +231,19 @@ class Communicator:
 
     def broadcast_parameters(self, arena) -> None:
         """arena.values <- rank 0's arena.values, on every rank."""
-        values = arena.values
-        host = values if isinstance(values, np.ndarray) else values.get()
-        self._wait_all((self.comm.Ibcast(host, root=0),), "the broadcast of rank 0's parameters")
-        if host is not values:
-            values.set(host)
+        self._broadcast((arena.values,), "the broadcast of rank 0's parameters")
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        """optimizer's state <- rank 0's, on every rank: every state buffer (Adam's
+        moments, RMSProp's mean square and momentum, SGD's velocity; each (arena size,))
+        and ``update_count`` (Adam's bias correction counts it). Every rank then applies
+        the update rank 0 applies, even when the ranks were restored from different
+        optimizer states at the same step. In place: nothing is allocated for NumPy
+        buffers (a device buffer goes through a host copy)."""
+        self._count[0] = optimizer.update_count
+        buffers = tuple(optimizer.state[name] for name in sorted(optimizer.state))
+        self._broadcast((*buffers, self._count), "the broadcast of rank 0's optimizer state")
+        optimizer.update_count = int(self._count[0])
 
     def agree(self, text: str, what: str = "configuration") -> None:
         """Raise :class:`RankMismatchError` on every rank unless every rank passed the
@@ -224,6 +257,96 @@ class Communicator:
                 f"ranks {differing} of {self.size} were started with a different {what} than rank 0: "
                 "start every rank with the same command, seed and data"
             )
+
+    def all_ok(self, error: str | None) -> tuple[int, str] | None:
+        """Whether every rank passed its checks, agreed on every rank.
+
+        error: this rank's one-line failure, or None when it passed. Returns None when
+        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
+        the same pair on every rank. One Allgather of each rank's message length (-1: no
+        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
+        (nothing is pickled). Every rank must call it, failed or not: that is what lets
+        a check that fails on one rank end the whole job instead of hanging it.
+        """
+        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
+        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
+        lengths = np.empty(self.size, dtype=np.int64)
+        self._wait_all((self.comm.Iallgather(mine, lengths),), "the check that every rank is ready to train")
+        failed = np.flatnonzero(lengths >= 0)
+        if failed.size == 0:
+            return None
+        counts = np.maximum(lengths, 0)
+        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
+        self._wait_all(
+            (self.comm.Iallgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()]),),
+            "the exchange of the ranks' error messages",
+        )
+        first = int(failed[0])
+        start = int(counts[:first].sum())
+        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
+
+    def gradient_buckets(self, arena, layers, weight: float):
+        """A :class:`GradientBuckets` over ``arena.grads`` (layers: [(start, stop)] of
+        each layer's gradients, in arena order) when this communicator buckets, else None
+        (also for arrays on a GPU, which take the one host-staged Allreduce)."""
+        if self.bucket_bytes is None or not isinstance(arena.grads, np.ndarray):
+            return None
+        return GradientBuckets(self, arena.grads, layers, weight, self.bucket_bytes)
+
+    def persistent_sum(self, name: str, buffer: np.ndarray):
+        """A persistent in-place sum of buffer over the ranks (inactive until started),
+        kept under name until :meth:`free` (one kept there before is freed), or None
+        where the MPI library has no MPI-4 ``Allreduce_init``. Collective: every rank
+        makes its requests in the same order, and frees them at the same point."""
+        previous = self._sums.pop(name, None)
+        if previous is not None:
+            _free_request(previous.request, self._mpi)
+        if not self._persistent:
+            return None
+        try:
+            request = self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+        except (NotImplementedError, self._mpi.Exception):  # an MPI library older than MPI-4
+            self._persistent = False
+            return None
+        if not self._exit_hook_registered:
+            # Freed before mpi4py's own exit handler (registered earlier, so run later)
+            # finalizes MPI, which would otherwise warn about each one.
+            atexit.register(_free_sums, weakref.ref(self))
+            self._exit_hook_registered = True
+        self._sums[name] = _PersistentSum(buffer, request)
+        return request
+
+    def free(self) -> None:
+        """Free the persistent requests kept for the sums and the gradient buckets
+        (a sum makes its own again when next called).
+
+        Collective: every rank must call it at the same point, between two fits (a
+        request made again after it must match the other ranks' in order).
+        :func:`~nanoae.train.train` calls it at the end of every data-parallel run that
+        did not end in an exception; it also runs when the communicator is dropped and
+        at exit (MPI warns at its end about each request left). A request still active
+        (a sum interrupted mid-wait, e.g. by Ctrl-C) is left to MPI.
+        """
+        sums = getattr(self, "_sums", None)  # absent when __init__ failed
+        if sums and not self._mpi.Is_finalized():
+            for persistent in sums.values():
+                _free_request(persistent.request, self._mpi)
+        if sums:
+            sums.clear()
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def __del__(self) -> None:
+        self.free()
+
+    def _broadcast(self, arrays, what: str) -> None:
+        """Each of arrays <- rank 0's, in place; all broadcasts in flight at once."""
+        hosts = [array if isinstance(array, np.ndarray) else array.get() for array in arrays]
+        self._wait_all([self.comm.Ibcast(host, root=0) for host in hosts], what)
+        for array, host in zip(arrays, hosts):
+            if host is not array:  # a device array (not run on a GPU yet)
+                array.set(host)
 
     def _wait_all(self, requests, what: str, step: int | None = None) -> None:
         """Wait until every request (mpi4py requests, started) completes, at most
@@ -266,45 +389,12 @@ class Communicator:
         makes it at the same step) and restarted each call after that.
         """
         cached = self._sums.get(name)
-        if cached is None or cached[0] is not buffer:
-            if cached is not None:
-                cached[1][0].Free()
-                del self._sums[name]
-            if self._persistent:
-                try:
-                    cached = self._sums[name] = (buffer, (self.comm.Allreduce_init(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),))
-                except (NotImplementedError, self._mpi.Exception):  # an MPI library older than MPI-4
-                    self._persistent = False
-                else:
-                    if not self._freed_at_exit:
-                        # Freed before mpi4py's own exit handler (registered earlier, so run
-                        # later) finalizes MPI, which would otherwise warn about each one.
-                        atexit.register(_free_sums, weakref.ref(self))
-                        self._freed_at_exit = True
-            if not self._persistent:
+        if cached is None or cached.buffer is not buffer:
+            if self.persistent_sum(name, buffer) is None:
                 return (self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM),)
-        cached[1][0].Start()
-        return cached[1]
-
-    def free(self) -> None:
-        """Free the persistent requests kept for the sums (made again at the next sum).
-
-        Called when the communicator is dropped, and at exit for one still held (MPI
-        warns at its end about each request left); call it sooner to let go of the
-        buffers they are bound to (a model's gradient arena) while the program goes on.
-        """
-        sums = getattr(self, "_sums", None)  # absent when __init__ failed
-        if sums and not self._mpi.Is_finalized():
-            for _, (request,) in sums.values():
-                try:
-                    request.Free()
-                except self._mpi.Exception:  # still active: a sum interrupted (Ctrl-C) mid-wait
-                    pass
-        if sums:
-            sums.clear()
-
-    def __del__(self) -> None:
-        self.free()
+            cached = self._sums[name]
+        cached.request.Start()
+        return cached.requests
 
     def _host_buffer(self, device_array) -> np.ndarray:
         """A host array shaped like device_array, kept from call to call."""
@@ -312,49 +402,8 @@ class Communicator:
             self._host = np.empty(device_array.shape, dtype=device_array.dtype)
         return self._host
 
-    def __repr__(self) -> str:
-        return f"Communicator(rank={self.rank}, size={self.size})"
 
-    def all_ok(self, error: str | None) -> tuple[int, str] | None:
-        """Whether every rank passed its checks, agreed on every rank.
-
-        error: this rank's one-line failure, or None when it passed. Returns None when
-        every rank passed, else (rank, message) of the lowest-numbered rank that failed,
-        the same pair on every rank. One Allgather of each rank's message length (-1: no
-        error); only when some rank failed, one Allgatherv of the messages as UTF-8 bytes
-        (nothing is pickled). Every rank must call it, failed or not: that is what lets
-        a check that fails on one rank end the whole job instead of hanging it.
-        """
-        encoded = b"" if error is None else str(error).encode("utf-8", "replace")
-        mine = np.array([-1 if error is None else len(encoded)], dtype=np.int64)
-        lengths = np.empty(self.size, dtype=np.int64)
-        self._wait_all((self.comm.Iallgather(mine, lengths),), "the check that every rank is ready to train")
-        failed = np.flatnonzero(lengths >= 0)
-        if failed.size == 0:
-            return None
-        counts = np.maximum(lengths, 0)
-        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
-        self._wait_all(
-            (self.comm.Iallgatherv(np.frombuffer(encoded, dtype=np.uint8), [gathered, counts.tolist()]),),
-            "the exchange of the ranks' error messages",
-        )
-        first = int(failed[0])
-        start = int(counts[:first].sum())
-        return first, gathered[start : start + int(counts[first])].tobytes().decode("utf-8", "replace")
-
-    def gradient_buckets(self, arena, layers, weight: float):
-        """A :class:`GradientBuckets` over ``arena.grads`` (layers: [(start, stop)] of
-        each layer's gradients, in arena order) when this communicator buckets, else None
-        (also for arrays on a GPU, which take the one host-staged Allreduce)."""
-        if self.bucket_bytes is None or not isinstance(arena.grads, np.ndarray):
-            return None
-        return GradientBuckets(self, arena.grads, layers, weight, self.bucket_bytes)
-
-
-# ---- bucketed allreduce, overlapping the backward pass ----------------------------------
-
-
-def _bucket_size(bucket_bytes):
+def _checked_bucket_bytes(bucket_bytes):
     """bucket_bytes checked: None, or a positive int."""
     if bucket_bytes is None:
         return None
@@ -366,102 +415,12 @@ def _bucket_size(bucket_bytes):
     return int(bucket_bytes)
 
 
-def bucket_bounds(layers, size: int, itemsize: int, bucket_bytes: int) -> list[tuple[int, int]]:
-    """Cut a gradient arena of ``size`` elements into buckets of whole layers, in the order
-    the backward pass finishes them: the last layer's first.
-
-    layers: [(start, stop)] of each layer's gradients, in arena order, disjoint;
-    itemsize: bytes per element. Walking the layers from the last, a bucket closes once
-    its layers hold at least ``bucket_bytes`` (so a layer larger than that is a bucket of
-    its own). Returns [(start, stop)], first bucket first: it ends at ``size``, each next
-    one ends where the one before starts and the last starts at 0, so they cover the
-    arena once (the zero padding between tensors travels with the layer above it).
-
-    bucket_bounds([(0, 10), (16, 20), (32, 40)], 48, 8, 64) -> [(32, 48), (0, 32)]:
-    the last layer's 64 bytes close a bucket; the other two (32 + 80 bytes) make one.
-    """
-    bounds, stop, held = [], size, 0
-    previous_start = size
-    for start, end in reversed(list(layers)):
-        if not 0 <= start <= end <= previous_start:
-            raise ValueError(f"layers must be disjoint (start, stop) ranges inside [0, {size}) in arena order, got {list(layers)}")
-        previous_start = start
-        held += (end - start) * itemsize
-        if held >= bucket_bytes:
-            bounds.append((start, stop))
-            stop, held = start, 0
-    if held or not bounds:  # the first layers, fewer bytes than bucket_bytes
-        bounds.append((0, stop))
-    else:  # anything before the first layer goes with it
-        bounds[-1] = (0, bounds[-1][1])
-    return bounds
-
-
-class GradientBuckets:
-    """The bucketed allreduce of one rank's gradient arena, step after step.
-
-    grads: (size,) flat NumPy gradients; layers: [(start, stop)] of each layer's gradients
-    in arena order (see :func:`bucket_bounds`); weight: this rank's share n_r / B of the
-    global batch. Each bucket is scaled by weight and summed over the ranks, so the arena
-    ends as the one Allreduce of :meth:`Communicator.allreduce_gradients` leaves it.
-
-    During a step's backward pass, :meth:`layers_ready` marks layers whose gradients are
-    final; a bucket's non-blocking Iallreduce starts once all its layers are, and every
-    bucket before it has started (so every rank starts the same buckets in the same
-    order). Each call also lets MPI progress the transfers in flight (MPICH moves a
-    non-blocking collective only inside MPI calls, unless MPIR_CVAR_ASYNC_PROGRESS=1).
-    :meth:`wait` starts whatever has not started and waits for all of them.
-    """
-
-    def __init__(self, communicator: "Communicator", grads, layers, weight: float, bucket_bytes: int) -> None:
-        self._communicator = communicator
-        self._mpi = communicator._mpi
-        self._comm = communicator.comm
-        self._grads = grads
-        self._weight = grads.dtype.type(weight)
-        layers = list(layers)
-        self.bounds = bucket_bounds(layers, grads.shape[0], grads.dtype.itemsize, bucket_bytes)
-        # which bucket holds each layer, and how many layers each bucket waits for
-        self._bucket_of = [next(i for i, (lo, hi) in enumerate(self.bounds) if lo <= start and end <= hi) for start, end in layers]
-        self._layer_count = [self._bucket_of.count(i) for i in range(len(self.bounds))]
-        self._reset()
-
-    def _reset(self) -> None:
-        self._done = [False] * len(self._bucket_of)
-        self._missing = list(self._layer_count)
-        self._next = 0  # the next bucket to start
-        self._requests: list = []
-        self._in_flight = False
-
-    def layers_ready(self, indices) -> None:
-        """Layers ``indices`` (into layers) have their final gradients: start every bucket
-        that is complete and next in line, then let the transfers in flight progress."""
-        for index in indices:
-            if not self._done[index]:
-                self._done[index] = True
-                self._missing[self._bucket_of[index]] -= 1
-        while self._next < len(self.bounds) and self._missing[self._next] == 0:
-            self._start(self._next)
-        if self._in_flight:
-            self._in_flight = not self._mpi.Request.Testall(self._requests)
-
-    def _start(self, bucket: int) -> None:
-        start, stop = self.bounds[bucket]
-        view = self._grads[start:stop]
-        if self._weight != 1:
-            view *= self._weight
-        self._requests.append(self._comm.Iallreduce(self._mpi.IN_PLACE, view, op=self._mpi.SUM))
-        self._in_flight = True
-        self._next = bucket + 1
-
-    def wait(self, step: int | None = None) -> None:
-        """Start the buckets not started yet, wait until every bucket is summed, and
-        ready the next step. The arena then holds the global batch's gradient.
-        The wait has the communicator's deadline (step: named if it runs out)."""
-        while self._next < len(self.bounds):
-            self._start(self._next)
-        self._communicator._wait_all(self._requests, "the gradient allreduce", step)
-        self._reset()
+def _free_request(request, mpi) -> None:
+    """Free a persistent request; one still active (interrupted mid-wait) is left to MPI."""
+    try:
+        request.Free()
+    except mpi.Exception:
+        pass
 
 
 def _free_sums(reference) -> None:

@@ -371,6 +371,13 @@ class Autoencoder(Model):
         return self.decoder.forward(self.encoder.forward(x))
 
     def backward(self, grad_output, need_input_grad: bool = True):
+        """grad_output: (batch, in_features), dL/d(reconstruction) -> dL/dx: (batch,
+        in_features), or None when need_input_grad is False.
+
+        Through the decoder, then the encoder; when ``_gradients_ready`` is set, it is
+        called with the decoder once the decoder's gradients are final, then with the
+        encoder (a data-parallel run starts those layers' allreduce buckets there).
+        """
         ready = self._gradients_ready
         grad_code = self.decoder.backward(grad_output, True)
         if ready is not None:  # a decoder that is one layer, not a Sequential, says nothing itself

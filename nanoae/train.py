@@ -51,7 +51,7 @@ import numpy as np
 from nanoae.callbacks import Evaluator, MetricsCSV, NonFiniteLossWarning, StopOnNonFinite
 from nanoae.data.batching import BatchSampler
 from nanoae.data.rows import ScaledRows
-from nanoae.distributed import data_fingerprint
+from nanoae.distributed import RankMismatchError, data_fingerprint
 from nanoae.errors import NonFiniteStepError
 from nanoae.ops.table import OpsTable
 from nanoae.scaling import row_chunks
@@ -274,18 +274,78 @@ def _gradient_layers(model):
 
 
 def _set_gradients_ready(model, ready) -> None:
+    """Give every module of model the callback its backward calls once that module's
+    layers have their final gradients (ready(module); None: no callback)."""
     for module in model.modules():
         module._gradients_ready = ready
 
 
+@dataclass
+class _Prepared:
+    """train()'s arguments checked and the run's plan: x: (n, in_features) and target on
+    the device (or a ScaledRows), the batch size, log interval, steps and sampler."""
+
+    x: object
+    target: object
+    batch_size: int
+    log_every: int
+    steps_to_take: int
+    sampler: BatchSampler
+
+
+def _prepare(model, x, target, steps, epochs, batch_size, log_every, sampler, comm) -> _Prepared:
+    """Every check of train()'s input that runs before the first step (each rank's own
+    under comm: no message is sent here)."""
+    model._require_training_parts()
+    if isinstance(x, ScaledRows):
+        x, target = _rows_to_train_on(model, x, target)
+    else:
+        x = as_batch(x, model.in_features, model.backend, "x")
+        target = model._training_target(x, target)  # checked once here, never per step
+    batch_size = positive_int(batch_size, "batch_size")
+    log_every = positive_int(log_every, "log_every")
+    if batch_size > x.shape[0]:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
+    steps_to_take = _steps_to_take(x.shape[0], batch_size, steps, epochs)
+    sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
+    if comm is not None:
+        if not model.static_train_step:
+            raise ValueError(
+                f"{type(model).__name__} draws random noise each training step (a VAE's sample, a denoiser's "
+                "corruption), which differs between one process and several: train it without comm="
+            )
+        if batch_size < comm.size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {comm.size} ranks: pass batch_size >= {comm.size}")
+    return _Prepared(x, target, batch_size, log_every, steps_to_take, sampler)
+
+
+def _prepare_on_every_rank(model, comm, *arguments) -> _Prepared:
+    """:func:`_prepare` on every rank, then one :meth:`~nanoae.distributed.Communicator.all_ok`
+    before any other message: a check that fails on some ranks only (other data, another
+    batch size) raises :class:`~nanoae.distributed.RankMismatchError` on every rank at
+    once, naming the first failing rank and its message, instead of leaving the others
+    to wait out the timeout in the next collective."""
+    own_error = None
+    try:
+        prepared = _prepare(model, *arguments, comm)
+    except Exception as exc:  # noqa: BLE001 - any failure here must reach the other ranks
+        own_error = exc
+    failed = comm.all_ok(None if own_error is None else " ".join(str(own_error).split()) or type(own_error).__name__)
+    if failed is not None:
+        rank, message = failed
+        raise RankMismatchError(f"rank {rank} of {comm.size}: {message}") from own_error
+    return prepared
+
+
 def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, log_every: int, sampler):
     """Check that every rank runs the same job on the same data and give every rank
-    rank 0's parameters; return this rank's shard of each batch (a slice), the model's
-    gradient hook and its layers' gradients-ready callback (None unless comm buckets the
-    allreduce).
+    rank 0's parameters and optimizer state; return this rank's shard of each batch (a
+    slice), the model's gradient hook, its layers' gradients-ready callback (None
+    unless comm buckets the allreduce) and ``release`` (frees the run's persistent
+    requests; collective, so called on every rank at the same point).
 
-    The job (model, dtype, data shape, batch size, steps, the sampler's state) is
-    compared by its hash; the data's content by
+    The job (model, dtype, data and target shapes and dtypes, batch size, steps, the
+    sampler's state) is compared by its hash; the data's content by
     :func:`~nanoae.distributed.data_fingerprint` (its shape, dtype and 1024 rows spread
     evenly over it, first and last included: a memory-mapped file is not read whole),
     and the target's too where it is not the input.
@@ -296,21 +356,17 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
     starts each bucket's allreduce once the backward pass has finished its layers, and
     the hook waits for them all.
     """
-    if not model.static_train_step:
-        raise ValueError(
-            f"{type(model).__name__} draws random noise each training step (a VAE's sample, a denoiser's "
-            "corruption), which differs between one process and several: train it without comm="
-        )
-    if batch_size < comm.size:
-        raise ValueError(f"batch_size {batch_size} is smaller than the {comm.size} ranks: pass batch_size >= {comm.size}")
     state = sampler.snapshot()
     sampler_state = hashlib.sha256(np.ascontiguousarray(state["permutation"]).tobytes() + repr(state).encode()).hexdigest()
+    separate_target = target is not None and target is not x
     job = json.dumps(
         {
             "model": model.config(),
             "backend": model.backend.name,
             "dtype": str(np.dtype(model.backend.dtype)),
             "data_shape": list(x.shape),
+            "data_dtype": str(np.dtype(x.dtype)),
+            "target": [list(target.shape), str(np.dtype(target.dtype))] if separate_target else None,
             "batch_size": batch_size,
             "steps": steps_to_take,
             "steps_trained": model.steps_trained,
@@ -322,9 +378,10 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
         default=str,
     )
     comm.agree(job, "configuration (model, seed, data shape, batch size or steps)")
-    data = data_fingerprint(x) + ("" if target is None or target is x else " " + data_fingerprint(target))
+    data = data_fingerprint(x) + (" " + data_fingerprint(target) if separate_target else "")
     comm.agree(data, "data set (same shape and dtype, other values: another file, row order or scaling)")
     comm.broadcast_parameters(model.arena)
+    comm.broadcast_optimizer_state(model.optimizer)
     start, stop = comm.shard(batch_size)
     weight = (stop - start) / batch_size
     backend = model.backend
@@ -332,6 +389,7 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
     if getattr(comm, "bucket_bytes", None) is not None:
         layers, owned = _gradient_layers(model)
         buckets = comm.gradient_buckets(model.arena, layers, weight)  # None for arrays on a GPU
+    loss_out = backend.zeros(())  # the global loss, one buffer for every step
 
     def combine(objective):
         step = model.steps_trained + 1  # the step being trained, for a timeout's message
@@ -339,12 +397,14 @@ def _data_parallel(model, comm, x, target, batch_size: int, steps_to_take: int, 
             comm.allreduce_gradients(model.arena, weight, step)
         else:
             buckets.wait(step)
-        return backend.asarray(np.asarray(comm.weighted_sum(objective, weight, step), dtype=backend.dtype))
+        # A second, 8-byte allreduce (see nanoae.distributed): the logged loss is the global batch's.
+        loss_out[...] = comm.weighted_sum(objective, weight, step)
+        return loss_out
 
     def ready(module):
         buckets.layers_ready(owned.get(id(module), ()))
 
-    return slice(start, stop), combine, None if buckets is None else ready
+    return slice(start, stop), combine, None if buckets is None else ready, comm.free
 
 
 def train(
@@ -385,29 +445,29 @@ def train(
     gradient before the update, so N ranks take the steps one process would (equal
     up to rounding). A comm made with ``bucket_bytes`` splits that allreduce into
     buckets of whole layers, each started as soon as the backward pass has finished
-    them (the same sums). The logged loss is the global batch's. Models that draw noise
-    each step (VAE, denoising) are refused. Callbacks run on every rank; one that
-    stops the run must stop it on all of them. Before the first step the ranks compare
-    their job and a fingerprint of their data (see :func:`_data_parallel`) and raise
-    :class:`~nanoae.distributed.RankMismatchError` on every rank where they differ;
-    every exchange waits at most ``comm.timeout`` seconds, then ends the whole job.
+    them (the same sums). The logged loss is the global batch's: a second, 8-byte
+    allreduce per step sums the shards' weighted losses (one more allreduce latency per
+    step). Models that draw noise each step (VAE, denoising) are refused. Callbacks run
+    on every rank: give callbacks that write (MetricsCSV, Checkpointer, ProgressBar) on
+    rank 0 only; one that stops the run must stop it on every rank.
+
+    Before the first step the ranks agree on their input checks (a check that fails on
+    any rank raises :class:`~nanoae.distributed.RankMismatchError` on every rank,
+    naming that rank and its message), compare their job and a fingerprint of their
+    data (see :func:`_data_parallel`; RankMismatchError on every rank where they
+    differ), and take rank 0's parameters and optimizer state. Every exchange waits at
+    most ``comm.timeout`` seconds, then ends the whole job. A run that ends without an
+    exception frees comm's persistent requests on every rank (see
+    :meth:`~nanoae.distributed.Communicator.free`).
     """
-    model._require_training_parts()
-    if isinstance(x, ScaledRows):
-        x, target = _rows_to_train_on(model, x, target)
-    else:
-        x = as_batch(x, model.in_features, model.backend, "x")
-        target = model._training_target(x, target)  # checked once here, never per step
-    batch_size = positive_int(batch_size, "batch_size")
-    log_every = positive_int(log_every, "log_every")
-    if batch_size > x.shape[0]:
-        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({x.shape[0]} rows)")
-    steps_to_take = _steps_to_take(x.shape[0], batch_size, steps, epochs)
+    arguments = (x, target, steps, epochs, batch_size, log_every, sampler)
+    prepared = _prepare(model, *arguments, None) if comm is None else _prepare_on_every_rank(model, comm, *arguments)
+    x, target, batch_size, log_every = prepared.x, prepared.target, prepared.batch_size, prepared.log_every
+    steps_to_take, sampler = prepared.steps_to_take, prepared.sampler
     total_steps = model.steps_trained + steps_to_take
-    sampler = _sampler_for(model, x.shape[0], batch_size, sampler)
-    shard = hook = ready = None
+    shard = hook = ready = release = None
     if comm is not None:
-        shard, hook, ready = _data_parallel(model, comm, x, target, batch_size, steps_to_take, log_every, sampler)
+        shard, hook, ready, release = _data_parallel(model, comm, x, target, batch_size, steps_to_take, log_every, sampler)
     callbacks = _with_nan_guard(callbacks)
     history = History()
     history.sampler = sampler
@@ -452,6 +512,13 @@ def train(
         model._gradient_hook = None
         if ready is not None:
             _set_gradients_ready(model, None)
+        if release is not None and not state.aborted:
+            # Every rank ends a run that did not raise at the same step (a stop or a
+            # divergence is seen alike on every rank), so freeing there is collective.
+            # After an exception a rank may be mid-collective (Ctrl-C in a wait leaves a
+            # request active) or out of step with the others: its requests are kept,
+            # and freed when the communicator is dropped or at exit.
+            release()
         if snapshot is not None and model.steps_trained < block_end:
             _put_back(sampler, snapshot, model.steps_trained - block_start)
         state.epoch = sampler.progress

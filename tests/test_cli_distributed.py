@@ -1,7 +1,7 @@
 """``mpiexec -n N nanoae train``: data-parallel from the command line, and ``--dtype``.
 
 The MPI tests start ``mpiexec`` on ``python -m nanoae train`` (one BLAS thread per rank,
-a subprocess timeout so that a hang fails the test) and check what the job prints and
+a limit so that a hang fails the test: tests/mpi_helpers.py) and check what the job prints and
 writes: rank 0 alone prints and writes, a checkpoint resumes with any number of ranks,
 and a check that fails on one rank ends every rank with one message. The launcher's
 environment and the missing-mpi4py message are checked in this process, with mpi4py
@@ -11,50 +11,17 @@ blocked (no MPI is started inside pytest).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mpi_helpers import mpi_env, mpiexec_path, needs_mpi, run_job
 
 from nanoae.checkpoint import load_checkpoint
 from nanoae.cli import main
 from nanoae.cli.parallel import job_communicator, launcher_size
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 120  # a job that hangs fails here instead of hanging the suite
-LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
-
-
-def _mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-def _has_mpi4py() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("mpi4py") is not None
-
-
-_skip_without_mpi = pytest.mark.skipif(
-    _mpiexec() is None or not _has_mpi4py(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"'
-)
-
-
-def needs_mpi(test):
-    """A test that starts mpiexec: marked ``mpi``, skipped with the install hint without MPI."""
-    return pytest.mark.mpi(_skip_without_mpi(test))
-
-
-def _env() -> dict:
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def _nanoae(*args) -> list[str]:
@@ -63,13 +30,13 @@ def _nanoae(*args) -> list[str]:
 
 def mpiexec(ranks: int, *args, cwd: Path) -> subprocess.CompletedProcess:
     """``mpiexec -n ranks nanoae train args`` in ``cwd``."""
-    command = [_mpiexec(), "-n", str(ranks), *_nanoae(*args)]
-    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    command = [mpiexec_path(), "-n", str(ranks), *_nanoae(*args)]
+    return run_job(command, cwd=cwd, env=mpi_env())
 
 
 def one_process(*args, cwd: Path) -> subprocess.CompletedProcess:
     """``nanoae train args`` without a launcher."""
-    return subprocess.run(_nanoae(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    return run_job(_nanoae(*args), cwd=cwd, env=mpi_env())
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:
@@ -245,8 +212,8 @@ def test_a_check_failing_on_rank_1_alone_is_reported_once_by_rank_0(tmp_path):
     # Two programs in one job (MPMD): rank 1 is given a file that is not there.
     data = _own_data(tmp_path / "rows.npy")
     options = ["--layers", "6,3", "--steps", "3", "--out", "run"]
-    command = [_mpiexec(), "-n", "1", *_nanoae("--data", data, *options), ":", "-n", "1", *_nanoae("--data", "missing.npy", *options)]
-    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    command = [mpiexec_path(), "-n", "1", *_nanoae("--data", data, *options), ":", "-n", "1", *_nanoae("--data", "missing.npy", *options)]
+    result = run_job(command, cwd=tmp_path, env=mpi_env())
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == ["nanoae train: error: rank 1 of 2: missing.npy does not exist: check the path given to --data"]
@@ -288,8 +255,8 @@ sys.exit(main(sys.argv[1:]))
 def test_an_error_on_rank_0_during_training_ends_every_rank(tmp_path):
     data = _own_data(tmp_path / "rows.npy")
     args = ["train", "--data", str(data), "--layers", "6,3", "--steps", "50", "--batch-size", "40", "--checkpoint-every", "1", "--out", "run", "--quiet"]
-    command = [_mpiexec(), "-n", "2", sys.executable, "-c", _FAILING_CHECKPOINT, *args]
-    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    command = [mpiexec_path(), "-n", "2", sys.executable, "-c", _FAILING_CHECKPOINT, *args]
+    result = run_job(command, cwd=tmp_path, env=mpi_env())
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("nanoae train: error")]
     assert errors == ["nanoae train: error on rank 0 of 2: [Errno 28] No space left on device: 'run/checkpoint.npz'; ending every rank"]
@@ -325,8 +292,8 @@ def test_each_rank_trains_on_its_shard_of_every_global_batch(tmp_path):
     seen = tmp_path / "seen"
     seen.mkdir()
     args = ["train", "--data", str(data), "--layers", "6,3", "--steps", "4", "--batch-size", "50", "--out", "run", "--quiet"]
-    command = [_mpiexec(), "-n", "3", sys.executable, "-c", _RECORDING_SHARDS, str(seen), *args]
-    _ok(subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    command = [mpiexec_path(), "-n", "3", sys.executable, "-c", _RECORDING_SHARDS, str(seen), *args]
+    _ok(run_job(command, cwd=tmp_path, env=mpi_env()))
     assert [(seen / f"rank{rank}.txt").read_text() for rank in range(3)] == ["17 17 17 17", "17 17 17 17", "16 16 16 16"]
 
 
@@ -334,8 +301,8 @@ def test_each_rank_trains_on_its_shard_of_every_global_batch(tmp_path):
 def test_ranks_started_with_different_options_all_stop_before_anything_is_written(tmp_path):
     data = _own_data(tmp_path / "rows.npy")
     options = ["--data", data, "--layers", "6,3", "--steps", "3", "--out", "run"]
-    command = [_mpiexec(), "-n", "1", *_nanoae(*options), ":", "-n", "1", *_nanoae(*options, "--seed", "1")]
-    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    command = [mpiexec_path(), "-n", "1", *_nanoae(*options), ":", "-n", "1", *_nanoae(*options, "--seed", "1")]
+    result = run_job(command, cwd=tmp_path, env=mpi_env())
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == [
@@ -372,9 +339,9 @@ def test_a_launcher_of_another_mpi_library_is_refused_not_run_as_independent_pro
     # Open MPI's variables with mpi4py on MPICH: MPI sees a job of 1 where the launcher says 2,
     # so each process would otherwise train alone and write the same run directory.
     data = _own_data(tmp_path / "rows.npy")
-    env = {**_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    env = {**mpi_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
     command = _nanoae("--data", data, "--layers", "6,3", "--steps", "3", "--out", "run")
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    result = run_job(command, cwd=tmp_path, env=env)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("nanoae train: error")]
     assert errors == [
@@ -400,7 +367,7 @@ with open(os.path.join(sys.argv[1], f"rank{comm.rank}.txt"), "w", encoding="utf-
 
 @needs_mpi
 def test_all_ok_gives_every_rank_the_lowest_failing_ranks_message(tmp_path):
-    command = [_mpiexec(), "-n", "3", sys.executable, "-c", _AGREEING, str(tmp_path)]
-    _ok(subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    command = [mpiexec_path(), "-n", "3", sys.executable, "-c", _AGREEING, str(tmp_path)]
+    _ok(run_job(command, env=mpi_env()))
     expected = repr((None, (1, "rank 1 failed: données ")))
     assert [(tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8") for rank in range(3)] == [expected] * 3

@@ -2,7 +2,8 @@
 given different data stop at the start.
 
 The job tests start ``mpiexec -n 2`` on tests/mpi_fault_script.py (one BLAS thread per
-rank), wait until both ranks are training, then kill or stop rank 1. Every wait on the
+rank, see tests/mpi_helpers.py), wait until both ranks are training, then kill or stop
+rank 1, or give rank 1 data its checks refuse. Every wait on the
 job has a limit (a hang fails the test instead of hanging the suite) and every process
 the test started is ended in a ``finally``. The timeout's parsing and the data
 fingerprint are checked in this process, which never imports mpi4py.
@@ -14,7 +15,6 @@ import hashlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,44 +25,19 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mpi_helpers import mpi_env, mpiexec_path, needs_mpi, stop
 
 from nanoae.data.rows import ScaledRows
 from nanoae.distributed import DEFAULT_TIMEOUT, TIMEOUT_EXIT_CODE, Communicator, data_fingerprint, mpi_timeout
 from nanoae.scaling import Scaler
 
-pytestmark = pytest.mark.mpi
-
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "mpi_fault_script.py"
 JOB_LIMIT = 60  # seconds any wait on a job may take before the test fails
 
 
-def _mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-def _has_mpi4py() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("mpi4py") is not None
-
-
-needs_mpi = pytest.mark.skipif(
-    _mpiexec() is None or not _has_mpi4py(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"'
-)
-
-
-def _environment(timeout: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["NANOAE_MPI_TIMEOUT"] = timeout
-    return env
-
-
 def _start(workdir: Path, timeout: str, steps: int = 100_000, data_seed: str = "7", *fault: str) -> subprocess.Popen:
-    command = [_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), str(workdir), str(steps), data_seed, *fault]
-    return subprocess.Popen(command, env=_environment(timeout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [mpiexec_path(), "-n", "2", sys.executable, str(SCRIPT), str(workdir), str(steps), data_seed, *fault]
+    return subprocess.Popen(command, env=mpi_env(timeout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _training_pids(job: subprocess.Popen, workdir: Path) -> list[int]:
@@ -95,13 +70,7 @@ def _end(job: subprocess.Popen, workdir: Path) -> None:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     break
-    if job.poll() is None:
-        job.terminate()  # hydra ends its own ranks on SIGTERM
-        try:
-            job.wait(10)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.wait()
+    stop(job)  # SIGTERM first: hydra ends its own ranks
     job.stdout.close()
 
 
@@ -128,8 +97,9 @@ def _gone(pid: int) -> bool:
 
 
 @needs_mpi
-def test_a_killed_rank_ends_the_job(tmp_path):
-    # A deadline far beyond the test's limit: what ends this job is the launcher, not nanoae.
+def test_a_killed_rank_is_ended_by_the_launcher_not_by_nanoae(tmp_path):
+    # A deadline far beyond the test's limit: what ends this job is MPICH's launcher (hydra),
+    # which sees rank 1 die; nanoae's part is only not to get in its way (no line of ours).
     job = _start(tmp_path, timeout="600")
     try:
         first, second = _training_pids(job, tmp_path)
@@ -192,17 +162,45 @@ def test_an_exception_on_one_rank_ends_the_job_after_the_timeout(tmp_path):
         _end(job, tmp_path)
 
 
+def _no_training_begun(workdir: Path) -> bool:
+    """No rank reached on_train_begin (written before the first step), so none trained."""
+    return not list(workdir.glob("begun-*")) and not list(workdir.glob("pid-*")) and not list(workdir.glob("done-*"))
+
+
 @needs_mpi
 def test_ranks_given_different_data_of_one_shape_all_stop_naming_the_data(tmp_path):
-    job = _start(tmp_path, timeout="60", steps=20, data_seed="rank")
+    job = _start(tmp_path, timeout="600", steps=20, data_seed="rank")
     try:
-        _finish(job)
-        assert job.returncode != 0
+        output = _finish(job)
+        assert job.returncode == 3, output[-3000:]
         lines = [(tmp_path / f"error-{rank}.txt").read_text().strip() for rank in range(2)]
         for rank, line in enumerate(lines):
             assert line.startswith(f"rank {rank}: ranks [1] of 2 were started with a different data set (same shape and dtype")
             assert line.endswith("start every rank with the same command, seed and data")
-        assert not list(tmp_path.glob("done-*")) and not list(tmp_path.glob("pid-*"))  # no step was taken
+        assert _no_training_begun(tmp_path)
+    finally:
+        _end(job, tmp_path)
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("wide-on-1", "x has 100 features per row but the model expects 784 (got shape (300, 100))"),
+        ("few-rows-on-1", "batch_size 64 is larger than the dataset (40 rows)"),
+    ],
+)
+def test_a_check_failing_on_one_rank_stops_every_rank_at_once_naming_it(tmp_path, fault, message):
+    # The other rank must not go on into the job's first exchange and wait there for the
+    # failed one: with a 600 s deadline, that job would outlive the test's 60 s limit.
+    job = _start(tmp_path, "600", 20, "7", fault)
+    try:
+        output = _finish(job)
+        assert job.returncode == 3, output[-3000:]
+        lines = [(tmp_path / f"error-{rank}.txt").read_text().strip() for rank in range(2)]
+        assert lines == [f"rank {rank}: rank 1 of 2: {message}" for rank in range(2)]
+        assert "nanoae: rank" not in output  # no wait ran out
+        assert _no_training_begun(tmp_path)
     finally:
         _end(job, tmp_path)
 
@@ -264,8 +262,7 @@ def test_a_bad_timeout_in_the_environment_names_the_variable_and_the_fix(monkeyp
 
 def test_nanoae_train_under_a_launcher_refuses_a_bad_timeout_with_exit_2(tmp_path):
     # What hydra puts in each rank's environment; the check runs before MPI would start.
-    env = {**os.environ, "PMI_SIZE": "2", "PMI_RANK": "0", "NANOAE_MPI_TIMEOUT": "-1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env = {**mpi_env("-1"), "PMI_SIZE": "2", "PMI_RANK": "0"}
     command = [sys.executable, "-m", "nanoae", "train", "--preset", "tutorial", "--steps", "1", "--out", "run"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=JOB_LIMIT)
     assert result.returncode == 2

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mpi_helpers import needs_mpi, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "mpi_step.py"
@@ -52,23 +50,14 @@ def test_medians_over_rounds_and_same_round_ratios():
     assert "batch 256: n2-buckets (262,144-byte buckets) vs n2 (one allreduce): 1.200x" in table
 
 
-def _mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-@pytest.mark.mpi
-@pytest.mark.skipif(
-    _mpiexec() is None or importlib.util.find_spec("mpi4py") is None, reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"'
-)
+@needs_mpi
 def test_a_tiny_run_measures_every_competitor_and_writes_json(tmp_path):
     out = tmp_path / "mpi-step.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [
         sys.executable, str(SCRIPT), "--rounds", "1", "--batch", "16", "--windows", "2", "--window-steps", "2",
         "--warmup-steps", "1", "--allreduce-repeats", "3", "--allreduce-warmup", "1", "--timeout", "120", "--out", str(out),
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    result = run_job(command, limit=400)  # NANOAE_MPI_TIMEOUT=30 reaches every rank it starts
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     steps = [row for row in report["rows"] if row["what"] == "step"]
