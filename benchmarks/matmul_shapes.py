@@ -19,7 +19,11 @@ Each product is timed in these forms, on random float32 operands in [0, 1):
   could use it only with its arrays stored transposed, or after the transposing copy:
 * ``transpose-copy``: ``np.copyto(c, ct.T)`` alone, that copy's price;
 * ``1-thread``: ``as-is`` with BLAS limited to one thread (threadpoolctl; skipped, and
-  said so, without it or when the process has one BLAS thread anyway).
+  said so, without it or when the process has one BLAS thread anyway);
+* ``out-16`` and ``out-64``: ``as-is`` into an output that starts 16 bytes past a 64-byte
+  boundary (where NumPy's allocations start on glibc) and on one: the output's alignment
+  alone (``as-is``, ``out-view`` and ``other-orientation`` write where NumPy allocated,
+  recorded per product).
 
 Method: every form is called once to warm up; a form's time is a block of calls long
 enough to last ``--block-ms``, divided by its calls. The forms take turns (A B C D E A B
@@ -65,8 +69,8 @@ from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # provenance.py sits beside this script
 import provenance  # noqa: E402
 
-FORMS = ("as-is", "out-view", "other-orientation", "transpose-copy", "1-thread")
-COMPARED = ("out-view", "other-orientation", "1-thread")  # forms that compute the product themselves
+FORMS = ("as-is", "out-view", "other-orientation", "transpose-copy", "1-thread", "out-16", "out-64")
+COMPARED = ("out-view", "other-orientation", "1-thread", "out-16", "out-64")  # forms that compute the product themselves
 _UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -97,6 +101,14 @@ def operands(product: dict, rng) -> tuple[np.ndarray, np.ndarray]:
     a = rng.random((k, m), dtype=np.float32).T if product["a_t"] else rng.random((m, k), dtype=np.float32)
     b = rng.random((n, k), dtype=np.float32).T if product["b_t"] else rng.random((k, n), dtype=np.float32)
     return a, b
+
+
+def at_offset(shape, offset: int) -> np.ndarray:
+    """An uninitialized float32 array whose first element is ``offset`` bytes past a 64-byte boundary."""
+    count = int(np.prod(shape))
+    raw = np.empty(count * 4 + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset
+    return raw[start : start + count * 4].view(np.float32).reshape(shape)
 
 
 # ---- BLAS threads ------------------------------------------------------------------------
@@ -180,6 +192,7 @@ def measure_product(product: dict, rng, threads: BlasThreads, base_threads: int,
     a, b = operands(product, rng)
     m, n = product["m"], product["n"]
     c, c_view_target, ct = np.empty((m, n), np.float32), np.empty((m, n), np.float32), np.empty((n, m), np.float32)
+    c16, c64 = at_offset((m, n), 16), at_offset((m, n), 0)
     single = threads.available and base_threads > 1
 
     def as_is():
@@ -197,7 +210,16 @@ def measure_product(product: dict, rng, threads: BlasThreads, base_threads: int,
     def one_thread():
         np.matmul(a, b, out=c)
 
-    functions = {"as-is": as_is, "out-view": out_view, "other-orientation": other_orientation, "transpose-copy": transpose_copy}
+    def out_16():
+        np.matmul(a, b, out=c16)
+
+    def out_64():
+        np.matmul(a, b, out=c64)
+
+    functions = {
+        "as-is": as_is, "out-view": out_view, "other-orientation": other_orientation, "transpose-copy": transpose_copy,
+        "out-16": out_16, "out-64": out_64,
+    }  # fmt: skip
     if single:
         functions["1-thread"] = one_thread
 
@@ -214,7 +236,16 @@ def measure_product(product: dict, rng, threads: BlasThreads, base_threads: int,
         "out_view_bit_equal": bool(np.array_equal(c_view_target, reference)),
         "out_view_traced_bytes": int(out_view_traced),
         "other_orientation_max_rel_diff": float(np.max(np.abs(ct.T - reference)) / scale) if scale else 0.0,
+        # Where each buffer starts, in bytes past a 64-byte boundary (NumPy's allocator decides
+        # for all but out-16 and out-64).
+        "offsets_mod_64": {
+            "a": a.ctypes.data % 64, "b": b.ctypes.data % 64, "as-is out": c.ctypes.data % 64,
+            "out-view out": c_view_target.ctypes.data % 64, "other-orientation out": ct.ctypes.data % 64,
+        },
     }
+    out_16()
+    out_64()
+    checks["aligned_outputs_bit_equal"] = bool(np.array_equal(c16, reference) and np.array_equal(c64, reference))
     if single:
         threads.set(1)
         one_thread()
@@ -260,6 +291,9 @@ def summarize_product(row: dict) -> dict:
             "ratio_to_as_is": statistics.median(base / value for base, value in zip(times["as-is"], with_copy)),
             "verdict": verdict(times["as-is"], with_copy),
         }
+    if "out-16" in times and "out-64" in times:  # the output's alignment alone
+        forms["out-64"]["ratio_to_out_16"] = statistics.median(o16 / o64 for o16, o64 in zip(times["out-16"], times["out-64"]))
+        forms["out-64"]["verdict_vs_out_16"] = verdict(times["out-16"], times["out-64"])
     return forms
 
 
@@ -272,6 +306,9 @@ def summarize_batch(rows: list[dict]) -> dict:
         gflop = sum(row["gflop"] for row in mine)
         as_is = sum(row["summary"]["as-is"]["median_s"] for row in mine)
         entry = {"products": len(mine), "gflop": gflop, "as_is_s": as_is, "as_is_gflops": gflop / as_is}
+        for name in ("out-16", "out-64"):
+            if all(name in row["summary"] for row in mine):
+                entry[f"{name}_s"] = sum(row["summary"][name]["median_s"] for row in mine)
         if all("1-thread" in row["summary"] for row in mine):
             best = sum(min(row["summary"]["as-is"]["median_s"], row["summary"]["1-thread"]["median_s"]) for row in mine)
             only_wins = sum(
@@ -357,6 +394,13 @@ def _progress_line(row: dict) -> str:
     return "; ".join(parts)
 
 
+def _count(values) -> dict:
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _short(verdict_text: str) -> str:
     return {"wins": "**wins**", "loses": "loses", "within spread": "="}[verdict_text]
 
@@ -386,8 +430,9 @@ def markdown(report: dict, command: str = "") -> str:
         lines.append(f"1-thread form skipped: {mach['blas_note']}.")
     lines += [
         "",
-        "| batch | product | m x k x n | as-is GFLOP/s (p25-p75) | out-view x | other-orientation x | its copy back ms | orientation + copy x | 1-thread x | 1-thread GFLOP/s |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | product | m x k x n | as-is GFLOP/s (p25-p75) | out-view x | other-orientation x | its copy back ms "
+        "| orientation + copy x | 1-thread x | 1-thread GFLOP/s | out-16 GFLOP/s | out-64 GFLOP/s | out-64 vs out-16 x |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["rows"]:
         s, gflop = row["summary"], row["gflop"]
@@ -397,18 +442,28 @@ def markdown(report: dict, command: str = "") -> str:
             return f"{s[name]['ratio_to_as_is']:.2f} {_short(s[name]['verdict'])}" if name in s else "–"
 
         one_thread = f"{form('1-thread')} | {s['1-thread']['gflops']:.0f}" if "1-thread" in s else "– | –"
+        aligned = (
+            f"{s['out-16']['gflops']:.0f} | {s['out-64']['gflops']:.0f} | "
+            f"{s['out-64']['ratio_to_out_16']:.2f} {_short(s['out-64']['verdict_vs_out_16'])}"
+        )
         lines.append(
             f"| {row['batch']} | {_label(row)} | {row['m']}x{row['k']}x{row['n']} | "
             f"{as_is['gflops']:.0f} ({gflop / as_is['q75_s']:.0f}-{gflop / as_is['q25_s']:.0f}) | "
             f"{form('out-view')} | {form('other-orientation')} | {s['transpose-copy']['median_s'] * 1e3:.3f} | "
-            f"{form('other-orientation+copy')} | {one_thread} |"
+            f"{form('other-orientation+copy')} | {one_thread} | {aligned} |"
         )
     lines += ["", "Per batch, the 17 products' medians summed:", ""]
-    lines += ["| batch | GFLOP | as-is ms | as-is GFLOP/s | faster of 2/1 threads per product ms | 1 thread only where it wins ms |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "| batch | GFLOP | as-is ms | as-is GFLOP/s | faster of 2/1 threads per product ms | 1 thread only where it wins ms | all out-16 ms | all out-64 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for batch, entry in report["batches"].items():
         best = f"{entry['best_threads_s'] * 1e3:.3f}" if "best_threads_s" in entry else "–"
         wins = f"{entry['one_thread_where_it_wins_s'] * 1e3:.3f}" if "one_thread_where_it_wins_s" in entry else "–"
-        lines.append(f"| {batch} | {entry['gflop']:.3f} | {entry['as_is_s'] * 1e3:.3f} | {entry['as_is_gflops']:.0f} | {best} | {wins} |")
+        lines.append(
+            f"| {batch} | {entry['gflop']:.3f} | {entry['as_is_s'] * 1e3:.3f} | {entry['as_is_gflops']:.0f} | {best} | {wins} | "
+            f"{entry['out-16_s'] * 1e3:.3f} | {entry['out-64_s'] * 1e3:.3f} |"
+        )
     checks = [row["checks"] for row in report["rows"]]
     lines += [
         "",
@@ -417,7 +472,11 @@ def markdown(report: dict, command: str = "") -> str:
         f"at most {max(c['out_view_traced_bytes'] for c in checks)}; 1-thread equal bit for bit: "
         + (f"{sum(c['one_thread_bit_equal'] for c in checks if 'one_thread_bit_equal' in c)}/{sum('one_thread_bit_equal' in c for c in checks)}"
            if any("one_thread_bit_equal" in c for c in checks) else "not measured")
-        + f"; other-orientation's largest difference from as-is, relative to the largest entry: {max(c['other_orientation_max_rel_diff'] for c in checks):.1e}.",
+        + f"; other-orientation's largest difference from as-is, relative to the largest entry: {max(c['other_orientation_max_rel_diff'] for c in checks):.1e}"
+        + f"; out-16 and out-64 equal bit for bit: {sum(c['aligned_outputs_bit_equal'] for c in checks)}/{len(checks)}"
+        + "; as-is output's offset past a 64-byte boundary (bytes: products): "
+        + ", ".join(f"{offset}: {count}" for offset, count in sorted(_count(c["offsets_mod_64"]["as-is out"] for c in checks).items()))
+        + ".",
         "",
     ]
     return "\n".join(lines)
