@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from nanoae.ops import REFERENCE_TABLE, OpsTable, load_ops
+from nanoae.params import aligned_empty
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -94,6 +95,10 @@ class Backend:
 
     # ---- allocation ------------------------------------------------------------
     def zeros(self, shape, dtype=None):
+        """Zeros; on NumPy starting on a 64-byte boundary (the arena and optimizer state:
+        OpenBLAS writes small products faster there, see :func:`nanoae.params.aligned_empty`)."""
+        if self.name == "numpy":
+            return aligned_empty(shape, dtype or self.dtype, zeroed=True)
         return self.xp.zeros(shape, dtype=dtype or self.dtype)
 
     def empty(self, shape, dtype=None):

@@ -8,7 +8,8 @@ views into ``arena.grads``, a buffer of the same shape. Consequences:
 * a data-parallel all-reduce would be one call on ``arena.grads``.
 
 Each tensor starts at a multiple of :data:`ALIGNMENT` elements (64 bytes in float32)
-from a base that is itself on a 64-byte boundary (:func:`aligned_empty`, NumPy arenas),
+from a base that is itself on a 64-byte boundary (NumPy backends allocate through
+:func:`aligned_empty`),
 so every view starts on a cache line. The padding between tensors is zero in
 ``values`` and ``grads``; every optimizer maps a zero gradient on a zero weight to a
 zero update, so the padding stays zero.
@@ -134,8 +135,6 @@ class ParameterArena:
                 f"{_human_bytes(physical)} of memory; use smaller layers"
             )
         try:
-            if backend.name == "numpy":
-                return aligned_empty((self.size,), backend.dtype, zeroed=True), aligned_empty((self.size,), backend.dtype, zeroed=True)
             return backend.zeros((self.size,)), backend.zeros((self.size,))
         except MemoryError:
             raise MemoryError(

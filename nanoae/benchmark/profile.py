@@ -30,6 +30,7 @@ from nanoae import presets
 from nanoae.backend import get_backend
 from nanoae.benchmark.competitors import matmul_peak
 from nanoae.benchmark.flops import TUTORIAL_WIDTHS, layer_shapes, train_step_flops
+from nanoae.params import aligned_empty
 
 
 def _median_time(function, repeats: int) -> float:
@@ -42,18 +43,25 @@ def _median_time(function, repeats: int) -> float:
     return float(np.median(times))
 
 
+def _random_aligned(rng, shape):
+    array = aligned_empty(shape, np.float32)
+    array[...] = rng.random(shape, dtype=np.float32)
+    return array
+
+
 def _matmul_jobs(batch: int):
-    """The step's matmuls (forward, dW, dx but the first layer's) on random operands."""
+    """The step's matmuls (forward, dW, dx but the first layer's) on random operands,
+    every array on a 64-byte boundary as the step's arena and workspaces are."""
     rng = np.random.default_rng(0)
     jobs = []
     for index, (fan_in, fan_out) in enumerate(layer_shapes(TUTORIAL_WIDTHS)):
-        x = rng.random((batch, fan_in), dtype=np.float32)
-        w = rng.random((fan_in, fan_out), dtype=np.float32)
-        dz = rng.random((batch, fan_out), dtype=np.float32)
-        jobs.append((x, w, np.empty((batch, fan_out), np.float32)))  # forward
-        jobs.append((x.T, dz, np.empty((fan_in, fan_out), np.float32)))  # dW
+        x = _random_aligned(rng, (batch, fan_in))
+        w = _random_aligned(rng, (fan_in, fan_out))
+        dz = _random_aligned(rng, (batch, fan_out))
+        jobs.append((x, w, aligned_empty((batch, fan_out), np.float32)))  # forward
+        jobs.append((x.T, dz, aligned_empty((fan_in, fan_out), np.float32)))  # dW
         if index:
-            jobs.append((dz, w.T, np.empty((batch, fan_in), np.float32)))  # dx
+            jobs.append((dz, w.T, aligned_empty((batch, fan_in), np.float32)))  # dx
 
     def run():
         for a, b, out in jobs:
