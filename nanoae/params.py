@@ -34,8 +34,8 @@ def aligned_empty(shape, dtype, zeroed: bool = False) -> np.ndarray:
 
     A view into a buffer 64 bytes longer than needed. NumPy's own allocations start
     16 bytes into a cache line on glibc, and OpenBLAS writes a small product (the
-    tutorial's 128-wide layers at batch 64) 1.2-1.5x faster into an output that starts
-    on a cache line (benchmarks/matmul_shapes.py)."""
+    tutorial's 128-wide layers at batch 64) 1.2-1.6x faster into an output that starts
+    on a cache line, with the same bits (benchmarks/matmul_shapes.py)."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
     raw = (np.zeros if zeroed else np.empty)(count * dtype.itemsize + BYTE_ALIGNMENT, dtype=np.uint8)

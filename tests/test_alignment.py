@@ -47,6 +47,8 @@ def test_every_matmul_output_of_a_step_starts_on_a_cache_line(kernels, dtype):
     model._train_step(x, x)
     assert model.arena.values.ctypes.data % BYTE_ALIGNMENT == 0
     assert model.arena.grads.ctypes.data % BYTE_ALIGNMENT == 0
+    assert [state.ctypes.data % BYTE_ALIGNMENT for state in model.optimizer.state.values()] == [0] * len(model.optimizer.state)
+    assert len(model.optimizer.state) >= 1  # RMSProp's mean square
     outputs = []
     for module in model.modules():
         workspace = getattr(module, "_workspace", None)

@@ -58,7 +58,7 @@ def _buffer(workspace: dict, key: str, shape, dtype) -> np.ndarray:
     """The workspace's array for ``key``, (re)allocated only when shape or dtype change.
 
     Allocated on a 64-byte boundary: these are the matmuls' outputs (y, dx), and OpenBLAS
-    writes the small ones (the 128-wide layers at batch 64) up to 1.5x faster there than
+    writes the small ones (the 128-wide layers at batch 64) up to 1.6x faster there than
     at NumPy's usual 16 bytes past one (benchmarks/matmul_shapes.py)."""
     array = workspace.get(key)
     if array is None or array.shape != tuple(shape) or array.dtype != dtype:
