@@ -304,13 +304,6 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
-    return value
-
-
 def _setting(text: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
     if not equals or not name:
@@ -321,14 +314,14 @@ def _setting(text: str) -> tuple[str, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write every measurement and the summary as JSON here")
-    parser.add_argument("--rounds", type=_positive, default=5)
-    parser.add_argument("--batch", dest="batches", type=_positive, action="append", help="global batch (repeatable; default 256 and 1024)")
-    parser.add_argument("--warmup-steps", type=_positive, default=10)
-    parser.add_argument("--windows", type=_positive, default=5)
-    parser.add_argument("--window-steps", type=_positive, default=20)
-    parser.add_argument("--bucket-bytes", type=_positive, default=1 << 18, help="n2-buckets' bucket size (default 256 KiB)")
-    parser.add_argument("--allreduce-repeats", type=_positive, default=200)
-    parser.add_argument("--allreduce-warmup", type=_positive, default=20)
+    parser.add_argument("--rounds", type=provenance.positive_count, default=5)
+    parser.add_argument("--batch", dest="batches", type=provenance.positive_count, action="append", help="global batch (repeatable; default 256 and 1024)")
+    parser.add_argument("--warmup-steps", type=provenance.positive_count, default=10)
+    parser.add_argument("--windows", type=provenance.positive_count, default=5)
+    parser.add_argument("--window-steps", type=provenance.positive_count, default=20)
+    parser.add_argument("--bucket-bytes", type=provenance.positive_count, default=1 << 18, help="n2-buckets' bucket size (default 256 KiB)")
+    parser.add_argument("--allreduce-repeats", type=provenance.positive_count, default=200)
+    parser.add_argument("--allreduce-warmup", type=provenance.positive_count, default=20)
     parser.add_argument(
         "--bucket-env", type=_setting, action="append", default=[], metavar="NAME=VALUE",
         help="an environment variable for the bucketed ranks only (repeatable), e.g. "
@@ -339,7 +332,7 @@ def main(argv=None) -> int:
     # worker side
     parser.add_argument("--worker", choices=("allreduce", "step"), help=argparse.SUPPRESS)
     parser.add_argument("--competitor", help=argparse.SUPPRESS)
-    parser.add_argument("--batch-size", dest="batch", type=_positive, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", dest="batch", type=provenance.positive_count, help=argparse.SUPPRESS)
     parser.add_argument("--mpi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--buckets", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

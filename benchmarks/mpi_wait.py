@@ -81,21 +81,11 @@ def _time_round(comm: Communicator, call, calls: int) -> float:
     return comm.comm.allreduce(elapsed, op=MPI.MAX) / calls
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more; pass e.g. 20")
-    return value
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=_positive, default=20)
-    parser.add_argument("--calls", type=_positive, default=200, help="calls timed per round")
-    parser.add_argument("--warmup", type=_positive, default=50, help="untimed calls of each way first")
+    parser.add_argument("--rounds", type=provenance.positive_count, default=20)
+    parser.add_argument("--calls", type=provenance.positive_count, default=200, help="calls timed per round")
+    parser.add_argument("--warmup", type=provenance.positive_count, default=50, help="untimed calls of each way first")
     parser.add_argument("--what", choices=["gradients", "loss", "both"], default="both")
     parser.add_argument("--out", help="write the rows as JSON here (rank 0)")
     args = parser.parse_args(argv)

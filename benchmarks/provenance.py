@@ -1,4 +1,5 @@
-"""Where and on what a benchmark ran: the commit and the machine, for every result file.
+"""Where and on what a benchmark ran: the commit and the machine, for every result file
+(and :func:`positive_count`, the one check of the scripts' count arguments).
 
 Each script that writes measured figures records these beside them, so a figure can be
 traced to the code and the CPU that produced it without anyone adding them by hand.
@@ -6,6 +7,7 @@ traced to the code and the CPU that produced it without anyone adding them by ha
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -51,3 +53,14 @@ def numba_threads() -> int | None:
     except ImportError:
         return None
     return int(numba.get_num_threads())
+
+
+def positive_count(text: str) -> int:
+    """argparse type of a count (rounds, repeats, steps, bytes): a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more; pass e.g. 5")
+    return value

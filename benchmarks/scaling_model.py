@@ -534,16 +534,6 @@ def default_inputs() -> dict:
     }
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more; pass e.g. 5")
-    return value
-
-
 def _read_inputs(parser, path: Path) -> dict:
     try:
         inputs = json.loads(path.read_text())
@@ -575,10 +565,10 @@ def main(argv=None) -> int:
     parser.add_argument("--overhead-ms", type=float, help="CPU compute line: fixed ms per step (instead of --measure)")
     parser.add_argument("--per-sample-us", type=float, help="CPU compute line: us per sample (instead of --measure)")
     parser.add_argument("--batches", default=",".join(map(str, MEASURE_BATCHES)), help="batches to measure (comma-separated)")
-    parser.add_argument("--rounds", type=_positive, default=5, help="rounds of windows per batch (median taken)")
-    parser.add_argument("--window-steps", type=_positive, default=20, help="steps in one timed window")
-    parser.add_argument("--warmup-steps", type=_positive, default=10, help="untimed steps per batch first")
-    parser.add_argument("--allreduce-repeats", type=_positive, default=200, help="timed Allreduce calls per size")
+    parser.add_argument("--rounds", type=provenance.positive_count, default=5, help="rounds of windows per batch (median taken)")
+    parser.add_argument("--window-steps", type=provenance.positive_count, default=20, help="steps in one timed window")
+    parser.add_argument("--warmup-steps", type=provenance.positive_count, default=10, help="untimed steps per batch first")
+    parser.add_argument("--allreduce-repeats", type=provenance.positive_count, default=200, help="timed Allreduce calls per size")
     parser.add_argument("--write-inputs", type=Path, help="write the inputs used (JSON) here")
     parser.add_argument("--update-doc", type=Path, help="rewrite the generated part of this Markdown file")
     parser.add_argument("--step-worker", nargs=4, help=argparse.SUPPRESS)

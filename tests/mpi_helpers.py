@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 JOB_LIMIT_S = 120  # a job that hangs fails its test after this long instead of hanging the suite
 RANK_TIMEOUT_S = "30"  # NANOAE_MPI_TIMEOUT in every job: a hung collective ends the job inside JOB_LIMIT_S
 # What a launcher puts in its ranks' environment: never passed on from the test's own.
-LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+LAUNCHER_VARIABLES = (
+    "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_RANK", "PMIX_LOCAL_RANK",
+)  # fmt: skip
 
 
 def mpiexec_path() -> str | None:

@@ -12,7 +12,6 @@ rank, ``NANOAE_MPI_TIMEOUT=30`` and a subprocess timeout, so a hang fails the te
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,82 +21,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpi_helpers import LAUNCHER_VARIABLES, mpi_env, mpiexec_path, needs_mpi, run_job
+from test_cli_distributed import _nanoae as _train
+from test_cli_distributed import _own_data, _tree
+
 from nanoae.checkpoint import load_checkpoint
 from nanoae.cli import main
 from nanoae.cli.parallel import HOST_FIELDS, job_text, prints_for_its_host, prints_for_the_job
 from nanoae.distributed import TIMEOUT_EXIT_CODE
 
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 120  # a job that hangs fails here instead of hanging the suite
-LAUNCHER_VARIABLES = (
-    "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-    "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_RANK", "PMIX_LOCAL_RANK",
-)  # fmt: skip
 HINT = 'pip install "nanoae[mpi]" (mpi4py and an MPI library), or start nanoae train without the launcher'
 
 
-def _mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-def _has_mpi4py() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("mpi4py") is not None
-
-
-_skip_without_mpi = pytest.mark.skipif(_mpiexec() is None or not _has_mpi4py(), reason='needs mpi4py and mpiexec: pip install "nanoae[mpi]"')
-
-
-def needs_mpi(test):
-    """A test that starts mpiexec: marked ``mpi``, skipped with the install hint without MPI."""
-    return pytest.mark.mpi(_skip_without_mpi(test))
-
-
 def _env(**extra: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", NANOAE_MPI_TIMEOUT="30")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
+    """A job's environment (tests/mpi_helpers.py), with ``extra`` on top."""
+    return {**mpi_env(), **extra}
 
 
-def _train(*args) -> list[str]:
-    return [sys.executable, "-m", "nanoae", "train", *map(str, args)]
-
-
-def _run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """The command (an mpiexec line), ended by SIGTERM, then SIGKILL, if it outlives TIMEOUT_S."""
-    job = subprocess.Popen(command, cwd=cwd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = job.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        job.terminate()  # mpiexec passes SIGTERM on to its ranks; a kill would leave them
-        try:
-            job.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.communicate()
-        raise
-    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
+def _run(command: list, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return run_job(command, cwd=cwd, env=_env(**env))
 
 
 def mpiexec(ranks: int, *args, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return _run([_mpiexec(), "-n", str(ranks), *_train(*args)], cwd, **env)
+    return _run([mpiexec_path(), "-n", str(ranks), *_train(*args)], cwd, **env)
 
 
 def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if "error" in line]
-
-
-def _tree(directory: Path) -> list[str]:
-    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*"))
-
-
-def _own_data(path: Path, rows: int = 240, width: int = 12) -> Path:
-    np.save(path, np.random.default_rng(3).integers(0, 256, (rows, width)).astype(np.uint8))
-    return path
 
 
 def _image_folder(path: Path, seed: int, count: int = 40) -> Path:
@@ -258,7 +208,7 @@ _OPTIONS = ("--layers", "6,3", "--steps", "4", "--batch-size", "16", "--quiet")
 def _two_programs(first_data: Path, second_data: Path, out: str) -> list[str]:
     """An MPMD job: rank 0 trains on first_data, rank 1 on second_data, all else alike."""
     return [
-        _mpiexec(), "-n", "1", *_train("--data", first_data, *_OPTIONS, "--out", out),
+        mpiexec_path(), "-n", "1", *_train("--data", first_data, *_OPTIONS, "--out", out),
         ":", "-n", "1", *_train("--data", second_data, *_OPTIONS, "--out", out),
     ]  # fmt: skip
 
@@ -284,7 +234,7 @@ def test_the_same_pictures_under_another_path_train_as_one_process(tmp_path):
     copy = shutil.copytree(first, tmp_path / "elsewhere" / "dirA")
     result = _run(_two_programs(first, copy, "run"), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    alone = subprocess.run(_train("--data", first, *_OPTIONS, "--out", "alone"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    alone = _run(_train("--data", first, *_OPTIONS, "--out", "alone"), tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     two = load_checkpoint(tmp_path / "run" / "checkpoint.npz", backend="numpy")
     assert two.step == 4 and two.extra["config"]["ranks"] == 2
@@ -318,7 +268,7 @@ sys.exit(main(sys.argv[3:]))
 def _failing_job(tmp_path: Path, rank: int, what: str) -> subprocess.CompletedProcess:
     data = _own_data(tmp_path / "rows.npy")
     args = ["train", "--data", str(data), "--layers", "6,3", "--steps", "3", "--batch-size", "40", "--out", "run", "--quiet"]
-    return _run([_mpiexec(), "-n", "2", sys.executable, "-c", _FAILING_ON_ONE_RANK, str(rank), what, *args], tmp_path)
+    return _run([mpiexec_path(), "-n", "2", sys.executable, "-c", _FAILING_ON_ONE_RANK, str(rank), what, *args], tmp_path)
 
 
 @needs_mpi

@@ -13,6 +13,8 @@ import json
 import numpy as np
 import pytest
 
+from test_cli_own_data_errors import refused
+
 from nanoae.checkpoint import load_checkpoint
 from nanoae.cli import main
 
@@ -222,20 +224,7 @@ def test_resume_continues_bit_identically(tmp_path, files):
 
 
 # ---- bad input: one line, exit 2, nothing written ------------------------------------------
-def refused(capsys, args, *words, out=None):
-    """Run args; assert exit 2, each word in one error line, and ``out`` not created."""
-    try:
-        code = run(args)
-    except SystemExit as exc:  # argparse refuses before main's handler
-        code = exc.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.count("\n") == 0 or err.startswith("usage:"), err
-    for word in words:
-        assert word in err, (word, err)
-    if out is not None:
-        assert not out.exists(), f"{out} was written"
-    return err
+# (refused: tests/test_cli_own_data_errors.py)
 
 
 @pytest.mark.parametrize("layers, words", [

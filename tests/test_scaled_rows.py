@@ -3,17 +3,16 @@ training from them equals training from the materialized array, bit for bit."""
 
 from __future__ import annotations
 
-import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_fast_path import AllocationMeter
 
 from nanoae import Autoencoder, Dense, RMSProp, Sequential
 from nanoae.backend import cupy_status, get_backend
-from nanoae.callbacks import Callback
 from nanoae.data import ScaledRows
 from nanoae.ops import cpu
 from nanoae.scaling import Scaler
@@ -198,22 +197,6 @@ def test_a_float64_model_trains_on_the_materialized_source():
     models[0].fit(source.materialize(), steps=5, batch_size=16)
     models[1].fit(source, steps=5, batch_size=16)
     np.testing.assert_array_equal(models[0].arena.values, models[1].arena.values)
-
-
-class AllocationMeter(Callback):
-    """tracemalloc from step ``skip_steps`` (buffers and kernels made) to the end."""
-
-    def __init__(self, skip_steps):
-        self.skip_steps = skip_steps
-
-    def on_step_end(self, state):
-        if state.step - state.start_step == self.skip_steps:
-            tracemalloc.start()
-            self.before, _ = tracemalloc.get_traced_memory()
-
-    def on_train_end(self, state):
-        self.after, self.peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("kind", ["uint8-unit", "float64-standardize"])
