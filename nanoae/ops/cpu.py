@@ -19,7 +19,8 @@ memory traffic:
   gradients, which go straight into the parameter arena's gradient views;
 * bias-add + activation is one pass; activation' + the bias gradient is one pass;
   the MSE loss and its gradient are one pass; each optimizer update is one pass over
-  the whole arena;
+  the whole arena, flushing subnormal optimizer state to zero as it writes it (as the
+  reference does: :func:`nanoae.ops.reference.flush_subnormals`);
 * those passes run as Numba kernels when Numba is installed (``nanoae[fast]``), else
   as vectorized NumPy with ``out=`` (:mod:`nanoae.ops.kernels_numpy`).
 
@@ -231,21 +232,30 @@ class CpuOps(OpsTable):
     # in float32 but still routes the step through the momentum buffer there.
     @staticmethod
     def _scratch(workspace, params):
+        """Three float buffers and a boolean one (the flush's mask) for the NumPy kernels."""
         if workspace is None:
             workspace = {}
-        return tuple(_buffer(workspace, f"scratch{k}", params.shape, params.dtype) for k in range(3))
+        floats = tuple(_buffer(workspace, f"scratch{k}", params.shape, params.dtype) for k in range(3))
+        return (*floats, _buffer(workspace, "scratch_mask", params.shape, np.bool_))
+
+    @staticmethod
+    def _smallest_normal(params):
+        """The dtype's smallest normal number: state below it is flushed to +0
+        (reference.flush_subnormals)."""
+        return params.dtype.type(np.finfo(params.dtype).tiny)
 
     def rmsprop_update(self, params, grads, mean_square, momentum_buffer, lr, rho, eps, momentum, flavor, workspace=None):
         dtype = params.dtype.type
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
         lr, rho, complement, eps, momentum_value = dtype(lr), dtype(rho), dtype(1 - rho), dtype(eps), dtype(momentum)
         state = (params, grads, mean_square, momentum_buffer)
+        tiny = self._smallest_normal(params)
         if flavor == "tf1":
-            self.kernels.rmsprop_tf1(*state, lr, complement, eps, momentum_value, bool(momentum), scratch)
+            self.kernels.rmsprop_tf1(*state, lr, complement, eps, momentum_value, bool(momentum), tiny, scratch)
         elif flavor == "keras":
-            self.kernels.rmsprop_keras(*state, lr, rho, complement, eps, momentum_value, bool(momentum), scratch)
+            self.kernels.rmsprop_keras(*state, lr, rho, complement, eps, momentum_value, bool(momentum), tiny, scratch)
         elif flavor == "torch":
-            self.kernels.rmsprop_torch(*state, lr, rho, complement, eps, momentum_value, bool(momentum), scratch)
+            self.kernels.rmsprop_torch(*state, lr, rho, complement, eps, momentum_value, bool(momentum), tiny, scratch)
         else:
             raise ValueError(f"unknown RMSProp flavor {flavor!r}; use 'tf1', 'keras' or 'torch'")
 
@@ -254,7 +264,7 @@ class CpuOps(OpsTable):
         scratch = () if self.kernels.NAME == "numba" else self._scratch(workspace, params)
         self.kernels.sgd(
             params, grads, velocity, dtype(lr), dtype(momentum), bool(nesterov), dtype(weight_decay),
-            bool(momentum), bool(weight_decay), scratch,
+            bool(momentum), bool(weight_decay), self._smallest_normal(params), scratch,
         )  # fmt: skip
 
     def adam_update(
@@ -286,6 +296,7 @@ class CpuOps(OpsTable):
             dtype(1 - lr * weight_decay),
             use_decoupled,
             keras,
+            self._smallest_normal(params),
             scratch,
         )
 

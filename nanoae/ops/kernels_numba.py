@@ -152,82 +152,89 @@ def all_finite(bits, exponent_mask):
     return True
 
 
+@njit(**_OPTIONS)
+def _flushed(value, tiny):
+    """+0 for |value| below the smallest normal number ``tiny``, else value (see
+    reference.flush_subnormals); value - value is +0 in the value's own dtype."""
+    return value - value if abs(value) < tiny else value
+
+
 @njit(**_OPTIMIZER_OPTIONS)
-def _rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum):
+def _rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, tiny):
     for k in prange(params.shape[0]):
         g = grads[k]
-        ms = mean_square[k] + (g * g - mean_square[k]) * decay_complement
+        ms = _flushed(mean_square[k] + (g * g - mean_square[k]) * decay_complement, tiny)
         mean_square[k] = ms
         increment = lr * g / math.sqrt(ms + eps)
         if use_momentum:
-            increment = momentum_buffer[k] * momentum + increment
+            increment = _flushed(momentum_buffer[k] * momentum + increment, tiny)
             momentum_buffer[k] = increment
         params[k] = params[k] - increment
 
 
 @njit(**_OPTIMIZER_OPTIONS)
-def _rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum):
+def _rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny):
     for k in prange(params.shape[0]):
         g = grads[k]
-        ms = mean_square[k] * rho + decay_complement * (g * g)
+        ms = _flushed(mean_square[k] * rho + decay_complement * (g * g), tiny)
         mean_square[k] = ms
         increment = lr * g / math.sqrt(ms + eps)
         if use_momentum:
-            increment = momentum_buffer[k] * momentum + increment
+            increment = _flushed(momentum_buffer[k] * momentum + increment, tiny)
             momentum_buffer[k] = increment
         params[k] = params[k] - increment
 
 
 @njit(**_OPTIMIZER_OPTIONS)
-def _rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum):
+def _rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny):
     for k in prange(params.shape[0]):
         g = grads[k]
-        ms = mean_square[k] * rho + decay_complement * (g * g)
+        ms = _flushed(mean_square[k] * rho + decay_complement * (g * g), tiny)
         mean_square[k] = ms
         direction = g / (math.sqrt(ms) + eps)
         if use_momentum:
-            direction = momentum_buffer[k] * momentum + direction
+            direction = _flushed(momentum_buffer[k] * momentum + direction, tiny)
             momentum_buffer[k] = direction
         params[k] = params[k] - lr * direction
 
 
-def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_tf1(params, grads, mean_square, buffer, lr, decay_complement, eps, momentum, use_momentum)
+    _rmsprop_tf1(params, grads, mean_square, buffer, lr, decay_complement, eps, momentum, use_momentum, tiny)
 
 
-def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_keras(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum)
+    _rmsprop_keras(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny)
 
 
-def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     buffer = momentum_buffer if momentum_buffer is not None else mean_square
-    _rmsprop_torch(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum)
+    _rmsprop_torch(params, grads, mean_square, buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny)
 
 
 @njit(**_OPTIMIZER_OPTIONS)
-def _sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay):
+def _sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, tiny):
     for k in prange(params.shape[0]):
         g = grads[k]
         if use_decay:
             g = g + weight_decay * params[k]
         direction = g
         if use_momentum:
-            v = velocity[k] * momentum + g
+            v = _flushed(velocity[k] * momentum + g, tiny)
             velocity[k] = v
             direction = g + momentum * v if nesterov else v
         params[k] = params[k] - lr * direction
 
 
-def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, scratch):
+def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, tiny, scratch):
     buffer = velocity if velocity is not None else params
-    _sgd(params, grads, buffer, lr, momentum, nesterov, weight_decay, use_momentum, use_decay)
+    _sgd(params, grads, buffer, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, tiny)
 
 
 @njit(**_OPTIMIZER_OPTIONS)
 def _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-          sqrt_bc2, weight_decay, decoupled_factor, keras, use_decay, decoupled):
+          sqrt_bc2, weight_decay, decoupled_factor, keras, use_decay, decoupled, tiny):
     for k in prange(params.shape[0]):
         w = params[k]
         g = grads[k]
@@ -235,19 +242,19 @@ def _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, 
             w = w * decoupled_factor
         elif use_decay:
             g = g + weight_decay * w
-        m = first_moment[k] + (g - first_moment[k]) * beta1_complement
+        m = _flushed(first_moment[k] + (g - first_moment[k]) * beta1_complement, tiny)
         first_moment[k] = m
         if keras:
-            v = second_moment[k] + (g * g - second_moment[k]) * beta2_complement
+            v = _flushed(second_moment[k] + (g * g - second_moment[k]) * beta2_complement, tiny)
             denominator = math.sqrt(v) + eps
         else:
-            v = second_moment[k] * beta2 + beta2_complement * (g * g)
+            v = _flushed(second_moment[k] * beta2 + beta2_complement * (g * g), tiny)
             denominator = math.sqrt(v) / sqrt_bc2 + eps
         second_moment[k] = v
         params[k] = w - lr_hat * m / denominator
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, scratch):
+         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, tiny, scratch):
     _adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-          sqrt_bc2, weight_decay, decoupled_factor, keras, use_decay, decoupled)
+          sqrt_bc2, weight_decay, decoupled_factor, keras, use_decay, decoupled, tiny)

@@ -99,27 +99,36 @@ def all_finite(values, mask):
     return bool(mask.all())
 
 
-def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_tf1(params, grads, mean_square, momentum_buffer, lr, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     """ms += (g^2 - ms)(1 - rho); then the inside-the-root increment (see reference)."""
-    first, second, _ = scratch
+    first, second, _, mask = scratch
     np.multiply(grads, grads, out=first)
     np.subtract(first, mean_square, out=first)
     np.multiply(first, decay_complement, out=first)
     np.add(mean_square, first, out=mean_square)
-    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second)
+    _flush(mean_square, tiny, first, mask)
+    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, tiny, first, second, mask)
 
 
-def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_keras(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     """ms = rho ms + (1 - rho) g^2; then the inside-the-root increment."""
-    first, second, _ = scratch
+    first, second, _, mask = scratch
     np.multiply(mean_square, rho, out=mean_square)
     np.multiply(grads, grads, out=first)
     np.multiply(first, decay_complement, out=first)
     np.add(mean_square, first, out=mean_square)
-    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second)
+    _flush(mean_square, tiny, first, mask)
+    _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, tiny, first, second, mask)
 
 
-def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, first, second):
+def _flush(state, tiny, magnitude, mask):
+    """state[|state| < tiny] = 0 through kept buffers (reference.flush_subnormals)."""
+    np.abs(state, out=magnitude)
+    np.less(magnitude, tiny, out=mask)
+    np.copyto(state, 0, where=mask)
+
+
+def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps, momentum, use_momentum, tiny, first, second, mask):
     """increment = (lr g) / sqrt(ms + eps); w -= increment (or through momentum)."""
     np.multiply(grads, lr, out=second)
     np.add(mean_square, eps, out=first)
@@ -128,33 +137,36 @@ def _increment_inside_root(params, grads, mean_square, momentum_buffer, lr, eps,
     if use_momentum:
         np.multiply(momentum_buffer, momentum, out=momentum_buffer)
         np.add(momentum_buffer, first, out=momentum_buffer)
+        _flush(momentum_buffer, tiny, first, mask)
         np.subtract(params, momentum_buffer, out=params)
     else:
         np.subtract(params, first, out=params)
 
 
-def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, scratch):
+def rmsprop_torch(params, grads, mean_square, momentum_buffer, lr, rho, decay_complement, eps, momentum, use_momentum, tiny, scratch):
     """ms = rho ms + (1 - rho) g^2; d = g / (sqrt(ms) + eps); w -= lr d (or lr mom)."""
-    first, _, _ = scratch
+    first, _, _, mask = scratch
     np.multiply(mean_square, rho, out=mean_square)
     np.multiply(grads, grads, out=first)
     np.multiply(first, decay_complement, out=first)
     np.add(mean_square, first, out=mean_square)
+    _flush(mean_square, tiny, first, mask)
     np.sqrt(mean_square, out=first)
     np.add(first, eps, out=first)
     np.divide(grads, first, out=first)
     if use_momentum:
         np.multiply(momentum_buffer, momentum, out=momentum_buffer)
         np.add(momentum_buffer, first, out=momentum_buffer)
+        _flush(momentum_buffer, tiny, first, mask)
         np.multiply(momentum_buffer, lr, out=first)
     else:
         np.multiply(first, lr, out=first)
     np.subtract(params, first, out=params)
 
 
-def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, scratch):
+def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momentum, use_decay, tiny, scratch):
     """torch.optim.SGD's rule (see reference), through scratch buffers."""
-    first, second, _ = scratch
+    first, second, _, mask = scratch
     if use_decay:
         np.multiply(params, weight_decay, out=second)
         np.add(grads, second, out=second)
@@ -162,6 +174,7 @@ def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momen
     if use_momentum:
         np.multiply(velocity, momentum, out=velocity)
         np.add(velocity, grads, out=velocity)
+        _flush(velocity, tiny, first, mask)
         if nesterov:
             np.multiply(velocity, momentum, out=first)
             np.add(grads, first, out=first)
@@ -175,11 +188,11 @@ def sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay, use_momen
 
 
 def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, beta2, beta2_complement, eps,
-         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, scratch):
+         sqrt_bc2, weight_decay, use_decay, decoupled_factor, decoupled, keras, tiny, scratch):
     """One Adam step (see reference). torch: lr_hat = lr / bc1, sqrt(v) is divided by
     sqrt_bc2 = sqrt(1 - beta2^t); keras: lr_hat = lr sqrt(bc2) / bc1. decoupled (AdamW):
     w *= decoupled_factor (= 1 - lr wd, which may be 0) before the step."""
-    first, second, third = scratch
+    first, second, third, mask = scratch
     if decoupled:
         np.multiply(params, decoupled_factor, out=params)
     elif use_decay:
@@ -194,6 +207,8 @@ def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, b
         np.subtract(first, second_moment, out=first)
         np.multiply(first, beta2_complement, out=first)
         np.add(second_moment, first, out=second_moment)
+        _flush(first_moment, tiny, first, mask)
+        _flush(second_moment, tiny, first, mask)
         np.sqrt(second_moment, out=first)
     else:
         np.multiply(first, beta1_complement, out=first)
@@ -202,6 +217,8 @@ def adam(params, grads, first_moment, second_moment, lr_hat, beta1_complement, b
         np.multiply(grads, grads, out=first)
         np.multiply(first, beta2_complement, out=first)
         np.add(second_moment, first, out=second_moment)
+        _flush(first_moment, tiny, first, mask)
+        _flush(second_moment, tiny, first, mask)
         np.sqrt(second_moment, out=first)
         np.divide(first, sqrt_bc2, out=first)
     np.add(first, eps, out=first)

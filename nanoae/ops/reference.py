@@ -365,6 +365,23 @@ def step_is_finite(loss, grads) -> bool:
 # --------------------------------------------------------------------------------------
 # Optimizer updates, in place over flat arrays (the parameter arena and its state).
 # --------------------------------------------------------------------------------------
+def flush_subnormals(state) -> None:
+    """Set every entry of an optimizer state buffer with |x| below the dtype's smallest
+    normal number (1.18e-38 in float32) to +0, in place.
+
+    Why: a running average fed a zero gradient (a dead ReLU unit, an always-blank pixel)
+    decays into subnormal numbers and, in float32, sticks there (0.9 x the smallest
+    subnormal rounds back to itself); arithmetic on subnormals is several times slower on
+    many CPUs. Every optimizer flushes its state as it is written, on every path, so the
+    paths stay equal bit for bit. The parameters never notice: a subnormal mean square
+    vanishes beside eps in the root, and a subnormal momentum or first moment moves a
+    weight by less than its last bit unless the weight itself is below about 1e-30.
+    TensorFlow's CPU kernels run with flush-to-zero for the same reason.
+    """
+    xp = array_module(state)
+    state[xp.abs(state) < xp.finfo(state.dtype).tiny] = 0
+
+
 def rmsprop_update(
     params,
     grads,
@@ -391,22 +408,27 @@ def rmsprop_update(
         d   <- g / (sqrt(ms) + eps)
         w   <- w - lr * d, or with momentum: mom <- momentum * mom + d; w <- w - lr * mom
     momentum_buffer may be None when momentum == 0.
+    Each state buffer is flushed (:func:`flush_subnormals`) as soon as it is written.
     """
     xp = array_module(params)
     if flavor == "tf1":
         mean_square += (grads * grads - mean_square) * (1 - rho)
+        flush_subnormals(mean_square)
         increment = lr * grads / xp.sqrt(mean_square + eps)
     elif flavor == "keras":
         mean_square *= rho
         mean_square += (1 - rho) * (grads * grads)
+        flush_subnormals(mean_square)
         increment = lr * grads / xp.sqrt(mean_square + eps)
     elif flavor == "torch":
         mean_square *= rho
         mean_square += (1 - rho) * (grads * grads)
+        flush_subnormals(mean_square)
         direction = grads / (xp.sqrt(mean_square) + eps)
         if momentum:
             momentum_buffer *= momentum
             momentum_buffer += direction
+            flush_subnormals(momentum_buffer)
             params -= lr * momentum_buffer
         else:
             params -= lr * direction
@@ -416,6 +438,7 @@ def rmsprop_update(
     if momentum:
         momentum_buffer *= momentum
         momentum_buffer += increment
+        flush_subnormals(momentum_buffer)
         params -= momentum_buffer
     else:
         params -= increment
@@ -437,12 +460,14 @@ def sgd_update(
         d <- g + momentum * v if nesterov else v     (d = g without momentum)
         w <- w - lr * d
     velocity may be None when momentum == 0.
+    Each state buffer is flushed (:func:`flush_subnormals`) as soon as it is written.
     """
     if weight_decay:
         grads = grads + weight_decay * params
     if momentum:
         velocity *= momentum
         velocity += grads
+        flush_subnormals(velocity)
         direction = grads + momentum * velocity if nesterov else velocity
     else:
         direction = grads
@@ -475,6 +500,7 @@ def adam_update(
         m <- m + (g - m)(1 - beta1);  v <- v + (g^2 - v)(1 - beta2)
         w <- w - [lr sqrt(1 - beta2^t) / (1 - beta1^t)] * m / (sqrt(v) + eps)
     The two differ only in where eps sits relative to the bias correction.
+    Each state buffer is flushed (:func:`flush_subnormals`) as soon as it is written.
     """
     xp = array_module(params)
     if weight_decay and decoupled:
@@ -487,11 +513,15 @@ def adam_update(
         first_moment += (1 - beta1) * (grads - first_moment)  # torch's lerp
         second_moment *= beta2
         second_moment += (1 - beta2) * (grads * grads)
+        flush_subnormals(first_moment)
+        flush_subnormals(second_moment)
         denominator = xp.sqrt(second_moment) / bias_correction2**0.5 + eps
         params -= (lr / bias_correction1) * first_moment / denominator
     elif flavor == "keras":
         first_moment += (grads - first_moment) * (1 - beta1)
         second_moment += (grads * grads - second_moment) * (1 - beta2)
+        flush_subnormals(first_moment)
+        flush_subnormals(second_moment)
         step_size = lr * bias_correction2**0.5 / bias_correction1
         params -= step_size * first_moment / (xp.sqrt(second_moment) + eps)
     else:
