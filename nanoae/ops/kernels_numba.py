@@ -13,15 +13,15 @@ Choices that matter for speed and for equality with the reference path:
   already cast to the arrays' dtype so nothing widens to float64. The optimizer and
   most activation kernels are therefore bit-identical to the reference path; only
   exp/tanh (sigmoid, tanh) may differ in the last bit from NumPy's own versions.
-* the optimizer kernels run on one thread. Spread over Numba's threads
-  (``NANOAE_PARALLEL_OPTIMIZER=1`` before import compiles them so) the tutorial's update
-  was slower on the 2-core AVX-512 EPYC: in one process, variants taking turns, the
-  serial kernel's step was 1.04x / 1.03x the parallel one's at batch 64 / 256, and
-  1.19x / 1.03x with the subnormal flush (benchmarks/cpu_ablation.py); waking the
-  threads costs more than the second core returns on 1.1 M elements. Should they run
-  in parallel, Numba is told to use its ``workqueue`` threading layer, whose idle
-  threads sleep instead of spinning against OpenBLAS's (an OpenMP layer next to BLAS
-  halved throughput).
+* the optimizer kernels run on one thread (``NANOAE_PARALLEL_OPTIMIZER=1`` before
+  import compiles them for Numba's threads instead). On the 2-core AVX-512 EPYC, alone
+  on cache-hot arrays, the tutorial's update took 0.19 ms serial against 0.27-0.41 ms
+  on two threads; inside the step, in one process with the variants taking turns
+  (benchmarks/cpu_ablation.py, two runs), the serial step was 1.03-1.04x the parallel
+  one at batch 64, 1.01-1.03x at 256, 1.00x at 1024: waking the threads costs about
+  what the second core returns on 1.1 M elements. Should they run in parallel, Numba
+  is told to use its ``workqueue`` threading layer, whose idle threads sleep instead
+  of spinning against OpenBLAS's (an OpenMP layer next to BLAS halved throughput).
 """
 
 from __future__ import annotations
