@@ -104,3 +104,14 @@ def test_profile_splits_the_step_into_matmuls_and_the_rest(capsys):
     assert profile.main(["--batch", "16", "--steps", "2", "--rounds", "1"]) == 0
     report = capsys.readouterr().out
     assert "its matmuls alone" in report and "% of peak" in report and "rmsprop_update" in report
+
+
+def test_profile_can_start_from_a_long_runs_optimizer_state(capsys):
+    from nanoae.benchmark import profile
+
+    # 900 steps: past the ~830 at which dead units' mean squares would turn subnormal
+    result = profile.profile(batch=16, steps=2, rounds=1, warm_steps=900)
+    assert result["warm_steps"] == 900
+    assert result["subnormal_state"] == 0  # flushed as written (reference.flush_subnormals)
+    assert profile.main(["--batch", "16", "--steps", "2", "--rounds", "1", "--warm-steps", "5"]) == 0
+    assert "after 5 warm-up steps; subnormal optimizer state entries: 0" in capsys.readouterr().out
