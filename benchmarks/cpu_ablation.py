@@ -47,6 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    from numba import prange
+except ImportError:  # main() says Numba is needed; the module still imports
+    prange = range
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import commit, cpu_model  # noqa: E402
 
@@ -58,51 +63,33 @@ from nanoae.ops import cpu as cpu_ops  # noqa: E402
 TINY = np.float32(np.finfo(np.float32).tiny)
 
 
+def _rmsprop_tf1(params, grads, mean_square, lr, complement, eps, tiny, flush):
+    """RMSProp tf1 without momentum, as the shipped kernel computes it; ``flush`` False
+    keeps subnormal mean squares (the update before the flush). ``prange`` is ``range``
+    when compiled without ``parallel``, and Numba lifts the loop-invariant branch."""
+    for k in prange(params.shape[0]):
+        g = grads[k]
+        ms = mean_square[k] + (g * g - mean_square[k]) * complement
+        if flush and abs(ms) < tiny:
+            ms = ms - ms
+        mean_square[k] = ms
+        params[k] = params[k] - lr * g / math.sqrt(ms + eps)
+
+
 def _kernels():
-    """The four RMSProp tf1 updates (no momentum): parallel or serial, flushing or not.
+    """(parallel, flush) -> an update(params, grads, mean_square, lr, complement, eps, tiny):
+    the function above compiled for Numba's threads and for one, each flushing or not."""
+    from numba import njit  # noqa: PLC0415
 
-    Written out four times: Numba's parallel transform needs ``prange`` named in the loop
-    itself, not passed in."""
-    from numba import njit, prange  # noqa: PLC0415
+    compiled = {parallel: njit(error_model="numpy", nogil=True, parallel=parallel)(_rmsprop_tf1) for parallel in (True, False)}
 
-    serial = {"error_model": "numpy", "nogil": True}
-    parallel = {**serial, "parallel": True}
+    def bound(parallel, flush):
+        kernel = compiled[parallel]
+        return lambda params, grads, mean_square, lr, complement, eps, tiny: kernel(
+            params, grads, mean_square, lr, complement, eps, tiny, flush
+        )
 
-    @njit(**parallel)
-    def parallel_keep(params, grads, mean_square, lr, complement, eps, tiny):
-        for k in prange(params.shape[0]):
-            g = grads[k]
-            ms = mean_square[k] + (g * g - mean_square[k]) * complement
-            mean_square[k] = ms
-            params[k] = params[k] - lr * g / math.sqrt(ms + eps)
-
-    @njit(**parallel)
-    def parallel_flush(params, grads, mean_square, lr, complement, eps, tiny):
-        for k in prange(params.shape[0]):
-            g = grads[k]
-            ms = mean_square[k] + (g * g - mean_square[k]) * complement
-            ms = ms - ms if abs(ms) < tiny else ms
-            mean_square[k] = ms
-            params[k] = params[k] - lr * g / math.sqrt(ms + eps)
-
-    @njit(**serial)
-    def serial_keep(params, grads, mean_square, lr, complement, eps, tiny):
-        for k in range(params.shape[0]):
-            g = grads[k]
-            ms = mean_square[k] + (g * g - mean_square[k]) * complement
-            mean_square[k] = ms
-            params[k] = params[k] - lr * g / math.sqrt(ms + eps)
-
-    @njit(**serial)
-    def serial_flush(params, grads, mean_square, lr, complement, eps, tiny):
-        for k in range(params.shape[0]):
-            g = grads[k]
-            ms = mean_square[k] + (g * g - mean_square[k]) * complement
-            ms = ms - ms if abs(ms) < tiny else ms
-            mean_square[k] = ms
-            params[k] = params[k] - lr * g / math.sqrt(ms + eps)
-
-    return {(True, False): parallel_keep, (True, True): parallel_flush, (False, False): serial_keep, (False, True): serial_flush}
+    return {(parallel, flush): bound(parallel, flush) for parallel in (True, False) for flush in (True, False)}
 
 
 class _VariantOps(cpu_ops.CpuOps):

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nanoae.benchmark import flops, runner
@@ -111,7 +112,19 @@ def test_profile_can_start_from_a_long_runs_optimizer_state(capsys):
 
     # 900 steps: past the ~830 at which dead units' mean squares would turn subnormal
     result = profile.profile(batch=16, steps=2, rounds=1, warm_steps=900)
-    assert result["warm_steps"] == 900
+    assert result["warm_steps"] == 900  # the model's own step count when timing began
     assert result["subnormal_state"] == 0  # flushed as written (reference.flush_subnormals)
     assert profile.main(["--batch", "16", "--steps", "2", "--rounds", "1", "--warm-steps", "5"]) == 0
     assert "after 5 warm-up steps; subnormal optimizer state entries: 0" in capsys.readouterr().out
+
+
+def test_the_profile_counts_subnormal_optimizer_state():
+    from nanoae import presets
+    from nanoae.benchmark import profile
+
+    model = presets.tutorial(seed=0)
+    state = model.optimizer.state["mean_square"]
+    state[:5] = np.float32(1e-40)  # subnormal
+    state[5:8] = 0.0  # zero: not counted
+    state[8] = np.float32(np.finfo(np.float32).tiny)  # the smallest normal: not counted
+    assert profile._subnormal_state(model) == 5

@@ -124,8 +124,7 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
     for index in range(warm_steps):
         for warmed in (model, timed_model):
             warmed._train_step(pool[index % len(pool)], pool[index % len(pool)])
-    timed.seconds.clear()
-    subnormal = _subnormal_state(model)
+    subnormal, warmed = _subnormal_state(model), model.steps_trained
     floor_jobs = _matmul_jobs(batch)
     step_times, floors, peaks, per_op_rounds = [], [], [], []
     for _ in range(rounds):
@@ -147,7 +146,7 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
         "per_op_s": per_op,
         "gflop": train_step_flops(batch) / 1e9,
         "peak_gflops": float(np.median(peaks)),
-        "warm_steps": warm_steps,
+        "warm_steps": warmed,  # the steps the timed model had trained when the rounds began
         "subnormal_state": subnormal,
     }
 
