@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from nanoae import presets
 from nanoae.backend import get_backend
@@ -20,10 +20,7 @@ TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("cpu_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _arrays(seed=0, size=5000):

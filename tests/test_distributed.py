@@ -9,7 +9,6 @@ The sharding and the refusals are checked in this process, which never imports m
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -19,15 +18,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mpi_helpers import mpiexec_path, needs_mpi, run_job
+from script_loader import load_script
 
 from nanoae import presets
 from nanoae.distributed import Communicator, RankMismatchError, shard_bounds
 
 SCRIPT = Path(__file__).resolve().parent / "mpi_fit_script.py"
 STEPS = 20
-_spec = importlib.util.spec_from_file_location("mpi_fit_script", SCRIPT)
-fit_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fit_script)  # its build() and restore_apart(), for the one-process reference
+fit_script = load_script(SCRIPT)  # its build() and restore_apart(), for the one-process reference
 
 
 def _data(dtype: str) -> np.ndarray:

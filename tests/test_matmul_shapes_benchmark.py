@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from nanoae.benchmark.flops import train_step_flops
 
@@ -16,10 +16,7 @@ SCRIPT = ROOT / "benchmarks" / "matmul_shapes.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("matmul_shapes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.parametrize("batch", [1, 64, 256])

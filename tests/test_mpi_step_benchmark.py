@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 from mpi_helpers import needs_mpi, run_job
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "mpi_step.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("mpi_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _step(round_number, competitor, step_ms, batch=256):

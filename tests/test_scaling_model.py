@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scaling.md"
@@ -25,11 +26,7 @@ INPUTS = ROOT / "benchmarks" / "results" / "scaling-inputs.json"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("scaling_model", ROOT / "benchmarks" / "scaling_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scaling_model"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "scaling_model.py")  # registered: its dataclasses look it up
 
 
 model = _load_script()

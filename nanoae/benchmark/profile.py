@@ -122,8 +122,8 @@ def profile(batch: int = 256, fast: bool = True, kernels: str = "auto", steps: i
     x = rng.random((batch, 784), dtype=np.float32)
     pool = [rng.random((batch, 784), dtype=np.float32) for _ in range(8)]
     for index in range(warm_steps):
-        for warmed in (model, timed_model):
-            warmed._train_step(pool[index % len(pool)], pool[index % len(pool)])
+        for trained in (model, timed_model):
+            trained._train_step(pool[index % len(pool)], pool[index % len(pool)])
     subnormal, warmed = _subnormal_state(model), model.steps_trained
     floor_jobs = _matmul_jobs(batch)
     step_times, floors, peaks, per_op_rounds = [], [], [], []

@@ -17,8 +17,8 @@ Choices that matter for speed and for equality with the reference path:
   import compiles them for Numba's threads instead). On the 2-core AVX-512 EPYC, alone
   on cache-hot arrays, the tutorial's update took 0.19 ms serial against 0.27-0.41 ms
   on two threads; inside the step, in one process with the variants taking turns
-  (benchmarks/cpu_ablation.py, two runs), the serial step was 1.03-1.04x the parallel
-  one at batch 64, 1.01-1.03x at 256, 1.00x at 1024: waking the threads costs about
+  (benchmarks/cpu_ablation.py, three runs), the serial step was 1.03-1.07x the parallel
+  one at batch 64, 1.01-1.03x at 256, 1.00-1.01x at 1024: waking the threads costs about
   what the second core returns on 1.1 M elements. Should they run in parallel, Numba
   is told to use its ``workqueue`` threading layer, whose idle threads sleep instead
   of spinning against OpenBLAS's (an OpenMP layer next to BLAS halved throughput).
