@@ -103,7 +103,8 @@ class Model(Module):
 
         x: (batch, in_features); target: (batch, out_features).
         Returns the batch loss before the update, as a 0-d array of the model's dtype
-        (``float(loss)`` reads it; on a GPU that waits for the device).
+        (``float(loss)`` reads it; on a GPU that waits for the device). The array is the
+        caller's own: no later step writes into it.
         Raises :class:`~nanoae.errors.NonFiniteStepError` (a ``FloatingPointError``)
         when the loss or a gradient is NaN or infinite: the update is then not applied,
         and parameters, optimizer state and ``steps_trained`` are unchanged.
@@ -111,7 +112,11 @@ class Model(Module):
         self._require_training_parts()
         x = as_batch(x, self.in_features, self.backend, "x")
         target = self._training_target(x, target)
-        return self._train_step(x, target)
+        objective = self._train_step(x, target)
+        # An ops table may hand back a loss buffer that its next step writes again (the GPU
+        # table's fused MSE keeps one 0-d device array, read by the graph it captures):
+        # a loss kept from this step must not change under the caller. One 0-d copy.
+        return objective.copy()
 
     def _train_step(self, x, target):
         """train_step on arrays already checked and on the device.

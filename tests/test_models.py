@@ -1,5 +1,6 @@
 """Models: composition, training, dtype hygiene, determinism and bad input."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -460,3 +461,39 @@ def test_an_allocation_that_fails_is_a_clear_memory_error(monkeypatch):
     monkeypatch.setattr(Backend, "zeros", refuse)
     with pytest.raises(MemoryError, match=r"the largest tensor is 'encoder\.0\.weights' with shape \(20, 12\); the memory is not available"):
         small_autoencoder()
+
+
+def _reused_loss_buffer_backend() -> Backend:
+    """A CPU backend whose MSE hands back one 0-d buffer every step, as the GPU table does."""
+    base = nanoae.backend.get_backend("numpy")
+    kept = np.zeros((), dtype=np.float32)
+
+    class ReusedLossOps(type(base.ops)):
+        def mse_loss_and_grad(self, prediction, target, workspace=None):
+            loss, grad = super().mse_loss_and_grad(prediction, target, workspace)
+            kept[...] = loss
+            return kept, grad
+
+    ops = ReusedLossOps.__new__(ReusedLossOps)
+    ops.__dict__.update(base.ops.__dict__)
+    return dataclasses.replace(base, ops=ops)
+
+
+@pytest.mark.parametrize("source", ["reused buffer", "backend"])
+def test_a_kept_loss_never_changes_under_the_caller(source, backend_name, to_host):
+    """train_step's loss is the caller's: later steps do not write into it, even where the
+    ops table's loss is one buffer that every step overwrites (the GPU table's fused MSE)."""
+    if source == "reused buffer":
+        if backend_name != "numpy":
+            pytest.skip("the planted table is a CPU one")
+        backend = _reused_loss_buffer_backend()
+    else:
+        backend = nanoae.backend.get_backend(backend_name)
+    model = small_autoencoder(backend=backend)
+    data = backend.xp.asarray(low_rank_data(32))
+    kept = [model.train_step(data) for _ in range(4)]
+    values = [float(to_host(loss)) for loss in kept]
+    assert len(set(values)) == 4, values  # training moves the loss every step
+    assert [float(to_host(loss)) for loss in kept] == values
+    assert float(to_host(model.train_step(data))) not in values
+    assert [float(to_host(loss)) for loss in kept] == values
