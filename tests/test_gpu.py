@@ -7,6 +7,7 @@ table with the reference function by function).
 """
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -314,3 +315,57 @@ def test_tf32_only_when_asked_for():
     assert blas is None or not blas._compute_type_of()
     fp32_errors = errors()
     assert max(fp32_errors) < 1e-5, fp32_errors  # TF32 would be ~1e-4 to 1e-3
+
+
+# ---- cuBLASLt: fused epilogues and a timed algorithm per shape -----------------------------
+
+
+def _table_backend(cublaslt: bool):
+    """A float32 CuPy backend on a GPU table of its own, with cuBLASLt on or off."""
+    import dataclasses
+
+    import cupy
+
+    from nanoae.ops.gpu import GpuOps
+
+    return dataclasses.replace(get_backend("cupy"), ops=GpuOps(cupy, cublaslt=cublaslt))
+
+
+def test_the_tutorial_step_runs_its_epilogues_and_agrees_with_the_unfused_step():
+    from nanoae.ops import gpu_cublaslt as lt
+    from nanoae.ops.gpu import FusedGemmUnavailable
+
+    data = np.random.default_rng(0).random((1024, 784), dtype=np.float32)
+    losses = {}
+    for cublaslt in (True, False):
+        backend = _table_backend(cublaslt)
+        if cublaslt:
+            assert backend.ops._lt is not None, backend.ops.lt_error
+        model = presets.tutorial(seed=0, backend=backend)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FusedGemmUnavailable)  # every plan must pass its check
+            losses[cublaslt] = model.fit(data, steps=30, batch_size=256, log_every=10)
+        if cublaslt:
+            verdicts = backend.ops._lt_verdicts
+            assert verdicts and all(verdicts.values())
+            kept = {key[0].epilogue for key in verdicts}
+            assert {lt.EPILOGUE_RELU_BIAS, lt.EPILOGUE_BGRADA, lt.EPILOGUE_DEFAULT} <= kept, kept
+            for key in verdicts:
+                chosen = backend.ops._lt.describe(key)
+                if chosen["algorithms"] > 1:
+                    assert chosen["timed"] and chosen["times_ms"][chosen["chosen"]] == min(chosen["times_ms"])
+        else:
+            assert backend.ops._lt is None and not backend.ops._lt_verdicts
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
+
+
+def test_a_nan_passes_through_the_fused_relu_and_bias_gradient():
+    """The reference ReLU keeps a NaN (so a diverged model says so); the epilogue must too."""
+    backend = _table_backend(True)
+    model = Sequential([Dense(8, 4, "relu")], loss="mse", optimizer=SGD(0.1), backend=backend, seed=0).build()
+    x = backend.asarray(np.ones((16, 8), dtype=np.float32))
+    model.forward(x)  # first use: the plan is checked on finite numbers
+    weights = model.layers[0].weights
+    weights[0, 0] = float("nan")
+    y = host(model.forward(x))
+    assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1:]).all()

@@ -23,7 +23,13 @@ round trips, not arithmetic:
 * each optimizer step: one elementwise kernel over the whole flat arena (Adam: plus a
   one-thread kernel that advances its bias corrections);
 * the mini-batch: one gather kernel from the dataset already on the device;
-* matmuls: ``cublasGemmEx`` called directly through ctypes (:class:`nanoae.ops.gpu_cublas.Cublas`: its own
+* float32 matmuls: cuBLASLt (:mod:`nanoae.ops.gpu_cublaslt`), with the bias and a ReLU
+  (or no activation) in the forward GEMM's epilogue, the bias gradient in the epilogue
+  of ``grad_weights = x^T dz``, and per shape the fastest of the heuristic's algorithms,
+  timed at first use; each plan is checked against the plain path below at its first
+  call and dropped if it disagrees (:meth:`GpuOps._lt_matmul`; ``NANOAE_GPU_CUBLASLT=0``
+  turns cuBLASLt off);
+* the plain matmuls: ``cublasGemmEx`` called directly through ctypes (:class:`nanoae.ops.gpu_cublas.Cublas`: its own
   handle and workspace, so that a CUDA graph can capture them; CuPy refuses cuBLAS
   calls during capture) into preallocated outputs, a transposed operand being a cuBLAS
   flag, not a copy; ``cupy.matmul(..., out=)`` when direct cuBLAS is unavailable or
@@ -54,16 +60,26 @@ NumPy, and no row number makes it read outside the data.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy
 
-from nanoae.ops.codes import activation_code
+from nanoae.ops.codes import IDENTITY, RELU, activation_code
 from nanoae.ops.gpu_cublas import Cublas
+from nanoae.ops.gpu_cublaslt import EPILOGUE_BGRADA, EPILOGUE_BIAS, EPILOGUE_DEFAULT, EPILOGUE_RELU_BIAS, COMPUTE_32F, CublasLt
 from nanoae.ops.gpu_graph import CapturedTrainStep
 from nanoae.ops.gpu_kernels import GpuKernels
 from nanoae.ops.table import OpsTable
 
 MIN_ROWS_PER_CHUNK = 256  # below this many rows a column's sum is one chunk: one kernel
+#: How far a cuBLASLt result may stray from the plain path's at its first use, relative
+#: to the largest magnitude in the plain result (a wrong layout or epilogue is off by O(1)).
+LT_TOLERANCE = {"float32": 1e-4, "tf32": 2e-2}
+_FORWARD_EPILOGUES = {RELU: EPILOGUE_RELU_BIAS, IDENTITY: EPILOGUE_BIAS}
+
+
+class FusedGemmUnavailable(RuntimeWarning):
+    """A cuBLASLt plan disagreed with the plain path at its first use; the plain path runs."""
 
 
 class GpuOps(OpsTable):
@@ -71,7 +87,8 @@ class GpuOps(OpsTable):
 
     name = "gpu-cupy"
 
-    def __init__(self, cupy) -> None:
+    def __init__(self, cupy, cublaslt: bool | None = None) -> None:
+        """cublaslt: use cuBLASLt where it can (None: unless NANOAE_GPU_CUBLASLT=0)."""
         self.cp = cupy
         self.kernels = GpuKernels(cupy)
         self._sm_count = None
@@ -84,6 +101,18 @@ class GpuOps(OpsTable):
                 self._blas = Cublas(cupy)
             except Exception as exc:  # noqa: BLE001 (no direct cuBLAS: CuPy's matmul, no graphs)
                 self.blas_error = f"{type(exc).__name__}: {exc}"
+        # float32 matmuls with fused epilogues and a per-shape algorithm: cuBLASLt, each
+        # plan checked against the plain path at its first use (NANOAE_GPU_CUBLASLT=0: off).
+        self.lt_error = ""
+        self._lt = None
+        self._lt_verdicts: dict = {}  # plan key -> True (checked, in use) or False (plain path)
+        if cublaslt is None:
+            cublaslt = os.environ.get("NANOAE_GPU_CUBLASLT", "1") != "0"
+        if self._blas is not None and cublaslt:
+            try:
+                self._lt = CublasLt(cupy)
+            except Exception as exc:  # noqa: BLE001 (no cuBLASLt: cuBLAS and nanoae's kernels)
+                self.lt_error = f"{type(exc).__name__}: {exc}"
 
     def _buffer(self, workspace: dict, key: str, shape, dtype):
         array = workspace.get(key)
@@ -98,10 +127,63 @@ class GpuOps(OpsTable):
             self._sm_count = int(device.attributes.get("MultiProcessorCount", 108))
         return self._sm_count
 
-    def _matmul(self, a, b, out) -> None:
+    def _plain_matmul(self, a, b, out) -> None:
         """out = a @ b through cuBLAS, into the given buffer (a transposed view is a flag)."""
         if self._blas is None or not self._blas.matmul(a, b, out):
             self.cp.matmul(a, b, out=out)
+
+    def _matmul(self, a, b, out) -> None:
+        """out = a @ b: cuBLASLt with the algorithm timed fastest for this shape where it
+        has been checked, else cuBLAS (:meth:`_plain_matmul`)."""
+        self._lt_matmul(a, b, out, EPILOGUE_DEFAULT, None, lambda: self._plain_matmul(a, b, out))
+
+    def _lt_matmul(self, left, right, out, epilogue: int, bias, plain, prologue=None) -> None:
+        """out = epilogue(left @ right) through cuBLASLt, or ``plain()`` (which writes the
+        same outputs the unfused way) where cuBLASLt cannot or its plan disagreed.
+
+        A plan runs only after its first result was checked against ``plain``'s: at a
+        plan's first use (always an eager call: the graph captures the second step)
+        both run, ``out`` (and, for the bias-gradient epilogue, ``bias``) are compared,
+        and the plan is kept or dropped for good. ``prologue()`` runs before the fused
+        matmul only (work that ``plain`` does itself, e.g. the activation's slope).
+        """
+        lt = self._lt
+        key = lt.key(left, right, out, epilogue, bias) if lt is not None else None
+        verdict = self._lt_verdicts.get(key, None) if key is not None else False
+        capturing = self._capturing() if key is not None else False
+        if verdict is False or (verdict is None and capturing):
+            plain()
+            return
+        if verdict:
+            if prologue is not None:
+                prologue()
+            if lt.matmul(left, right, out, epilogue, bias, capturing=capturing):
+                return
+            plain()
+            return
+        # First use, eager: fused, then plain over the same outputs, then compare.
+        if prologue is not None:
+            prologue()
+        if not lt.matmul(left, right, out, epilogue, bias):
+            self._lt_verdicts[key] = False
+            plain()
+            return
+        outputs = (out, bias) if epilogue == EPILOGUE_BGRADA else (out,)
+        fused = [array.copy() for array in outputs]
+        plain()
+        tolerance = LT_TOLERANCE["float32" if key[1] == COMPUTE_32F else "tf32"]
+        cp = self.cp
+        agree = all(
+            float(cp.abs(mine - theirs).max()) <= tolerance * max(1.0, float(cp.abs(theirs).max())) for mine, theirs in zip(fused, outputs)
+        )
+        self._lt_verdicts[key] = agree
+        if not agree:
+            warnings.warn(
+                f"cuBLASLt's result for {left.shape} @ {right.shape} (epilogue {epilogue}) disagreed with cuBLAS's; "
+                "that product runs unfused from now on",
+                FusedGemmUnavailable,
+                stacklevel=4,
+            )
 
     # ---- activations --------------------------------------------------------------
     def activation_forward(self, z, activation: str, alpha: float = 0.0, workspace=None):
@@ -123,8 +205,18 @@ class GpuOps(OpsTable):
         if workspace is None:
             return super().dense_forward(x, weights, bias, activation, alpha)
         y = self._buffer(workspace, "y", (x.shape[0], weights.shape[1]), weights.dtype)
-        self._matmul(x, weights, y)
-        self.kernels.bias_activation(y, bias, activation_code(activation), weights.dtype.type(alpha), y)
+        code = activation_code(activation)
+        scalar_alpha = weights.dtype.type(alpha)
+
+        def plain():
+            self._plain_matmul(x, weights, y)
+            self.kernels.bias_activation(y, bias, code, scalar_alpha, y)
+
+        if code in _FORWARD_EPILOGUES:  # bias (+ ReLU) in the GEMM's epilogue
+            self._lt_matmul(x, weights, y, _FORWARD_EPILOGUES[code], bias, plain)
+        else:
+            self._matmul(x, weights, y)
+            self.kernels.bias_activation(y, bias, code, scalar_alpha, y)
         return y
 
     def _slope_and_bias_grad(self, grad_output, y, code: int, alpha, dz, grad_bias, workspace) -> None:
@@ -176,8 +268,17 @@ class GpuOps(OpsTable):
                 grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad
             )
         dz = self._buffer(workspace, "dz", y.shape, y.dtype)
-        self._slope_and_bias_grad(grad_output, y, activation_code(activation), y.dtype.type(alpha), dz, grad_bias, workspace)
-        self._matmul(x.T, dz, grad_weights)
+        code, scalar_alpha = activation_code(activation), y.dtype.type(alpha)
+
+        def plain():
+            self._slope_and_bias_grad(grad_output, y, code, scalar_alpha, dz, grad_bias, workspace)
+            self._plain_matmul(x.T, dz, grad_weights)
+
+        def slope():
+            self.kernels.slope(grad_output, y, code, scalar_alpha, dz)
+
+        # grad_bias (the sums of dz over the batch) in the epilogue of grad_weights = x^T dz.
+        self._lt_matmul(x.T, dz, grad_weights, EPILOGUE_BGRADA, grad_bias, plain, prologue=slope)
         if not need_input_grad:
             return None
         dx = self._buffer(workspace, "dx", x.shape, y.dtype)
