@@ -5,26 +5,29 @@
 #                             echo /.device-data/ >> .git/info/exclude
 # Then run this script on the device with `.device-data` carried (about 5.5 minutes in all
 # when nothing hangs). Steps, each under its own `timeout` so that one failing step hides
-# nothing of the others; those limits add up to 240 + 90 + 330 = 660 s, over one call's
-# 600 s, so where a step may run to its limit split the run in two calls:
-# GPU_STEPS="tests profile", then GPU_STEPS=bench.
+# nothing of the others; those limits add up to 240 + 90 + 120 + 330 = 780 s, over one
+# call's 600 s, so where a step may run to its limit split the run in two calls:
+# GPU_STEPS="tests profile precision", then GPU_STEPS=bench.
 #   1. versions (nvidia-smi, numpy, cupy, torch, jax);
 #   2. the test suite's GPU part: every backend_name test's cupy case, tests/test_gpu.py
 #      (fused kernels against the reference, the CUDA graph against eager launches,
 #      TF32, checkpoints, the tutorial on MNIST), float64 gradient checks; no -x, so
 #      every failure shows;
-#   3. a step profile (graph vs eager vs the matmuls alone), benchmarks/gpu_profile.py;
+#   3. a step profile (graph vs eager vs the graph without cuBLASLt vs the matmuls alone,
+#      and the cuBLASLt plans kept with their timed algorithms), benchmarks/gpu_profile.py;
+#   3b. TF32 against float32: the tutorial's 1000-step loss and test MSE in each,
+#      benchmarks/gpu_precision.py;
 #   4. the GPU benchmark: nanoae-cupy vs PyTorch CUDA eager and CUDA graphs vs JAX jit,
 #      batches 256, 1024, 8192, against a cuBLAS float32 matmul measured in the same run.
 # Logs and results go under $OUT (or ./gpu-results without it); at most 8 files.
-# Knobs: GPU_STEPS="tests profile bench" (which steps), BENCH_ROUNDS (default 3),
+# Knobs: GPU_STEPS="tests profile precision bench" (which steps), BENCH_ROUNDS (default 3),
 #        PYTEST_K (the -k expression), PYTEST_WORKERS (default 8).
 set -uo pipefail
 OUT="${OUT:-gpu-results}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NANOAE_DATA="$PWD/.device-data" PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STEPS="${GPU_STEPS:-tests profile bench}"
+STEPS="${GPU_STEPS:-tests profile precision bench}"
 PYTHON="${PYTHON:-python3}"
 started=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
@@ -63,6 +66,12 @@ if [[ " $STEPS " == *" profile "* ]]; then
     echo "profile exit: ${PIPESTATUS[0]}"
 fi
 
+if [[ " $STEPS " == *" precision "* ]]; then
+    stamp "precision"
+    timeout 120 "$PYTHON" benchmarks/gpu_precision.py --data "$NANOAE_DATA" 2>&1 | tee "$OUT/precision.txt"
+    echo "precision exit: ${PIPESTATUS[0]}"
+fi
+
 if [[ " $STEPS " == *" bench "* ]]; then
     stamp "bench"
     timeout 330 "$PYTHON" -m nanoae bench --gpu --rounds "${BENCH_ROUNDS:-3}" --mode train \
@@ -74,5 +83,6 @@ stamp "summary"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" 2>/dev/null | cut -c1-220 | head -40
 grep -E "passed|failed|error" "$OUT/pytest.txt" 2>/dev/null | tail -2
 grep -E "NANOAE-PROFILE|Error" "$OUT/profile.txt" 2>/dev/null
+grep -E "NANOAE-PRECISION|Error" "$OUT/precision.txt" 2>/dev/null
 cat "$OUT/gpu-bench.md" 2>/dev/null
 stamp "done"
