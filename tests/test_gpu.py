@@ -170,6 +170,25 @@ def test_loss_and_gather_kernels_equal_the_reference(dtype):
     np.testing.assert_array_equal(host(_ops().gather_rows(cupy.asarray(labels), cupy.asarray(rows), {})), labels[rows])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_one_launch_loss_is_right_every_launch_and_the_same_number_each_time(dtype):
+    """The last block of the MSE kernel adds the blocks' sums and resets the counter: a
+    second and third launch on one workspace (as a replayed graph does) must be right too,
+    on one block and on many, and bit for bit the same each time."""
+    import cupy
+
+    rng = np.random.default_rng(3)
+    for shape in ((3, 5), (256, 784), (4096, 784)):
+        prediction, target = rng.random(shape).astype(dtype), rng.random(shape).astype(dtype)
+        workspace = {}
+        device = cupy.asarray(prediction), cupy.asarray(target)
+        values = [float(_ops().mse_loss_and_grad(*device, workspace)[0]) for _ in range(3)]
+        assert int(workspace["mse_counter"]) == 0
+        assert values[0] == values[1] == values[2]
+        expected = float(reference.mse_loss_and_grad(prediction.astype(np.float64), target.astype(np.float64))[0])
+        assert values[0] == pytest.approx(expected, rel=1e-5 if dtype == "float32" else 1e-12)
+
+
 UPDATES = {
     "rmsprop-tf1": ("rmsprop_update", dict(momentum_buffer=None, lr=0.01, rho=0.9, eps=1e-10, momentum=0.0, flavor="tf1"), 1.0),
     "rmsprop-tf1-momentum": ("rmsprop_update", dict(momentum_buffer="zeros", lr=0.01, rho=0.9, eps=1e-10, momentum=0.5, flavor="tf1"), 1.0),

@@ -16,7 +16,7 @@ round trips, not arithmetic:
   writes dz and sums its columns in a fixed order (deterministic, no atomics); a big
   batch is cut into row chunks whose partial sums a second, tiny kernel adds;
 * the MSE loss and its gradient: one kernel that writes the gradient and per-block
-  partial sums, and a second, tiny one that adds them in a fixed order into a
+  partial sums, whose last block to finish adds them in a fixed order into a
   preallocated 0-d array (deterministic; no host sync: the loss stays on the device
   until logged); non-contiguous or empty inputs take an elementwise kernel and a
   reduction instead;
@@ -300,8 +300,12 @@ class GpuOps(OpsTable):
         size = prediction.size
         blocks = max(1, min(-(-size // 256), 4 * self._multiprocessors()))
         partial = self._buffer(workspace, "mse_partials", (blocks,), dtype)
-        self.kernels.raw("nanoae_mse_grad_partial", dtype)((blocks,), (256,), (prediction, target, grad, partial, numpy.int64(size), scale))
-        self.kernels.raw("nanoae_mean_partials", dtype)((1,), (256,), (partial, loss, numpy.int32(blocks), dtype.type(size)))
+        counter = workspace.get("mse_counter")
+        if counter is None:  # zero once; the kernel's last block sets it back to 0
+            counter = workspace["mse_counter"] = self.cp.zeros((), dtype=self.cp.uint32)
+        self.kernels.raw("nanoae_mse_loss_grad", dtype)(
+            (blocks,), (256,), (prediction, target, grad, partial, counter, loss, numpy.int64(size), scale)
+        )
         return loss, grad
 
     # ---- data ----------------------------------------------------------------------

@@ -81,41 +81,54 @@ __global__ void nanoae_slope_colsum(const T* __restrict__ dy, const T* __restric
     }
 }
 
-// MSE loss and gradient in one pass: grad = (p - t) * scale, and each block's sum of
+// MSE loss and gradient in one launch: grad = (p - t) * scale, and each block's sum of
 // (p - t)^2 (a grid-stride loop over a grid fixed by the size and the GPU, then a fixed
-// tree), so the loss is the same number every run. nanoae_mean_partials adds the
-// blocks' sums in order and divides by n.
+// tree) into partial[block]. The last block to finish (a counter bumped once per block,
+// after a fence that makes its partial sum visible) adds the partial sums in a fixed
+// order, divides by n, and sets the counter back to 0 for the next launch (so a replayed
+// CUDA graph finds it at 0). Which block comes last varies; the order of the final sum
+// does not, so the loss is the same number every run.
 template<typename T>
-__global__ void nanoae_mse_grad_partial(const T* __restrict__ p, const T* __restrict__ t, T* __restrict__ grad,
-                                        T* __restrict__ partial, const long long n, const T scale) {
+__device__ __forceinline__ T nanoae_block_sum(T value, T* shared) {
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int stride = 128; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+        __syncthreads();
+    }
+    const T total = shared[0];
+    __syncthreads();  // shared may be reused at once
+    return total;
+}
+
+template<typename T>
+__global__ void nanoae_mse_loss_grad(const T* __restrict__ p, const T* __restrict__ t, T* __restrict__ grad,
+                                     T* partial, unsigned int* counter, T* __restrict__ loss,
+                                     const long long n, const T scale) {
     __shared__ T shared[256];
+    __shared__ bool last;
     T total = (T)0;
     for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < n; i += (long long)gridDim.x * 256) {
         const T d = p[i] - t[i];
         grad[i] = d * scale;
         total += d * d;
     }
-    shared[threadIdx.x] = total;
-    __syncthreads();
-    for (int stride = 128; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
-        __syncthreads();
+    total = nanoae_block_sum<T>(total, shared);
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = total;
+        __threadfence();
+        last = atomicAdd(counter, 1u) == gridDim.x - 1;
     }
-    if (threadIdx.x == 0) partial[blockIdx.x] = shared[0];
-}
-
-template<typename T>
-__global__ void nanoae_mean_partials(const T* __restrict__ partial, T* __restrict__ out, const int count, const T n) {
-    __shared__ T shared[256];
-    T total = (T)0;
-    for (int i = threadIdx.x; i < count; i += 256) total += partial[i];
-    shared[threadIdx.x] = total;
     __syncthreads();
-    for (int stride = 128; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
-        __syncthreads();
+    if (!last) return;
+    T sum = (T)0;
+    const volatile T* sums = partial;  // written by other blocks: read past the cache
+    for (int i = threadIdx.x; i < (int)gridDim.x; i += 256) sum += sums[i];
+    sum = nanoae_block_sum<T>(sum, shared);
+    if (threadIdx.x == 0) {
+        loss[0] = sum / (T)n;
+        *counter = 0u;
     }
-    if (threadIdx.x == 0) out[0] = shared[0] / n;
 }
 
 template<typename T>
@@ -194,7 +207,7 @@ ADAM_SOURCE = """
     param = w - lr_hat * m / denominator;
 """
 
-KERNEL_NAMES = ("nanoae_slope_colsum", "nanoae_sum_chunks", "nanoae_mse_grad_partial", "nanoae_mean_partials")
+KERNEL_NAMES = ("nanoae_slope_colsum", "nanoae_sum_chunks", "nanoae_mse_loss_grad")
 
 
 class GpuKernels:
