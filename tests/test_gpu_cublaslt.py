@@ -287,3 +287,16 @@ def test_without_cublaslt_or_a_plan_the_plain_path_runs():
         ops._lt_matmul(*args, lt.EPILOGUE_DEFAULT, None, lambda: y.fill(7.0))
         assert (y == 7.0).all()
         assert all(verdict is False for verdict in ops._lt_verdicts.values())
+
+
+def test_the_ctypes_declarations_match_cublaslt_h():
+    """Values and the heuristic result's layout as cublasLt.h (CUDA 13.0 / cuBLAS 13.1)
+    declares them; a C program compiled against that header printed the same."""
+    import ctypes
+
+    assert ctypes.sizeof(lt._HeuristicResult) == 96
+    assert lt._HeuristicResult.workspace_size.offset == 64 and lt._HeuristicResult.state.offset == 72
+    assert (lt.EPILOGUE_DEFAULT, lt.EPILOGUE_RELU, lt.EPILOGUE_BIAS, lt.EPILOGUE_RELU_BIAS, lt.EPILOGUE_BGRADA) == (1, 2, 4, 6, 256)
+    assert (lt._DESC_TRANSA, lt._DESC_TRANSB, lt._DESC_EPILOGUE, lt._DESC_BIAS_POINTER) == (3, 4, 7, 8)
+    assert lt._PREF_MAX_WORKSPACE_BYTES == 1 and lt._PREF_MIN_ALIGNMENT == {"a": 5, "b": 6, "c": 7, "d": 8}
+    assert (lt.COMPUTE_32F, lt.COMPUTE_32F_FAST_TF32, lt.CUDA_R_32F, lt.OP_N, lt.OP_T) == (68, 77, 0, 0, 1)

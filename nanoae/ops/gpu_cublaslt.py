@@ -240,6 +240,8 @@ class CublasLt:
         self._check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
         self.handle = handle
         self._prepared: dict = {}  # key -> _Prepared, or None where no algorithm fits
+        self._keys: dict = {}  # what a call looks like (shapes, strides, addresses) -> its key
+        self.errors: list = []  # why plans were given up (a failing cuBLASLt call), for reports
         self._workspaces = weakref.WeakKeyDictionary()  # stream -> workspace array
         self._null_workspace = None
         self._one = ctypes.c_float(1.0)
@@ -349,7 +351,25 @@ class CublasLt:
         prepared.chosen, prepared.timed, prepared.times_ms = best, True, tuple(times)
 
     def key(self, left, right, out, epilogue: int, bias=None):
-        """The cache key of one call: its plan, compute type and buffer alignments (None: no plan)."""
+        """The cache key of one call: its plan, compute type and buffer alignments (None: no plan).
+
+        Memoized on the call's look (shapes, strides, addresses, dtypes, epilogue), so an
+        eager step pays a dictionary lookup per matmul, not a plan."""
+        tf32 = self._tf32()
+        look = (
+            left.shape, left.strides, left.dtype.char, left.data.ptr,
+            right.shape, right.strides, right.dtype.char, right.data.ptr,
+            out.shape, out.strides, out.dtype.char, out.data.ptr,
+            epilogue, tf32,
+            None if bias is None else (bias.shape, bias.strides, bias.dtype.char, bias.data.ptr),
+        )  # fmt: skip
+        try:
+            return self._keys[look]
+        except KeyError:
+            key = self._keys[look] = self._key(left, right, out, epilogue, bias, tf32)
+            return key
+
+    def _key(self, left, right, out, epilogue: int, bias, tf32: bool):
         if out.dtype.char != "f" or left.dtype.char != "f" or right.dtype.char != "f":
             return None
         if bias is not None and (bias.dtype.char != "f" or bias.ndim != 1 or not bias.flags.c_contiguous):
@@ -360,7 +380,7 @@ class CublasLt:
         pointers = (right.data.ptr, left.data.ptr, out.data.ptr, out.data.ptr)
         alignments = tuple(_alignment(pointer) for pointer in pointers)
         bias_alignment = _alignment(bias.data.ptr) if bias is not None else 0
-        compute = COMPUTE_32F_FAST_TF32 if self._tf32() else COMPUTE_32F
+        compute = COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F
         return (plan, compute, alignments, bias_alignment)
 
     def matmul(self, left, right, out, epilogue: int = EPILOGUE_DEFAULT, bias=None, capturing: bool = False) -> bool:
@@ -373,16 +393,24 @@ class CublasLt:
         if key not in self._prepared:
             if capturing:
                 return False  # preparing and timing need the host: only on an eager call
-            self._prepared[key] = self._prepare(plan, compute, alignments)
+            try:
+                self._prepared[key] = self._prepare(plan, compute, alignments)
+            except RuntimeError as exc:  # a descriptor cuBLASLt refuses: the plain path
+                self.errors.append(str(exc))
+                self._prepared[key] = None
         prepared = self._prepared[key]
         if prepared is None:
             return False
         stream = self.cp.cuda.get_current_stream()
         pointers = {"a": right.data.ptr, "b": left.data.ptr, "d": out.data.ptr}
         bias_pointer = bias.data.ptr if bias is not None else 0
-        if self.tune and not prepared.timed and not capturing and len(prepared.algorithms) > 1:
-            self._time_candidates(prepared, pointers, bias_pointer, stream)
-        status = self._launch(prepared, prepared.chosen, pointers, bias_pointer, stream)
+        try:
+            if self.tune and not prepared.timed and not capturing and len(prepared.algorithms) > 1:
+                self._time_candidates(prepared, pointers, bias_pointer, stream)
+            status = self._launch(prepared, prepared.chosen, pointers, bias_pointer, stream)
+        except RuntimeError as exc:
+            self.errors.append(str(exc))
+            status = -1
         if status != 0:
             self._prepared[key] = None  # never again for this key: the plain path
             return False
