@@ -109,6 +109,34 @@ class Dense(Module):
             self.backend.ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
         return grad_input
 
+    def backward_in_chain(self, grad_output, need_input_grad: bool, grad_is_slope: bool, below=None):
+        """backward inside a chain of Dense layers (see ``OpsTable.dense_backward_chain``).
+
+        grad_is_slope: grad_output is already this layer's dz (the layer above applied
+        the slope). below: the ReLU Dense layer whose output is this layer's input, or
+        None; the returned gradient is then already that layer's dz.
+        """
+        if self._output is None:
+            raise RuntimeError("Dense.backward called before forward")
+        activation = self.activation
+        grad_input = self.backend.ops.dense_backward_chain(
+            grad_output,
+            self._input,
+            self._output,
+            self.weights,
+            activation.name,
+            activation.alpha,
+            self.grad_weights,
+            self.grad_bias,
+            need_input_grad,
+            self._workspace,
+            grad_is_slope,
+            None if below is None else (below._output, below._workspace),
+        )
+        if self.weight_decay:
+            self.backend.ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
+        return grad_input
+
     def penalty(self):
         """lambda/2 * sum(W^2) when weight_decay is set, else 0.0."""
         if not self.weight_decay or self.weights is None:

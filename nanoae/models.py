@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from nanoae.errors import NonFiniteStepError
+from nanoae.layers import Dense
 from nanoae.losses import BCEWithLogits, get_loss, loss_from_config
 from nanoae.module import Module, module_from_config
 from nanoae.optim import RMSProp, get_optimizer, optimizer_from_config
@@ -234,6 +235,12 @@ class Model(Module):
         )
 
 
+def _is_plain_dense(layer) -> bool:
+    """A Dense layer whose forward and backward are Dense's own (a subclass that overrides
+    either keeps the plain per-layer backward)."""
+    return isinstance(layer, Dense) and type(layer).forward is Dense.forward and type(layer).backward is Dense.backward
+
+
 class Sequential(Model):
     """Layers applied in order: y = layer_n(... layer_1(x)).
 
@@ -283,8 +290,33 @@ class Sequential(Model):
         """
         last = len(self.layers) - 1
         ready = self._gradients_ready
+        if self.backend.ops.fuses_input_slope:
+            return self._backward_in_chains(grad_output, need_input_grad)
         for position, layer in enumerate(reversed(self.layers)):
             grad_output = layer.backward(grad_output, need_input_grad or position < last)
+            if ready is not None:
+                ready(layer)
+        return grad_output
+
+    def _backward_in_chains(self, grad_output, need_input_grad: bool):
+        """backward for a table that fuses a ReLU's slope into the matmul above it: where a
+        plain Dense layer sits right on top of a plain ReLU Dense layer, the upper one's
+        input gradient comes back already multiplied by the lower one's ReLU slope, and
+        the lower one is told so. Same results as :meth:`backward` (the same operations,
+        moved); anything else in the stack runs as there."""
+        last = len(self.layers) - 1
+        ready = self._gradients_ready
+        grad_is_slope = False
+        for position, layer in enumerate(reversed(self.layers)):
+            index = last - position
+            below = self.layers[index - 1] if index > 0 else None
+            feeds_relu = _is_plain_dense(layer) and _is_plain_dense(below) and below.activation.name == "relu"
+            need = need_input_grad or position < last
+            if grad_is_slope or feeds_relu:
+                grad_output = layer.backward_in_chain(grad_output, need, grad_is_slope, below if feeds_relu else None)
+            else:
+                grad_output = layer.backward(grad_output, need)
+            grad_is_slope = feeds_relu
             if ready is not None:
                 ready(layer)
         return grad_output

@@ -94,6 +94,33 @@ class OpsTable:
     ):  # fmt: skip
         return reference.dense_backward(grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad)
 
+    #: Whether :class:`~nanoae.models.Sequential` should run its chains of Dense layers
+    #: through :meth:`dense_backward_chain` (a table that fuses a ReLU's slope into the
+    #: matmul above it says True; the reference and CPU tables gain nothing from it).
+    fuses_input_slope = False
+
+    def dense_backward_chain(
+        self, grad_output, x, y, weights, activation: str, alpha: float, grad_weights, grad_bias,
+        need_input_grad: bool, workspace, grad_is_slope: bool, below=None,
+    ):  # fmt: skip
+        """dense_backward for a Dense layer in a chain of Dense layers, where the ReLU's
+        slope of the layer below moves into this layer's backward.
+
+        grad_is_slope: ``grad_output`` is already ``dz = f'(y) dy`` (the layer above
+        applied this layer's slope), so only the matmuls and the bias gradient remain.
+        below: None, or ``(output, workspace)`` of the ReLU Dense layer whose output is
+        ``x``; the returned ``dx`` is then ``relu'(x) * (dz W^T)``, that layer's ``dz``.
+        A fast table may do that product in one kernel; here it is two steps, with the
+        same operations as the unchained layers, so the results are the same bits.
+        """
+        slope_activation = "identity" if grad_is_slope else activation
+        grad_input = self.dense_backward(
+            grad_output, x, y, weights, slope_activation, alpha, grad_weights, grad_bias, need_input_grad, workspace
+        )
+        if grad_input is None or below is None:
+            return grad_input
+        return self.activation_backward(grad_input, x, "relu", 0.0)
+
     # ---- losses ----------------------------------------------------------------------
     def mse_loss(self, prediction, target):
         return reference.mse_loss(prediction, target)
