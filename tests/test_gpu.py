@@ -368,7 +368,7 @@ def test_the_tutorial_step_runs_its_epilogues_and_agrees_with_the_unfused_step()
             verdicts = backend.ops._lt_verdicts
             assert verdicts and all(verdicts.values())
             kept = {key[0].epilogue for key in verdicts}
-            assert {lt.EPILOGUE_RELU_BIAS, lt.EPILOGUE_BGRADA, lt.EPILOGUE_DEFAULT} <= kept, kept
+            assert {lt.EPILOGUE_RELU_AUX_BIAS, lt.EPILOGUE_BGRADA, lt.EPILOGUE_DRELU, lt.EPILOGUE_DEFAULT} <= kept, kept
             for key in verdicts:
                 chosen = backend.ops._lt.describe(key)
                 if chosen["algorithms"] > 1:
@@ -378,7 +378,7 @@ def test_the_tutorial_step_runs_its_epilogues_and_agrees_with_the_unfused_step()
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
 
 
-def test_a_nan_passes_through_the_fused_relu_and_bias_gradient():
+def test_a_nan_passes_through_the_fused_relu():
     """The reference ReLU keeps a NaN (so a diverged model says so); the epilogue must too."""
     backend = _table_backend(True)
     model = Sequential([Dense(8, 4, "relu")], loss="mse", optimizer=SGD(0.1), backend=backend, seed=0).build()

@@ -6,6 +6,7 @@ What the GPU itself does with these plans is tested in tests/test_gpu.py (skippe
 without a GPU); here nothing needs CuPy.
 """
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -13,8 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nanoae import Dense, RMSProp, Sequential
+from nanoae.backend import get_backend
+from nanoae.ops import gpu as gpu_module
 from nanoae.ops import gpu_cublaslt as lt
+from nanoae.ops import reference
+from nanoae.ops.codes import ACTIVATION_CODES
 from nanoae.ops.gpu import FusedGemmUnavailable, GpuOps
+from nanoae.regularizers import ActivityL1
 
 
 def column_major(array, layout: lt.MatrixLayout):
@@ -24,7 +31,15 @@ def column_major(array, layout: lt.MatrixLayout):
     return np.lib.stride_tricks.as_strided(array, shape=(layout.rows, layout.cols), strides=(item, layout.ld * item))
 
 
-def run_plan(plan: lt.ProductPlan, left, right, out, bias=None) -> None:
+def mask_bits(plan: lt.ProductPlan, aux):
+    """The ReLU bit mask in ``aux`` as a boolean (m, n) matrix: one bit per element of D,
+    column-major, columns ``aux_ld`` bits apart. (cuBLASLt calls the mask's format its
+    own; only the epilogue that writes it and the one that reads it must agree.)"""
+    bits = np.unpackbits(aux[: plan.aux_bytes], bitorder="little").astype(bool)
+    return bits.reshape(plan.n, plan.aux_ld)[:, : plan.m].T
+
+
+def run_plan(plan: lt.ProductPlan, left, right, out, bias=None, aux=None) -> None:
     """cuBLASLt's matmul as its documentation states it, on NumPy memory:
     D = epilogue(op_a(A) op_b(B)); A is ``right``'s memory, B ``left``'s, D ``out``'s."""
     a = column_major(right, plan.layout_a)
@@ -33,10 +48,17 @@ def run_plan(plan: lt.ProductPlan, left, right, out, bias=None) -> None:
     b = b.T if plan.op_b == lt.OP_T else b
     assert a.shape == (plan.m, plan.k) and b.shape == (plan.k, plan.n)
     d = a @ b
-    if plan.epilogue in (lt.EPILOGUE_BIAS, lt.EPILOGUE_RELU_BIAS):
+    if plan.epilogue in (lt.EPILOGUE_BIAS, lt.EPILOGUE_RELU_BIAS, lt.EPILOGUE_RELU_AUX_BIAS):
         d = d + bias[:, None]  # one entry per row of D, broadcast over its columns
-    if plan.epilogue == lt.EPILOGUE_RELU_BIAS:
-        d = np.maximum(d, 0)
+    if plan.epilogue in (lt.EPILOGUE_RELU_BIAS, lt.EPILOGUE_RELU_AUX_BIAS):
+        positive = d > 0
+        d = np.where(positive, d, 0)
+        if plan.epilogue == lt.EPILOGUE_RELU_AUX_BIAS:
+            bits = np.zeros((plan.n, plan.aux_ld), dtype=bool)
+            bits[:, : plan.m] = positive.T
+            aux[: plan.aux_bytes] = np.packbits(bits.reshape(-1), bitorder="little")
+    if plan.epilogue == lt.EPILOGUE_DRELU:
+        d = np.where(mask_bits(plan, aux), d, 0)
     if plan.epilogue == lt.EPILOGUE_BGRADA:
         bias[...] = a.sum(axis=1)  # A summed over k: one entry per row of D
     target = np.lib.stride_tricks.as_strided(out, shape=(plan.m, plan.n), strides=(out.itemsize, plan.layout_d.ld * out.itemsize))
@@ -106,6 +128,28 @@ def test_the_bias_gradient_epilogue_sums_dz_over_the_batch(shape, seed):
     np.testing.assert_array_equal(grad_bias, dz.sum(axis=0))
 
 
+@given(shapes, st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_a_relu_mask_written_forward_gives_the_slope_in_the_product_above(shape, fan_above, seed):
+    """Layer l: y = relu(x W + b), keeping the mask. Layer l+1 (W2: out -> fan_above):
+    dx = (dz W2^T) * relu'(y) in one product, reading that mask."""
+    batch, fan_in, fan_out = shape
+    rng = np.random.default_rng(seed)
+    x, weights, bias = integers(rng, (batch, fan_in)), integers(rng, (fan_in, fan_out)), integers(rng, (fan_out,))
+    y = np.empty((batch, fan_out), dtype=np.float32)
+    forward = lt.plan_product(x, weights, y, lt.EPILOGUE_RELU_AUX_BIAS)
+    assert forward.aux_ld % 128 == 0 and forward.aux_ld >= fan_out and forward.aux_bytes == forward.aux_ld * batch // 8
+    aux = np.zeros(forward.aux_bytes, dtype=np.uint8)
+    run_plan(forward, x, weights, y, bias, aux)
+    np.testing.assert_array_equal(y, np.maximum(x @ weights + bias, 0))
+    np.testing.assert_array_equal(mask_bits(forward, aux), (y > 0).T)
+    weights_above, dz = integers(rng, (fan_out, fan_above)), integers(rng, (batch, fan_above))
+    dx = np.empty((batch, fan_out), dtype=np.float32)
+    backward = lt.plan_product(dz, weights_above.T, dx, lt.EPILOGUE_DRELU)
+    assert (backward.m, backward.n, backward.aux_ld, backward.bias_length) == (forward.m, forward.n, forward.aux_ld, 0)
+    run_plan(backward, dz, weights_above.T, dx, aux=aux)
+    np.testing.assert_array_equal(dx, (dz @ weights_above.T) * (y > 0))
+
+
 def test_the_plans_of_the_tutorial_layer_are_those_worked_by_hand():
     """784 -> 256 at batch 64, written out: cuBLASLt sees y^T (256 x 64) = W^T x^T."""
     x = np.empty((64, 784), dtype=np.float32)
@@ -155,15 +199,15 @@ class FakeLt:
         self.corrupt, self.refuse = corrupt, refuse
         self.calls = []
 
-    def key(self, left, right, out, epilogue, bias=None):
+    def key(self, left, right, out, epilogue, bias=None, aux=None):
         plan = lt.plan_product(left, right, out, epilogue)
         return None if plan is None else (plan, lt.COMPUTE_32F, (256,) * 4, 0)
 
-    def matmul(self, left, right, out, epilogue=lt.EPILOGUE_DEFAULT, bias=None, capturing=False):
+    def matmul(self, left, right, out, epilogue=lt.EPILOGUE_DEFAULT, bias=None, capturing=False, aux=None):
         self.calls.append((epilogue, capturing))
         if self.refuse:
             return False
-        run_plan(lt.plan_product(left, right, out, epilogue), left, right, out, bias)
+        run_plan(lt.plan_product(left, right, out, epilogue), left, right, out, bias, aux)
         if self.corrupt:
             out *= 2
         return True
@@ -226,8 +270,8 @@ def test_the_bias_gradient_is_checked_too():
     """A plan whose grad_weights agree but whose grad_bias does not is dropped."""
 
     class WrongBias(FakeLt):
-        def matmul(self, left, right, out, epilogue=lt.EPILOGUE_DEFAULT, bias=None, capturing=False):
-            super().matmul(left, right, out, epilogue, bias, capturing)
+        def matmul(self, left, right, out, epilogue=lt.EPILOGUE_DEFAULT, bias=None, capturing=False, aux=None):
+            super().matmul(left, right, out, epilogue, bias, capturing, aux)
             bias += 1
             return True
 
@@ -300,3 +344,108 @@ def test_the_ctypes_declarations_match_cublaslt_h():
     assert (lt._DESC_TRANSA, lt._DESC_TRANSB, lt._DESC_EPILOGUE, lt._DESC_BIAS_POINTER) == (3, 4, 7, 8)
     assert lt._PREF_MAX_WORKSPACE_BYTES == 1 and lt._PREF_MIN_ALIGNMENT == {"a": 5, "b": 6, "c": 7, "d": 8}
     assert (lt.COMPUTE_32F, lt.COMPUTE_32F_FAST_TF32, lt.CUDA_R_32F, lt.OP_N, lt.OP_T) == (68, 77, 0, 0, 1)
+
+
+# ---- the GPU table's dense layers, on NumPy stand-ins -------------------------------------
+
+
+class NumpyKernels:
+    """The GPU table's elementwise kernels, as the reference math on NumPy."""
+
+    names = {code: name for name, code in ACTIVATION_CODES.items()}
+
+    def bias_activation(self, x, bias, code, alpha, out):
+        out[...] = reference.activation_forward(x + bias, self.names[code], alpha)
+
+    def slope(self, dy, y, code, alpha, out):
+        out[...] = reference.activation_backward(dy, y, self.names[code], alpha)
+
+    def column_sum(self, x, axis, out):
+        out[...] = x.sum(axis=axis)
+
+
+def numpy_gpu_backend(fake, monkeypatch):
+    """A float32 NumPy backend whose table is the GPU table's own Python (dense forward,
+    chained backward, first-use checks, ReLU masks) over NumPy kernels and ``fake``."""
+    ops = numpy_table(fake)
+    ops.kernels = NumpyKernels()
+    ops._blas = None  # the plain products: numpy.matmul into the output
+    ops._slope_and_bias_grad = lambda dy, y, code, alpha, dz, grad_bias, workspace: (
+        ops.kernels.slope(dy, y, code, alpha, dz),
+        ops.kernels.column_sum(dz, 0, grad_bias),
+    )
+    monkeypatch.setattr(gpu_module, "_address", lambda array: array.__array_interface__["data"][0])
+    return dataclasses.replace(get_backend("numpy", dtype="float32", fast=False), ops=ops)
+
+
+def build(kinds, backend, width=6):
+    layers = [ActivityL1(0.01) if kind == "l1" else Dense(width, width, kind) for kind in kinds]
+    return Sequential(layers, loss="mse", optimizer=RMSProp(0.01), backend=backend, seed=4).build()
+
+
+STACKS = {
+    "tutorial-like": ["relu", "relu", "relu", "relu"],
+    "mixed": ["relu", "tanh", "relu", "sigmoid"],
+    "identity code": ["relu", "identity", "relu", "relu"],
+    "with an L1 on the code": ["relu", "relu", "l1", "relu", "sigmoid"],
+}
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["cublaslt agrees", "cublaslt is wrong"])
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_the_gpu_tables_dense_path_equals_the_reference(stack, corrupt, monkeypatch):
+    """Forward and backward twice (first use: every plan checked; then the plans alone),
+    against the reference table: the same outputs and gradients, whether cuBLASLt's
+    results are right (fused plans kept, the ReLU masks carry the slopes up) or wrong
+    (every plan dropped, the plain path)."""
+    rng = np.random.default_rng(5)
+    x, grad = rng.normal(size=(7, 6)), rng.normal(size=(7, 6))
+    reference_model = build(STACKS[stack], get_backend("numpy", dtype="float32", fast=False))
+    fake = FakeLt(corrupt=corrupt)
+    model = build(STACKS[stack], numpy_gpu_backend(fake, monkeypatch))
+    expected_output = reference_model.forward(x)
+    expected_dx = reference_model.backward(grad.copy())
+    expected_grads = reference_model.arena.grads.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FusedGemmUnavailable)
+        for _ in range(2):
+            fake.calls.clear()
+            for layer in model.layers:  # every gradient must be written (the arena's padding never is)
+                if isinstance(layer, Dense):
+                    layer.grad_weights[...] = np.nan
+                    layer.grad_bias[...] = np.nan
+            output = model.forward(x)
+            dx = model.backward(grad.copy())
+            np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(model.arena.grads, expected_grads, rtol=1e-5, atol=1e-6)
+    verdicts = model.backend.ops._lt_verdicts
+    assert verdicts and all(verdict is (not corrupt) for verdict in verdicts.values())
+    # The second pass, every plan already judged: cuBLASLt alone where it agreed (the
+    # forward's mask, the bias gradients, the slopes moved into the products above),
+    # not at all where it did not.
+    kinds = STACKS[stack]
+    slopes_moved = any(kinds[i] != "l1" and kinds[i - 1] == "relu" for i in range(1, len(kinds)))
+    expected = {lt.EPILOGUE_RELU_AUX_BIAS, lt.EPILOGUE_BGRADA} | ({lt.EPILOGUE_DRELU} if slopes_moved else set())
+    assert {call[0] for call in fake.calls} >= (set() if corrupt else expected)
+    if corrupt:
+        assert fake.calls == []
+
+
+def test_a_stale_relu_mask_is_never_read(monkeypatch):
+    """After a forward on another batch size, the layer's mask belongs to that batch: the
+    layer above must apply the slope itself, not read the mask."""
+    fake = FakeLt()
+    model = build(["relu", "relu"], numpy_gpu_backend(fake, monkeypatch))
+    reference_model = build(["relu", "relu"], get_backend("numpy", dtype="float32", fast=False))
+    rng = np.random.default_rng(6)
+    x, grad = rng.normal(size=(7, 6)), rng.normal(size=(7, 6))
+    model.forward(x)
+    lower = model.layers[0]
+    lower._workspace["relu_aux_of"] = None  # as after a forward whose fused product did not run
+    fake.calls.clear()
+    model.backward(grad.copy())
+    assert lt.EPILOGUE_DRELU not in {call[0] for call in fake.calls}
+    reference_model.forward(x)
+    reference_model.backward(grad.copy())
+    np.testing.assert_allclose(model.arena.grads, reference_model.arena.grads, rtol=1e-5, atol=1e-6)

@@ -66,7 +66,15 @@ import numpy
 
 from nanoae.ops.codes import IDENTITY, RELU, activation_code
 from nanoae.ops.gpu_cublas import Cublas
-from nanoae.ops.gpu_cublaslt import EPILOGUE_BGRADA, EPILOGUE_BIAS, EPILOGUE_DEFAULT, EPILOGUE_RELU_BIAS, COMPUTE_32F, CublasLt
+from nanoae.ops.gpu_cublaslt import (
+    COMPUTE_32F,
+    EPILOGUE_BGRADA,
+    EPILOGUE_BIAS,
+    EPILOGUE_DEFAULT,
+    EPILOGUE_DRELU,
+    EPILOGUE_RELU_AUX_BIAS,
+    CublasLt,
+)
 from nanoae.ops.gpu_graph import CapturedTrainStep
 from nanoae.ops.gpu_kernels import GpuKernels
 from nanoae.ops.table import OpsTable
@@ -75,7 +83,11 @@ MIN_ROWS_PER_CHUNK = 256  # below this many rows a column's sum is one chunk: on
 #: How far a cuBLASLt result may stray from the plain path's at its first use, relative
 #: to the largest magnitude in the plain result (a wrong layout or epilogue is off by O(1)).
 LT_TOLERANCE = {"float32": 1e-4, "tf32": 2e-2}
-_FORWARD_EPILOGUES = {RELU: EPILOGUE_RELU_BIAS, IDENTITY: EPILOGUE_BIAS}
+
+
+def _address(array) -> int:
+    """Where a device array's data starts (what marks a ReLU mask as that array's)."""
+    return array.data.ptr
 
 
 class FusedGemmUnavailable(RuntimeWarning):
@@ -137,37 +149,40 @@ class GpuOps(OpsTable):
         has been checked, else cuBLAS (:meth:`_plain_matmul`)."""
         self._lt_matmul(a, b, out, EPILOGUE_DEFAULT, None, lambda: self._plain_matmul(a, b, out))
 
-    def _lt_matmul(self, left, right, out, epilogue: int, bias, plain, prologue=None) -> None:
+    def _lt_matmul(self, left, right, out, epilogue: int, bias, plain, prologue=None, aux=None) -> bool:
         """out = epilogue(left @ right) through cuBLASLt, or ``plain()`` (which writes the
         same outputs the unfused way) where cuBLASLt cannot or its plan disagreed.
+        Returns True when the fused product's results stand (and with them what it wrote
+        into ``aux``), False when ``plain()`` ran instead.
 
         A plan runs only after its first result was checked against ``plain``'s: at a
         plan's first use (always an eager call: the graph captures the second step)
         both run, ``out`` (and, for the bias-gradient epilogue, ``bias``) are compared,
-        and the plan is kept or dropped for good. ``prologue()`` runs before the fused
-        matmul only (work that ``plain`` does itself, e.g. the activation's slope).
+        and the plan is kept or dropped for good; when kept, the fused results are put
+        back, so the outputs and ``aux`` come from the same product. ``prologue()`` runs
+        before the fused matmul only (work that ``plain`` does itself, e.g. the slope).
         """
         lt = self._lt
-        key = lt.key(left, right, out, epilogue, bias) if lt is not None else None
+        key = lt.key(left, right, out, epilogue, bias, aux) if lt is not None else None
         verdict = self._lt_verdicts.get(key, None) if key is not None else False
         capturing = self._capturing() if key is not None else False
         if verdict is False or (verdict is None and capturing):
             plain()
-            return
+            return False
         if verdict:
             if prologue is not None:
                 prologue()
-            if lt.matmul(left, right, out, epilogue, bias, capturing=capturing):
-                return
+            if lt.matmul(left, right, out, epilogue, bias, capturing=capturing, aux=aux):
+                return True
             plain()
-            return
+            return False
         # First use, eager: fused, then plain over the same outputs, then compare.
         if prologue is not None:
             prologue()
-        if not lt.matmul(left, right, out, epilogue, bias):
+        if not lt.matmul(left, right, out, epilogue, bias, aux=aux):
             self._lt_verdicts[key] = False
             plain()
-            return
+            return False
         outputs = (out, bias) if epilogue == EPILOGUE_BGRADA else (out,)
         fused = [array.copy() for array in outputs]
         plain()
@@ -184,6 +199,10 @@ class GpuOps(OpsTable):
                 FusedGemmUnavailable,
                 stacklevel=4,
             )
+            return False
+        for array, mine in zip(outputs, fused):
+            array[...] = mine
+        return True
 
     # ---- activations --------------------------------------------------------------
     def activation_forward(self, z, activation: str, alpha: float = 0.0, workspace=None):
@@ -212,8 +231,16 @@ class GpuOps(OpsTable):
             self._plain_matmul(x, weights, y)
             self.kernels.bias_activation(y, bias, code, scalar_alpha, y)
 
-        if code in _FORWARD_EPILOGUES:  # bias (+ ReLU) in the GEMM's epilogue
-            self._lt_matmul(x, weights, y, _FORWARD_EPILOGUES[code], bias, plain)
+        if code == RELU and self._lt is not None and y.dtype.char == "f":
+            # Bias and ReLU in the epilogue, which also keeps the ReLU's bit mask for the
+            # layer above to apply this layer's slope in its own product (see
+            # dense_backward_chain); the mask is valid for this output only.
+            aux_ld = -(-y.shape[1] // 128) * 128
+            aux = self._buffer(workspace, "relu_aux", (aux_ld * y.shape[0] // 8,), numpy.uint8)
+            fused = self._lt_matmul(x, weights, y, EPILOGUE_RELU_AUX_BIAS, bias, plain, aux=aux)
+            workspace["relu_aux_of"] = (_address(y), y.shape) if fused else None
+        elif code == IDENTITY:  # the bias in the GEMM's epilogue
+            self._lt_matmul(x, weights, y, EPILOGUE_BIAS, bias, plain)
         else:
             self._matmul(x, weights, y)
             self.kernels.bias_activation(y, bias, code, scalar_alpha, y)
@@ -267,22 +294,77 @@ class GpuOps(OpsTable):
             return super().dense_backward(
                 grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad
             )
+        return self.dense_backward_chain(
+            grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad, workspace, False, None
+        )
+
+    def _weight_and_bias_grads(self, grad_output, x, y, code: int, alpha, grad_weights, grad_bias, workspace, grad_is_slope: bool):
+        """grad_weights = x^T dz with grad_bias (the sums of dz over the batch) in its
+        epilogue; dz = f'(y) dy by a slope kernel first, or grad_output itself when it is
+        dz already. Returns dz."""
+        if grad_is_slope:
+            dz = grad_output
+
+            def plain():
+                self.kernels.column_sum(dz, axis=0, out=grad_bias)
+                self._plain_matmul(x.T, dz, grad_weights)
+
+            self._lt_matmul(x.T, dz, grad_weights, EPILOGUE_BGRADA, grad_bias, plain)
+            return dz
         dz = self._buffer(workspace, "dz", y.shape, y.dtype)
-        code, scalar_alpha = activation_code(activation), y.dtype.type(alpha)
 
         def plain():
-            self._slope_and_bias_grad(grad_output, y, code, scalar_alpha, dz, grad_bias, workspace)
+            self._slope_and_bias_grad(grad_output, y, code, alpha, dz, grad_bias, workspace)
             self._plain_matmul(x.T, dz, grad_weights)
 
         def slope():
-            self.kernels.slope(grad_output, y, code, scalar_alpha, dz)
+            self.kernels.slope(grad_output, y, code, alpha, dz)
 
-        # grad_bias (the sums of dz over the batch) in the epilogue of grad_weights = x^T dz.
         self._lt_matmul(x.T, dz, grad_weights, EPILOGUE_BGRADA, grad_bias, plain, prologue=slope)
+        return dz
+
+    @property
+    def fuses_input_slope(self) -> bool:
+        """Chains pay where cuBLASLt can put a ReLU's slope into the product above it."""
+        return self._lt is not None
+
+    def dense_backward_chain(
+        self, grad_output, x, y, weights, activation: str, alpha: float, grad_weights, grad_bias,
+        need_input_grad: bool, workspace, grad_is_slope: bool, below=None,
+    ):  # fmt: skip
+        """dense_backward inside a chain of Dense layers (the contract:
+        :meth:`nanoae.ops.table.OpsTable.dense_backward_chain`).
+
+        grad_is_slope: grad_output is dz already, so ``grad_weights = x^T dz`` with the
+        bias gradient in its epilogue is all that is left here. below: the ReLU layer
+        under this one; ``dx = relu'(x) * (dz W^T)`` is one cuBLASLt product with the
+        DRELU epilogue, reading the bit mask that layer's forward wrote, where that mask
+        is there and the plan passed its check; else the product and a slope kernel.
+        """
+        if workspace is None:
+            return super().dense_backward_chain(
+                grad_output, x, y, weights, activation, alpha, grad_weights, grad_bias, need_input_grad, workspace, grad_is_slope, below
+            )
+        code, scalar_alpha = activation_code(activation), y.dtype.type(alpha)
+        dz = self._weight_and_bias_grads(grad_output, x, y, code, scalar_alpha, grad_weights, grad_bias, workspace, grad_is_slope)
         if not need_input_grad:
             return None
         dx = self._buffer(workspace, "dx", x.shape, y.dtype)
-        self._matmul(dz, weights.T, dx)
+        if below is None:
+            self._matmul(dz, weights.T, dx)
+            return dx
+        below_output, below_workspace = below
+        zero = y.dtype.type(0)
+
+        def plain_dx():
+            self._matmul(dz, weights.T, dx)
+            self.kernels.slope(dx, below_output, RELU, zero, dx)
+
+        mask_is_current = below_workspace is not None and below_workspace.get("relu_aux_of") == (_address(below_output), below_output.shape)
+        if mask_is_current:
+            self._lt_matmul(dz, weights.T, dx, EPILOGUE_DRELU, None, plain_dx, aux=below_workspace["relu_aux"])
+        else:
+            plain_dx()
         return dx
 
     # ---- losses --------------------------------------------------------------------

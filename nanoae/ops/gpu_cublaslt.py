@@ -52,10 +52,14 @@ EPILOGUE_DEFAULT = 1
 EPILOGUE_RELU = 2
 EPILOGUE_BIAS = 4
 EPILOGUE_RELU_BIAS = 6
+EPILOGUE_RELU_AUX_BIAS = 134  # RELU_BIAS, and the ReLU's bit mask written to an aux buffer
+EPILOGUE_DRELU = 136  # D = (op(A) op(B)) times the ReLU slope read from that bit mask
 EPILOGUE_BGRADA = 256
+_AUX_EPILOGUES = (EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU)
 
 #: cublasLtMatmulDescAttributes_t
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
+_DESC_EPILOGUE_AUX_POINTER, _DESC_EPILOGUE_AUX_LD = 11, 12
 #: cublasLtMatmulPreferenceAttributes_t
 _PREF_MAX_WORKSPACE_BYTES = 1
 _PREF_MIN_ALIGNMENT = {"a": 5, "b": 6, "c": 7, "d": 8}
@@ -110,6 +114,12 @@ class ProductPlan:
     layout_d: MatrixLayout
     epilogue: int
     bias_length: int
+    aux_ld: int = 0  # the ReLU bit mask's leading dimension in bits (a multiple of 128), 0: none
+
+    @property
+    def aux_bytes(self) -> int:
+        """Bytes of the ReLU bit mask an aux epilogue writes or reads (0: none)."""
+        return self.aux_ld * self.n // 8
 
 
 def plan_product(left, right, out, epilogue: int = EPILOGUE_DEFAULT):
@@ -122,7 +132,10 @@ def plan_product(left, right, out, epilogue: int = EPILOGUE_DEFAULT):
     ``EPILOGUE_DEFAULT``; ``EPILOGUE_BIAS`` / ``EPILOGUE_RELU_BIAS`` (a bias of ``cols``
     entries added to every row of ``out``, then the ReLU); ``EPILOGUE_BGRADA`` (the
     sums of ``right`` over its rows, ``cols`` entries: with ``right = dz`` that is the
-    bias gradient). Raises ValueError when the shapes do not fit.
+    bias gradient); ``EPILOGUE_RELU_AUX_BIAS`` (as RELU_BIAS, and the ReLU's bit mask
+    into an aux buffer of ``aux_bytes``); ``EPILOGUE_DRELU`` (the product times the ReLU
+    slope of such a mask, written by a product whose output had this one's shape).
+    Raises ValueError when the shapes do not fit.
     """
     if left.ndim != 2 or right.ndim != 2 or out.ndim != 2:
         return None
@@ -135,7 +148,7 @@ def plan_product(left, right, out, epilogue: int = EPILOGUE_DEFAULT):
     left_layout, right_layout, out_layout = layout_of(left), layout_of(right), layout_of(out)
     if left_layout is None or right_layout is None or out_layout is None or out_layout[1]:
         return None
-    if epilogue not in (EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS, EPILOGUE_BGRADA):
+    if epilogue not in (EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS, EPILOGUE_BGRADA, *_AUX_EPILOGUES):
         return None
     # Column-major: out^T (cols x rows) = right^T (cols x inner) @ left^T (inner x rows).
     m, n, k = cols, rows, inner
@@ -148,8 +161,10 @@ def plan_product(left, right, out, epilogue: int = EPILOGUE_DEFAULT):
     layout_d = MatrixLayout(m, n, out_layout[0])
     if epilogue == EPILOGUE_BGRADA and op_a != OP_N:
         return None  # the bias gradient of A is over k: only for A as it lies
-    bias_length = m if epilogue != EPILOGUE_DEFAULT else 0
-    return ProductPlan(m, n, k, op_a, op_b, layout_a, layout_b, layout_d, epilogue, bias_length)
+    bias_length = m if epilogue in (EPILOGUE_BIAS, EPILOGUE_RELU_BIAS, EPILOGUE_RELU_AUX_BIAS, EPILOGUE_BGRADA) else 0
+    # The mask has one bit per element of D, column-major, columns padded to 128 bits.
+    aux_ld = -(-m // 128) * 128 if epilogue in _AUX_EPILOGUES else 0
+    return ProductPlan(m, n, k, op_a, op_b, layout_a, layout_b, layout_d, epilogue, bias_length, aux_ld)
 
 
 def _alignment(pointer: int) -> int:
@@ -278,10 +293,13 @@ class CublasLt:
         lib = self.lib
         desc = ctypes.c_void_p()
         self._check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), compute, CUDA_R_32F), "cublasLtMatmulDescCreate")
-        for attribute, value in ((_DESC_TRANSA, plan.op_a), (_DESC_TRANSB, plan.op_b), (_DESC_EPILOGUE, plan.epilogue)):
-            number = ctypes.c_int32(value)
+        attributes = [(_DESC_TRANSA, ctypes.c_int32(plan.op_a)), (_DESC_TRANSB, ctypes.c_int32(plan.op_b))]
+        attributes.append((_DESC_EPILOGUE, ctypes.c_uint32(plan.epilogue)))
+        if plan.aux_ld:
+            attributes.append((_DESC_EPILOGUE_AUX_LD, ctypes.c_int64(plan.aux_ld)))
+        for attribute, value in attributes:
             self._check(
-                lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(number), ctypes.sizeof(number)),
+                lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(value), ctypes.sizeof(value)),
                 "cublasLtMatmulDescSetAttribute",
             )
         layouts = []
@@ -311,14 +329,16 @@ class CublasLt:
             return None
         return _Prepared(desc, tuple(layouts), algorithms)
 
-    def _launch(self, prepared: _Prepared, index: int, pointers: dict, bias_pointer: int, stream) -> int:
+    def _launch(self, prepared: _Prepared, index: int, pointers: dict, stream) -> int:
         lib = self.lib
-        if bias_pointer:
-            pointer = ctypes.c_void_p(bias_pointer)
-            self._check(
-                lib.cublasLtMatmulDescSetAttribute(prepared.desc, _DESC_BIAS_POINTER, ctypes.byref(pointer), ctypes.sizeof(pointer)),
-                "cublasLtMatmulDescSetAttribute(bias)",
-            )
+        # The descriptor is shared by every call of the plan: its buffers are set per call.
+        for attribute, name in ((_DESC_BIAS_POINTER, "bias"), (_DESC_EPILOGUE_AUX_POINTER, "aux")):
+            if pointers.get(name):
+                pointer = ctypes.c_void_p(pointers[name])
+                self._check(
+                    lib.cublasLtMatmulDescSetAttribute(prepared.desc, attribute, ctypes.byref(pointer), ctypes.sizeof(pointer)),
+                    f"cublasLtMatmulDescSetAttribute({name})",
+                )
         workspace = self._workspace(stream)
         result = prepared.algorithms[index]
         a_layout, b_layout, d_layout = prepared.layouts
@@ -331,26 +351,26 @@ class CublasLt:
             ctypes.byref(result.algo), ctypes.c_void_p(workspace.data.ptr), workspace.nbytes, ctypes.c_void_p(stream.ptr),
         )  # fmt: skip
 
-    def _time_candidates(self, prepared: _Prepared, pointers: dict, bias_pointer: int, stream) -> None:
+    def _time_candidates(self, prepared: _Prepared, pointers: dict, stream) -> None:
         """Run each candidate a few times on the real buffers and keep the fastest (the
         caller's own call comes after, so what these runs write does not matter)."""
         cp = self.cp
         times = []
         for index in range(len(prepared.algorithms)):
-            if self._launch(prepared, index, pointers, bias_pointer, stream) != 0:
+            if self._launch(prepared, index, pointers, stream) != 0:
                 times.append(float("inf"))
                 continue
             start, stop = cp.cuda.Event(), cp.cuda.Event()
             start.record(stream)
             for _ in range(TIMED_REPEATS):
-                self._launch(prepared, index, pointers, bias_pointer, stream)
+                self._launch(prepared, index, pointers, stream)
             stop.record(stream)
             stop.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, stop) / TIMED_REPEATS)
         best = min(range(len(times)), key=times.__getitem__)
         prepared.chosen, prepared.timed, prepared.times_ms = best, True, tuple(times)
 
-    def key(self, left, right, out, epilogue: int, bias=None):
+    def key(self, left, right, out, epilogue: int, bias=None, aux=None):
         """The cache key of one call: its plan, compute type and buffer alignments (None: no plan).
 
         Memoized on the call's look (shapes, strides, addresses, dtypes, epilogue), so an
@@ -362,14 +382,15 @@ class CublasLt:
             out.shape, out.strides, out.dtype.char, out.data.ptr,
             epilogue, tf32,
             None if bias is None else (bias.shape, bias.strides, bias.dtype.char, bias.data.ptr),
+            None if aux is None else (aux.nbytes, aux.data.ptr),
         )  # fmt: skip
         try:
             return self._keys[look]
         except KeyError:
-            key = self._keys[look] = self._key(left, right, out, epilogue, bias, tf32)
+            key = self._keys[look] = self._key(left, right, out, epilogue, bias, aux, tf32)
             return key
 
-    def _key(self, left, right, out, epilogue: int, bias, tf32: bool):
+    def _key(self, left, right, out, epilogue: int, bias, aux, tf32: bool):
         if out.dtype.char != "f" or left.dtype.char != "f" or right.dtype.char != "f":
             return None
         if bias is not None and (bias.dtype.char != "f" or bias.ndim != 1 or not bias.flags.c_contiguous):
@@ -377,16 +398,19 @@ class CublasLt:
         plan = plan_product(left, right, out, epilogue)
         if plan is None or (plan.bias_length and (bias is None or bias.shape[0] != plan.bias_length)):
             return None
+        if plan.aux_ld and (aux is None or aux.nbytes < plan.aux_bytes or aux.data.ptr % 16):
+            return None
         pointers = (right.data.ptr, left.data.ptr, out.data.ptr, out.data.ptr)
         alignments = tuple(_alignment(pointer) for pointer in pointers)
         bias_alignment = _alignment(bias.data.ptr) if bias is not None else 0
         compute = COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F
         return (plan, compute, alignments, bias_alignment)
 
-    def matmul(self, left, right, out, epilogue: int = EPILOGUE_DEFAULT, bias=None, capturing: bool = False) -> bool:
+    def matmul(self, left, right, out, epilogue: int = EPILOGUE_DEFAULT, bias=None, capturing: bool = False, aux=None) -> bool:
         """out = epilogue(left @ right) (bias: the epilogue's bias, or where the bias
-        gradient goes). False when cuBLASLt cannot run it (see the class docstring)."""
-        key = self.key(left, right, out, epilogue, bias)
+        gradient goes; aux: the ReLU bit mask an aux epilogue writes or reads). False
+        when cuBLASLt cannot run it (see the class docstring)."""
+        key = self.key(left, right, out, epilogue, bias, aux)
         if key is None:
             return False
         plan, compute, alignments, _ = key
@@ -403,11 +427,12 @@ class CublasLt:
             return False
         stream = self.cp.cuda.get_current_stream()
         pointers = {"a": right.data.ptr, "b": left.data.ptr, "d": out.data.ptr}
-        bias_pointer = bias.data.ptr if bias is not None else 0
+        pointers["bias"] = bias.data.ptr if bias is not None else 0
+        pointers["aux"] = aux.data.ptr if aux is not None else 0
         try:
             if self.tune and not prepared.timed and not capturing and len(prepared.algorithms) > 1:
-                self._time_candidates(prepared, pointers, bias_pointer, stream)
-            status = self._launch(prepared, prepared.chosen, pointers, bias_pointer, stream)
+                self._time_candidates(prepared, pointers, stream)
+            status = self._launch(prepared, prepared.chosen, pointers, stream)
         except RuntimeError as exc:
             self.errors.append(str(exc))
             status = -1
