@@ -15,7 +15,7 @@
 #      every failure shows;
 #   3. a step profile (graph vs eager vs the graph without cuBLASLt vs the matmuls alone,
 #      and the cuBLASLt plans kept with their timed algorithms), benchmarks/gpu_profile.py;
-#   3b. TF32 against float32: the tutorial's 1000-step loss and test MSE in each,
+#   3b. float32, TF32 and bfloat16: the tutorial's 1000-step loss and test MSE in each,
 #      benchmarks/gpu_precision.py;
 #   4. the GPU benchmark: nanoae-cupy vs PyTorch CUDA eager and CUDA graphs vs JAX jit,
 #      batches 256, 1024, 8192, against a cuBLAS float32 matmul measured in the same run.

@@ -1,13 +1,15 @@
-"""What TF32 does to the tutorial: its 1000-step loss and test MSE in float32 and in TF32.
+"""What TF32 and bfloat16 do to the tutorial: its 1000-step loss and test MSE in each.
 
-    python benchmarks/gpu_precision.py [--steps 1000] [--data DIR] [--mode float32 --mode tf32]
+    python benchmarks/gpu_precision.py [--steps 1000] [--data DIR] [--mode float32 --mode tf32 --mode bf16]
 
 TF32 (``get_backend("cupy", allow_tf32=True)``) runs float32 matmuls on tensor cores with a
-10-bit mantissa for the products; it is never the default. Each mode trains the tutorial's
+10-bit mantissa for the products, bfloat16 (``allow_bf16=True``) with an 8-bit one; the
+sums stay float32, and so do the parameters, the optimizer and every other kernel. Neither
+is ever the default. Each mode trains the tutorial's
 model (seed 0, batch 256, RMSProp tf1 at 0.001) on the MNIST training images, then scores
 the test images. Printed, one JSON line per mode: the mean of the last 50 step losses, the
 test MSE, and seconds for the training. ``--backend numpy`` runs the float32 mode on the CPU
-(for the tests; TF32 needs a GPU).
+(for the tests; TF32 and bfloat16 need a GPU).
 """
 
 from __future__ import annotations
@@ -27,18 +29,18 @@ from nanoae.backend import get_backend  # noqa: E402
 from nanoae.data import load_dataset  # noqa: E402
 from nanoae.evaluation import reconstruction_errors  # noqa: E402
 
-MODES = ("float32", "tf32")
+MODES = ("float32", "tf32", "bf16")
 
 
 def run(mode: str, steps: int, data_dir, backend_name: str = "cupy", dataset: str = "mnist") -> dict:
     """Train the tutorial ``steps`` steps in ``mode`` and score it on the test split."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-    if mode == "tf32" and backend_name != "cupy":
-        raise ValueError("TF32 is a GPU mode: use --backend cupy")
+    if mode != "float32" and backend_name != "cupy":
+        raise ValueError(f"{mode} is a GPU mode: use --backend cupy")
     train = load_dataset(dataset, "train", data_dir=data_dir, download=False, quiet=True)
     test = load_dataset(dataset, "test", data_dir=data_dir, download=False, quiet=True)
-    options = {"allow_tf32": mode == "tf32"} if backend_name == "cupy" else {}
+    options = {"allow_tf32": mode == "tf32", "allow_bf16": mode == "bf16"} if backend_name == "cupy" else {}
     backend = get_backend(backend_name, **options)
     try:
         model = presets.tutorial(seed=0, backend=backend)
@@ -47,8 +49,8 @@ def run(mode: str, steps: int, data_dir, backend_name: str = "cupy", dataset: st
         seconds = time.perf_counter() - started
         test_mse = reconstruction_errors(model, test.images)["mse"]
     finally:
-        if mode == "tf32":
-            get_backend(backend_name, allow_tf32=False)  # CuPy's switch is global: set it back
+        if mode != "float32":
+            get_backend(backend_name)  # the switches are per process: back to plain float32
     return {
         "mode": mode,
         "backend": backend.name,

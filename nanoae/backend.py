@@ -139,6 +139,7 @@ def get_backend(
     fast: bool | None = None,
     kernels: str = "auto",
     allow_tf32: bool = False,
+    allow_bf16: bool = False,
 ) -> Backend:
     """Return a :class:`Backend`.
 
@@ -151,7 +152,13 @@ def get_backend(
     allow_tf32: on CuPy, let cuBLAS run float32 matmuls on TF32 tensor cores (faster,
            ~10 mantissa bits). Off by default: float32 means float32. CuPy keeps this
            switch per process, so the last CuPy backend made sets it for every model.
+    allow_bf16: on CuPy, let nanoae's own cuBLAS and cuBLASLt calls run float32 matmuls on
+           bfloat16 tensor cores (inputs rounded to 8 mantissa bits, sums in float32;
+           CUBLAS_COMPUTE_32F_FAST_16BF). Off by default; per process, like allow_tf32;
+           not with allow_tf32. ``cupy.matmul`` (the path without direct cuBLAS) ignores it.
     """
+    if allow_tf32 and allow_bf16:
+        raise ValueError("allow_tf32 and allow_bf16 are two different precisions: ask for one of them")
     if isinstance(name, Backend):
         return name if dtype is None else name.with_dtype(dtype)
     requested = name if name is not None else os.environ.get("NANOAE_BACKEND", "auto")
@@ -170,6 +177,9 @@ def get_backend(
                 raise BackendUnavailable(f"backend 'cupy' was requested but cannot run: {why}")
         else:
             _set_tf32(cupy, allow_tf32)
+            from nanoae.ops.gpu_cublas import set_bfloat16  # noqa: PLC0415 (GPU only)
+
+            set_bfloat16(allow_bf16)
             ops = load_ops("cupy", fast)
             return Backend("cupy", cupy, ops, resolved_dtype, ops is not REFERENCE_TABLE)
 

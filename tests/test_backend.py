@@ -118,3 +118,21 @@ def test_seeded_generators():
         make_rng("3")
     with pytest.raises(ValueError, match="non-negative"):
         make_rng(-1)
+
+
+def test_one_reduced_precision_at_a_time():
+    with pytest.raises(ValueError, match="ask for one of them"):
+        get_backend("numpy", allow_tf32=True, allow_bf16=True)
+
+
+def test_the_bfloat16_switch_picks_the_compute_type():
+    """nanoae's own switch, read by every direct cuBLAS and cuBLASLt float32 call (its
+    TF32 branch reads CuPy's switch, which needs CuPy: tests/test_gpu.py)."""
+    from nanoae.ops.gpu_cublas import float32_compute, set_bfloat16
+
+    try:
+        set_bfloat16(True)
+        assert float32_compute() == 75  # CUBLAS_COMPUTE_32F_FAST_16BF
+    finally:
+        set_bfloat16(False)
+    assert float32_compute() in (68, 77)  # CUBLAS_COMPUTE_32F, or TF32 where CuPy's switch says so

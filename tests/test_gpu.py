@@ -18,6 +18,7 @@ from nanoae.backend import get_backend
 from nanoae.checkpoint import load_checkpoint, save_checkpoint
 from nanoae.data import load_dataset
 from nanoae.ops import reference
+from nanoae.ops.gpu_cublas import float32_compute
 from nanoae.evaluation import reconstruction_errors
 
 CUPY_OK, CUPY_WHY = backend_module.cupy_status()
@@ -326,14 +327,39 @@ def test_tf32_only_when_asked_for():
         get_backend("cupy", allow_tf32=True)
         if int(cupy.cuda.Device().compute_capability) >= 80:
             assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
-            assert blas is None or blas._compute_type_of()  # cuBLAS gets CUBLAS_COMPUTE_32F_FAST_TF32
+            assert float32_compute() == 77  # direct cuBLAS and cuBLASLt get CUBLAS_COMPUTE_32F_FAST_TF32
         errors()  # runs with TF32 allowed (whether cuBLAS then uses tensor cores is its choice)
     finally:
         get_backend("cupy")  # back to plain float32 for every other test
     assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
-    assert blas is None or not blas._compute_type_of()
+    assert float32_compute() == 68
     fp32_errors = errors()
     assert max(fp32_errors) < 1e-5, fp32_errors  # TF32 would be ~1e-4 to 1e-3
+    assert blas is not None, _ops().blas_error
+
+
+def test_bfloat16_only_when_asked_for():
+    """allow_bf16=True: the direct float32 matmuls round their inputs to bfloat16 (errors
+    around 1e-3 relative on these sums), and the switch goes back off."""
+    import cupy
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((256, 512), dtype=np.float32), rng.random((512, 256), dtype=np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+
+    def error():
+        out = cupy.empty((256, 256), dtype=cupy.float32)
+        _ops()._matmul(cupy.asarray(a), cupy.asarray(b), out)
+        return np.abs(host(out) - exact).max() / exact.max()
+
+    try:
+        get_backend("cupy", allow_bf16=True)
+        assert float32_compute() == 75
+        bf16_error = error()
+    finally:
+        get_backend("cupy")
+    assert float32_compute() == 68
+    assert error() < 1e-5 < bf16_error < 3e-2, bf16_error
 
 
 # ---- cuBLASLt: fused epilogues and a timed algorithm per shape -----------------------------

@@ -32,9 +32,10 @@ def test_a_float32_run_reports_the_tutorials_loss_and_test_mse(capsys):
     assert result["test_mse"] == pytest.approx(reconstruction_errors(model, test.images)["mse"], rel=1e-6)
 
 
-def test_tf32_is_refused_off_the_gpu():
+def test_reduced_precisions_are_refused_off_the_gpu():
     bench = load_script(SCRIPT)
-    with pytest.raises(ValueError, match="TF32 is a GPU mode"):
-        bench.run("tf32", 1, None, backend_name="numpy", dataset="mnist-sample")
-    with pytest.raises(ValueError, match="unknown mode 'bf16'"):
-        bench.run("bf16", 1, None, backend_name="numpy")
+    for mode in ("tf32", "bf16"):
+        with pytest.raises(ValueError, match=f"{mode} is a GPU mode"):
+            bench.run(mode, 1, None, backend_name="numpy", dataset="mnist-sample")
+    with pytest.raises(ValueError, match="unknown mode 'fp16'"):
+        bench.run("fp16", 1, None, backend_name="numpy")

@@ -33,8 +33,8 @@ round trips, not arithmetic:
   handle and workspace, so that a CUDA graph can capture them; CuPy refuses cuBLAS
   calls during capture) into preallocated outputs, a transposed operand being a cuBLAS
   flag, not a copy; ``cupy.matmul(..., out=)`` when direct cuBLAS is unavailable or
-  ``NANOAE_GPU_CUBLAS=cupy``; float32 unless TF32 is asked for
-  (``get_backend("cupy", allow_tf32=True)``);
+  ``NANOAE_GPU_CUBLAS=cupy``; float32 unless TF32 or bfloat16 tensor cores are asked
+  for (``get_backend("cupy", allow_tf32=True)`` or ``allow_bf16=True``);
 * a steady step of a model whose functions are all fused here (dense layers, MSE,
   every optimizer) allocates nothing, and :mod:`nanoae.ops.gpu_graph` captures the
   whole training step as one CUDA graph and replays it. What this table inherits from the
@@ -68,6 +68,8 @@ from nanoae.ops.codes import IDENTITY, RELU, activation_code
 from nanoae.ops.gpu_cublas import Cublas
 from nanoae.ops.gpu_cublaslt import (
     COMPUTE_32F,
+    COMPUTE_32F_FAST_16BF,
+    COMPUTE_32F_FAST_TF32,
     EPILOGUE_BGRADA,
     EPILOGUE_BIAS,
     EPILOGUE_DEFAULT,
@@ -82,7 +84,7 @@ from nanoae.ops.table import OpsTable
 MIN_ROWS_PER_CHUNK = 256  # below this many rows a column's sum is one chunk: one kernel
 #: How far a cuBLASLt result may stray from the plain path's at its first use, relative
 #: to the largest magnitude in the plain result (a wrong layout or epilogue is off by O(1)).
-LT_TOLERANCE = {"float32": 1e-4, "tf32": 2e-2}
+LT_TOLERANCE = {COMPUTE_32F: 1e-4, COMPUTE_32F_FAST_TF32: 2e-2, COMPUTE_32F_FAST_16BF: 5e-2}
 
 
 def _address(array) -> int:
@@ -186,7 +188,7 @@ class GpuOps(OpsTable):
         outputs = (out, bias) if epilogue == EPILOGUE_BGRADA else (out,)
         fused = [array.copy() for array in outputs]
         plain()
-        tolerance = LT_TOLERANCE["float32" if key[1] == COMPUTE_32F else "tf32"]
+        tolerance = LT_TOLERANCE[key[1]]
         cp = self.cp
         agree = all(
             float(cp.abs(mine - theirs).max()) <= tolerance * max(1.0, float(cp.abs(theirs).max())) for mine, theirs in zip(fused, outputs)

@@ -16,8 +16,34 @@ import numpy
 
 _CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
 _CUDA_R = {"f": 0, "d": 1}  # cudaDataType: CUDA_R_32F, CUDA_R_64F
-_CUBLAS_COMPUTE = {"f": 68, "d": 70, "tf32": 77}  # CUBLAS_COMPUTE_32F, _64F, _32F_FAST_TF32
+_CUBLAS_COMPUTE = {"f": 68, "d": 70, "tf32": 77, "bf16": 75}  # CUBLAS_COMPUTE_32F, _64F, _32F_FAST_TF32, _32F_FAST_16BF
 _CUBLAS_GEMM_DEFAULT = -1
+
+# nanoae's own float32 switch for bfloat16 tensor cores (CuPy has none): set by
+# get_backend("cupy", allow_bf16=True), read by every direct cuBLAS and cuBLASLt call.
+_BFLOAT16 = {"on": False}
+
+
+def set_bfloat16(on: bool) -> None:
+    """Let the direct float32 matmuls run on bfloat16 tensor cores (inputs rounded to
+    bfloat16's 8-bit mantissa, sums in float32), or not."""
+    _BFLOAT16["on"] = bool(on)
+
+
+def float32_compute() -> int:
+    """The cuBLAS compute type for a float32 matmul now: bfloat16 tensor cores when
+    nanoae's switch says so, TF32 when CuPy's compute-type switch does, else plain
+    float32 (CUBLAS_COMPUTE_32F)."""
+    if _BFLOAT16["on"]:
+        return _CUBLAS_COMPUTE["bf16"]
+    try:
+        from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
+
+        if linalg.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32:
+            return _CUBLAS_COMPUTE["tf32"]
+    except (ImportError, AttributeError):
+        pass
+    return _CUBLAS_COMPUTE["f"]
 
 
 def load_cublas(cupy):
@@ -69,7 +95,8 @@ class Cublas:
     coefficients in host memory (captured by value) and a workspace per stream set with
     ``cublasSetWorkspace`` (so cuBLAS never allocates while capturing, and concurrent
     streams never share one). float32 runs CUBLAS_COMPUTE_32F unless CuPy's compute-type
-    switch says TF32 (``get_backend("cupy", allow_tf32=True)``); float64 runs _64F.
+    switch says TF32 (``get_backend("cupy", allow_tf32=True)``) or nanoae's says bfloat16
+    (``allow_bf16=True``): :func:`float32_compute`; float64 runs _64F.
     """
 
     WORKSPACE_BYTES = 32 << 20
@@ -100,12 +127,6 @@ class Cublas:
         self._zero = {"f": ctypes.c_float(0.0), "d": ctypes.c_double(0.0)}
         self._one_p = {k: ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for k, v in self._one.items()}
         self._zero_p = {k: ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for k, v in self._zero.items()}
-        try:
-            from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
-
-            self._compute_type_of = lambda: linalg.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
-        except (ImportError, AttributeError):
-            self._compute_type_of = lambda: False
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
@@ -157,7 +178,7 @@ class Cublas:
             out.fill(0)
             return True
         handle = self._handle_for_current_stream()
-        compute = _CUBLAS_COMPUTE["tf32"] if kind == "f" and self._compute_type_of() else _CUBLAS_COMPUTE[kind]
+        compute = float32_compute() if kind == "f" else _CUBLAS_COMPUTE[kind]
         data = _CUDA_R[kind]
         # Row-major C = A B is column-major C^T = B^T A^T: B's memory is B^T (op N) unless
         # B is itself a transposed view (op T), and likewise for A.

@@ -41,11 +41,11 @@ import os
 import weakref
 from dataclasses import dataclass
 
-import numpy
+from nanoae.ops.gpu_cublas import float32_compute
 
 OP_N, OP_T = 0, 1
 CUDA_R_32F = 0
-COMPUTE_32F, COMPUTE_32F_FAST_TF32 = 68, 77
+COMPUTE_32F, COMPUTE_32F_FAST_16BF, COMPUTE_32F_FAST_TF32 = 68, 75, 77
 
 #: cublasLtEpilogue_t values (cublasLt.h).
 EPILOGUE_DEFAULT = 1
@@ -261,12 +261,6 @@ class CublasLt:
         self._null_workspace = None
         self._one = ctypes.c_float(1.0)
         self._zero = ctypes.c_float(0.0)
-        try:
-            from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
-
-            self._tf32 = lambda: linalg.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
-        except (ImportError, AttributeError):
-            self._tf32 = lambda: False
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
@@ -375,22 +369,22 @@ class CublasLt:
 
         Memoized on the call's look (shapes, strides, addresses, dtypes, epilogue), so an
         eager step pays a dictionary lookup per matmul, not a plan."""
-        tf32 = self._tf32()
+        compute = float32_compute()
         look = (
             left.shape, left.strides, left.dtype.char, left.data.ptr,
             right.shape, right.strides, right.dtype.char, right.data.ptr,
             out.shape, out.strides, out.dtype.char, out.data.ptr,
-            epilogue, tf32,
+            epilogue, compute,
             None if bias is None else (bias.shape, bias.strides, bias.dtype.char, bias.data.ptr),
             None if aux is None else (aux.nbytes, aux.data.ptr),
         )  # fmt: skip
         try:
             return self._keys[look]
         except KeyError:
-            key = self._keys[look] = self._key(left, right, out, epilogue, bias, aux, tf32)
+            key = self._keys[look] = self._key(left, right, out, epilogue, bias, aux, compute)
             return key
 
-    def _key(self, left, right, out, epilogue: int, bias, aux, tf32: bool):
+    def _key(self, left, right, out, epilogue: int, bias, aux, compute: int):
         if out.dtype.char != "f" or left.dtype.char != "f" or right.dtype.char != "f":
             return None
         if bias is not None and (bias.dtype.char != "f" or bias.ndim != 1 or not bias.flags.c_contiguous):
@@ -403,7 +397,6 @@ class CublasLt:
         pointers = (right.data.ptr, left.data.ptr, out.data.ptr, out.data.ptr)
         alignments = tuple(_alignment(pointer) for pointer in pointers)
         bias_alignment = _alignment(bias.data.ptr) if bias is not None else 0
-        compute = COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F
         return (plan, compute, alignments, bias_alignment)
 
     def matmul(self, left, right, out, epilogue: int = EPILOGUE_DEFAULT, bias=None, capturing: bool = False, aux=None) -> bool:
