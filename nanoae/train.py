@@ -65,7 +65,10 @@ _SEED_BOUND = 2**63  # the sampler's seed is drawn from [0, 2**63)
 
 @dataclass
 class TrainingState:
-    """What callbacks see. ``loss`` is a float on log steps and None otherwise.
+    """What callbacks see. ``loss`` is a float on log steps and None otherwise;
+    ``loss_array`` is the last step's loss as the step left it, on the device: on a GPU
+    (and in data-parallel runs) a buffer the next step writes again, so read it
+    (``float``) rather than keep it.
 
     step: ``model.steps_trained`` after the step just taken; start_step: where this
     run began; total_steps: where it ends; epoch: the sampler's progress in epochs;
