@@ -22,7 +22,12 @@ with ``op = T`` instead of being copied. In that frame:
   for a ReLU layer, which applies the bias first);
 * ``grad_weights = x^T dz``: ``A`` is ``dz``'s memory, ``(out, batch)`` with op N,
   and the ``BGRADA`` epilogue sums ``A`` over ``k`` = the batch into ``m = out``
-  entries: ``grad_bias``.
+  entries: ``grad_bias``;
+* a ReLU's slope: the forward's ``RELU_AUX_BIAS`` also writes a bit mask of where
+  ``x W + b > 0``, and the layer above computes its ``dx = dz W_above^T`` with
+  ``DRELU``, which multiplies by that mask. That product's ``D`` is ``(out, batch)``
+  like the forward's, so both read the mask with the same leading dimension (bits,
+  padded to a multiple of 128).
 
 :func:`plan_product` does this translation and nothing else (no CuPy, no pointers),
 so the tests check it on the CPU by running the plans through a NumPy reading of
