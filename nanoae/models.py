@@ -298,18 +298,22 @@ class Sequential(Model):
                 ready(layer)
         return grad_output
 
-    def _backward_in_chains(self, grad_output, need_input_grad: bool):
+    def _backward_in_chains(self, grad_output, need_input_grad: bool, grad_is_slope: bool = False, under=None):
         """backward for a table that fuses a ReLU's slope into the matmul above it: where a
         plain Dense layer sits right on top of a plain ReLU Dense layer, the upper one's
         input gradient comes back already multiplied by the lower one's ReLU slope, and
         the lower one is told so. Same results as :meth:`backward` (the same operations,
-        moved); anything else in the stack runs as there."""
+        moved); anything else in the stack runs as there.
+
+        grad_is_slope: grad_output is already the top layer's dz (a model above this one
+        applied its slope). under: the layer outside this Sequential whose output is its
+        input (an autoencoder's code layer under its decoder), or None.
+        """
         last = len(self.layers) - 1
         ready = self._gradients_ready
-        grad_is_slope = False
         for position, layer in enumerate(reversed(self.layers)):
             index = last - position
-            below = self.layers[index - 1] if index > 0 else None
+            below = self.layers[index - 1] if index > 0 else under
             feeds_relu = _is_plain_dense(layer) and _is_plain_dense(below) and below.activation.name == "relu"
             need = need_input_grad or position < last
             if grad_is_slope or feeds_relu:
@@ -416,13 +420,35 @@ class Autoencoder(Model):
         encoder (a data-parallel run starts those layers' allreduce buckets there).
         """
         ready = self._gradients_ready
-        grad_code = self.decoder.backward(grad_output, True)
+        code_layer = self._chained_code_layer()
+        if code_layer is not None:  # the code layer's ReLU slope goes into the decoder's first product
+            grad_code = self.decoder._backward_in_chains(grad_output, True, under=code_layer)
+        else:
+            grad_code = self.decoder.backward(grad_output, True)
         if ready is not None:  # a decoder that is one layer, not a Sequential, says nothing itself
             ready(self.decoder)
-        grad_input = self.encoder.backward(grad_code, need_input_grad)
+        if code_layer is not None:
+            grad_input = self.encoder._backward_in_chains(grad_code, need_input_grad, grad_is_slope=True)
+        else:
+            grad_input = self.encoder.backward(grad_code, need_input_grad)
         if ready is not None:
             ready(self.encoder)
         return grad_input
+
+    def _chained_code_layer(self):
+        """The encoder's last layer when the backward chain may cross from the decoder into
+        it (a table that fuses ReLU slopes, two Sequentials, a plain ReLU Dense code layer
+        right under a plain Dense): else None."""
+        if not self.backend.ops.fuses_input_slope:
+            return None
+        if not (isinstance(self.encoder, Sequential) and isinstance(self.decoder, Sequential)):
+            return None
+        if not (self.encoder.layers and self.decoder.layers):
+            return None
+        code_layer, first = self.encoder.layers[-1], self.decoder.layers[0]
+        if _is_plain_dense(code_layer) and code_layer.activation.name == "relu" and _is_plain_dense(first):
+            return code_layer
+        return None
 
     @property
     def static_train_step(self) -> bool:

@@ -102,3 +102,38 @@ def test_a_relu_stack_chains_every_layer_and_moves_every_slope():
     # middle ones get slopes and pass slopes on; the first gets a slope and has no input
     # gradient to compute.
     assert calls == [("sigmoid", False, True), ("relu", True, True), ("relu", True, True), ("relu", True, False)]
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+@pytest.mark.parametrize(
+    "encoder_kinds, decoder_kinds, expected_calls",
+    [
+        # The tutorial's shape: the code layer's slope moves into the decoder's first
+        # product, and the code layer is told its gradient is a slope already.
+        (["relu", "relu"], ["relu", "sigmoid"], [("sigmoid", False, True), ("relu", True, True), ("relu", True, True), ("relu", True, False)]),
+        # A tanh code: each half chains inside itself only.
+        (["relu", "tanh"], ["relu", "relu"], [("relu", False, True), ("relu", True, False), ("tanh", False, True), ("relu", True, False)]),
+        # An L1 on the code sits between: the decoder's first layer keeps its own input gradient.
+        (["relu", "relu", "l1"], ["relu", "relu"], [("relu", False, True), ("relu", True, False), ("relu", False, True), ("relu", True, False)]),
+        # A decoder layer with a backward of its own: nothing crosses, nothing chains into it.
+        (["relu", "relu"], ["doubled", "relu"], [("relu", False, True), ("relu", True, False)]),
+    ],
+)
+def test_an_autoencoders_chain_crosses_from_decoder_to_encoder_only_where_it_may(table, encoder_kinds, decoder_kinds, expected_calls):
+    from nanoae import Autoencoder
+
+    backend = get_backend("numpy", dtype="float64", **TABLES[table])
+    chained_backend, calls = chaining(backend)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 6))
+    results = []
+    for on in (backend, chained_backend):
+        encoder, decoder = build(encoder_kinds, on).layers, build(decoder_kinds, on).layers
+        model = Autoencoder(list(encoder), list(decoder), optimizer=RMSProp(0.01), backend=on, seed=4)
+        output = model.forward(x)
+        _, grad = model.loss.loss_and_grad(output, x)
+        dx = model.backward(grad, need_input_grad=True)
+        results.append((np.array(dx), model.arena.grads.copy()))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    assert calls == expected_calls

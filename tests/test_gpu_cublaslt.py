@@ -449,3 +449,29 @@ def test_a_stale_relu_mask_is_never_read(monkeypatch):
     reference_model.forward(x)
     reference_model.backward(grad.copy())
     np.testing.assert_allclose(model.arena.grads, reference_model.arena.grads, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tutorial_shaped_autoencoder_moves_every_slope_but_the_top_one(monkeypatch):
+    """Encoder relu, relu; decoder relu, relu: three of the four ReLU slopes go into the
+    DRELU products above them (the code layer's across the encoder/decoder boundary);
+    the decoder's top layer keeps its slope kernel. Same numbers as the reference."""
+    from nanoae import Autoencoder
+
+    fake = FakeLt()
+    rng = np.random.default_rng(8)
+    x = rng.random((9, 6))
+    results = []
+    for backend in (get_backend("numpy", dtype="float32", fast=False), numpy_gpu_backend(fake, monkeypatch)):
+        encoder, decoder = build(["relu", "relu"], backend).layers, build(["relu", "relu"], backend).layers
+        model = Autoencoder(list(encoder), list(decoder), optimizer=RMSProp(0.01), backend=backend, seed=4)
+        for _ in range(2):  # first use (checks), then the plans alone
+            fake.calls.clear()
+            output = model.forward(x.astype(np.float32))
+            _, grad = reference.mse_loss_and_grad(output, x.astype(np.float32))  # the loss's GPU kernel is CUDA only
+            model.backward(grad, need_input_grad=False)
+        results.append((np.array(output), model.arena.grads.copy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    epilogues = [call[0] for call in fake.calls]
+    assert epilogues.count(lt.EPILOGUE_DRELU) == 3 and epilogues.count(lt.EPILOGUE_RELU_AUX_BIAS) == 4
+    assert epilogues.count(lt.EPILOGUE_BGRADA) == 4

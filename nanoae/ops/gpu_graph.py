@@ -1,9 +1,9 @@
 """The whole training step as one CUDA graph, replayed every step.
 
-A step of the tutorial model is 22 launches in float32 with cuBLASLt (the gather; 6
-matmuls with bias and ReLU in their epilogues; the loss; backward, 11 matmuls, the bias
-gradients in 6 of them and a lower layer's ReLU slope in 4, and 2 slope kernels, at the
-top of the decoder and of the encoder; one optimizer kernel), 35 without it. On a fast GPU launching a kernel from Python
+A step of the tutorial model is 21 launches in float32 with cuBLASLt (the gather; 6
+matmuls with bias and ReLU in their epilogues; the loss; backward, one slope kernel for
+the top layer and 11 matmuls, the bias gradients in 6 of them and the ReLU slope of the
+layer below in the other 5; one optimizer kernel), 35 without it. On a fast GPU launching a kernel from Python
 costs more than its arithmetic, so the step is captured once, with CuPy's stream
 capture (``Stream.begin_capture`` / ``end_capture``), and replayed with a single
 ``graph.launch``:
