@@ -40,9 +40,9 @@ def run(mode: str, steps: int, data_dir, backend_name: str = "cupy", dataset: st
         raise ValueError(f"{mode} is a GPU mode: use --backend cupy")
     options = {"allow_tf32": mode == "tf32", "allow_bf16": mode == "bf16"} if backend_name == "cupy" else {}
     backend = get_backend(backend_name, **options)  # first: no GPU fails before the data is read
-    train = load_dataset(dataset, "train", data_dir=data_dir, download=False, quiet=True)
-    test = load_dataset(dataset, "test", data_dir=data_dir, download=False, quiet=True)
     try:
+        train = load_dataset(dataset, "train", data_dir=data_dir, download=False, quiet=True)
+        test = load_dataset(dataset, "test", data_dir=data_dir, download=False, quiet=True)
         model = presets.tutorial(seed=0, backend=backend)
         started = time.perf_counter()
         history = model.fit(train.images, steps=steps, batch_size=256, log_every=1)
