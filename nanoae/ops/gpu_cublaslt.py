@@ -311,13 +311,15 @@ class CublasLt:
             layouts.append(handle)
         preference = ctypes.c_void_p()
         self._check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "cublasLtMatmulPreferenceCreate")
-        limit = ctypes.c_uint64(self.WORKSPACE_BYTES)
-        lib.cublasLtMatmulPreferenceSetAttribute(preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit), ctypes.sizeof(limit))
         # The heuristic assumes 256-byte aligned buffers unless told otherwise; arena views
         # may start anywhere on a 4-byte boundary, so it is told the truth.
-        for name, alignment in zip("abcd", alignments):
-            value = ctypes.c_uint32(alignment)
-            lib.cublasLtMatmulPreferenceSetAttribute(preference, _PREF_MIN_ALIGNMENT[name], ctypes.byref(value), ctypes.sizeof(value))
+        settings = [(_PREF_MAX_WORKSPACE_BYTES, ctypes.c_uint64(self.WORKSPACE_BYTES))]
+        settings += [(_PREF_MIN_ALIGNMENT[name], ctypes.c_uint32(alignment)) for name, alignment in zip("abcd", alignments)]
+        for attribute, value in settings:
+            self._check(
+                lib.cublasLtMatmulPreferenceSetAttribute(preference, attribute, ctypes.byref(value), ctypes.sizeof(value)),
+                "cublasLtMatmulPreferenceSetAttribute",
+            )
         results = (_HeuristicResult * CANDIDATES)()
         found = ctypes.c_int(0)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
