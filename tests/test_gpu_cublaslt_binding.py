@@ -302,3 +302,55 @@ def test_a_refused_attribute_gives_the_plan_up(monkeypatch):
     x, w, out = device(np.ones((3, 3))), device(np.ones((3, 3))), device(np.empty((3, 3)))
     assert not cublaslt.matmul(x, w, out)
     assert library.matmuls == [] and "cublasLtMatmulPreferenceSetAttribute" in cublaslt.errors[0]
+
+
+def test_the_bfloat16_switch_reaches_both_bindings(monkeypatch):
+    """get_backend("cupy", allow_bf16=True) sets one switch; cublasGemmEx and cuBLASLt's
+    descriptors both take CUBLAS_COMPUTE_32F_FAST_16BF from it, and plain float32 after."""
+    from nanoae.ops import gpu_cublas
+
+    gemm_computes = []
+
+    class FakeCublasLibrary:
+        def __init__(self):
+            self._keep = []
+            for name, arguments in {
+                "cublasCreate_v2": (VP,),
+                "cublasSetStream_v2": (VP, VP),
+                "cublasSetWorkspace_v2": (VP, VP, ctypes.c_size_t),
+                "cublasGemmEx": (VP,) + (ctypes.c_int,) * 5 + (VP, VP, ctypes.c_int, ctypes.c_int, VP, ctypes.c_int, ctypes.c_int, VP, VP)
+                + (ctypes.c_int,) * 4,
+            }.items():
+                callback = ctypes.CFUNCTYPE(ctypes.c_int, *arguments)(getattr(self, "_" + name))
+                self._keep.append(callback)
+                setattr(self, name, callback)
+
+        def _cublasCreate_v2(self, out):
+            VP.from_address(out).value = 0x2000
+            return 0
+
+        def _cublasSetStream_v2(self, handle, stream):
+            return 0
+
+        def _cublasSetWorkspace_v2(self, handle, workspace, size):
+            return 0
+
+        def _cublasGemmEx(self, *arguments):
+            gemm_computes.append(arguments[-2])  # computeType, then the algorithm
+            return 0
+
+    monkeypatch.setattr(gpu_cublas, "load_cublas", lambda cupy: FakeCublasLibrary())
+    cupy = FakeCupy()
+    cupy.cuda.runtime = types.SimpleNamespace(getDevice=lambda: 0)
+    gemm = gpu_cublas.Cublas(cupy)
+    cublaslt, library = binding(monkeypatch)
+    x, w, out = device(np.ones((3, 3))), device(np.ones((3, 3))), device(np.empty((3, 3)))
+    try:
+        gpu_cublas.set_bfloat16(True)
+        assert gemm.matmul(x, w, out) and cublaslt.matmul(x, w, out)
+    finally:
+        gpu_cublas.set_bfloat16(False)
+    assert gemm.matmul(x, w, out) and cublaslt.matmul(x, w, out)
+    assert gemm_computes == [lt.COMPUTE_32F_FAST_16BF, lt.COMPUTE_32F]
+    computes = [what["compute"] for what in library.objects.values() if what["kind"] == "desc"]
+    assert computes == [lt.COMPUTE_32F_FAST_16BF, lt.COMPUTE_32F]  # one plan per compute type
