@@ -38,6 +38,7 @@ class FakeCupy:
     """The corner of CuPy the binding touches: allocation, the current stream, events."""
 
     uint8 = np.uint8
+    float32 = np.float32
 
     def __init__(self):
         self.cuda = types.SimpleNamespace(
@@ -87,8 +88,9 @@ def _column_major(address, rows, cols, ld):
 class FakeLibrary:
     """cublasLt's eight entry points as ctypes callbacks over host memory."""
 
-    def __init__(self, algorithms=2, fail_matmul=False, slower_first=True):
+    def __init__(self, algorithms=2, fail_matmul=False, slower_first=True, unsupported=()):
         self.algorithms, self.fail_matmul, self.slower_first = algorithms, fail_matmul, slower_first
+        self.unsupported = unsupported  # epilogues the heuristic offers no algorithm for
         self.objects = {}  # handle -> what it describes
         self.preferences_seen = []
         self.matmuls = []  # (algorithm id, epilogue) per call
@@ -141,7 +143,8 @@ class FakeLibrary:
 
     def _cublasLtMatmulAlgoGetHeuristic(self, handle, desc, a, b, c, d, preference, requested, results, found):
         self.preferences_seen.append(dict(self.objects[preference]["attributes"]))
-        count = min(requested, self.algorithms)
+        epilogue = self.objects[desc]["attributes"].get(lt._DESC_EPILOGUE, lt.EPILOGUE_DEFAULT)
+        count = 0 if epilogue in self.unsupported else min(requested, self.algorithms)
         array = (lt._HeuristicResult * requested).from_address(results)
         for index in range(count):
             array[index].algo[0] = 100 + index
@@ -178,11 +181,13 @@ class FakeLibrary:
                 bits[:, :m] = positive.T
                 packed = np.packbits(bits.reshape(-1), bitorder="little")
                 ctypes.memmove(attributes[lt._DESC_EPILOGUE_AUX_POINTER], packed.ctypes.data, packed.nbytes)
-        if epilogue == lt.EPILOGUE_DRELU:
+        if epilogue in (lt.EPILOGUE_DRELU, lt.EPILOGUE_DRELU_BGRAD):
             ld = attributes[lt._DESC_EPILOGUE_AUX_LD]
             raw = np.frombuffer(ctypes.string_at(attributes[lt._DESC_EPILOGUE_AUX_POINTER], ld * n // 8), dtype=np.uint8)
             mask = np.unpackbits(raw, bitorder="little").astype(bool).reshape(n, ld)[:, :m].T
             result = np.where(mask, result, 0)
+            if epilogue == lt.EPILOGUE_DRELU_BGRAD:  # the bias gradient: D's rows summed
+                _column_major(attributes[lt._DESC_BIAS_POINTER], m, 1, m)[:, 0] = result.sum(axis=1)
         if epilogue == lt.EPILOGUE_BGRADA:
             _column_major(attributes[lt._DESC_BIAS_POINTER], m, 1, m)[:, 0] = a_op.astype(np.float64).sum(axis=1)
         _column_major(d, layouts[2]["rows"], layouts[2]["cols"], layouts[2]["ld"])[...] = result
@@ -354,3 +359,22 @@ def test_the_bfloat16_switch_reaches_both_bindings(monkeypatch):
     assert gemm_computes == [lt.COMPUTE_32F_FAST_16BF, lt.COMPUTE_32F]
     computes = [what["compute"] for what in library.objects.values() if what["kind"] == "desc"]
     assert computes == [lt.COMPUTE_32F_FAST_16BF, lt.COMPUTE_32F]  # one plan per compute type
+
+
+def test_drelu_falls_back_to_drelu_bgrad_where_cublaslt_offers_only_that(monkeypatch):
+    """If the heuristic has nothing for DRELU alone, the binding runs DRELU_BGRAD (same
+    product, same slope) with the bias gradient going to a scratch buffer of its own."""
+    cublaslt, library = binding(monkeypatch, unsupported=(lt.EPILOGUE_DRELU,))
+    rng = np.random.default_rng(3)
+    x, w, b = integers(rng, (6, 5)), integers(rng, (5, 4)), integers(rng, (4,))
+    y = device(np.empty((6, 4)))
+    aux = DeviceArray(np.zeros(128 * 6 // 8, dtype=np.uint8))
+    assert cublaslt.matmul(device(x), device(w), y, lt.EPILOGUE_RELU_AUX_BIAS, device(b), aux=aux)
+    w_above, dz = integers(rng, (4, 3)), integers(rng, (6, 3))
+    dx = device(np.full((6, 4), np.nan))
+    assert cublaslt.matmul(device(dz), device(w_above).T, dx, lt.EPILOGUE_DRELU, aux=aux)
+    expected = (dz @ w_above.T) * (y.array > 0)
+    np.testing.assert_array_equal(dx.array, expected)
+    assert library.matmuls[-1][1] == lt.EPILOGUE_DRELU_BGRAD
+    key = cublaslt.key(device(dz), device(w_above).T, dx, lt.EPILOGUE_DRELU, aux=aux)
+    np.testing.assert_array_equal(cublaslt._prepared[key].scratch_bias.array, expected.sum(axis=0))

@@ -27,7 +27,8 @@ with ``op = T`` instead of being copied. In that frame:
   ``x W + b > 0``, and the layer above computes its ``dx = dz W_above^T`` with
   ``DRELU``, which multiplies by that mask. That product's ``D`` is ``(out, batch)``
   like the forward's, so both read the mask with the same leading dimension (bits,
-  padded to a multiple of 128).
+  padded to a multiple of 128). Where the heuristic offers nothing for DRELU alone,
+  DRELU_BGRAD stands in, its bias gradient sent to a scratch buffer.
 
 :func:`plan_product` does this translation and nothing else (no CuPy, no pointers),
 so the tests check it on the CPU by running the plans through a NumPy reading of
@@ -59,8 +60,9 @@ EPILOGUE_BIAS = 4
 EPILOGUE_RELU_BIAS = 6
 EPILOGUE_RELU_AUX_BIAS = 134  # RELU_BIAS, and the ReLU's bit mask written to an aux buffer
 EPILOGUE_DRELU = 136  # D = (op(A) op(B)) times the ReLU slope read from that bit mask
+EPILOGUE_DRELU_BGRAD = 152  # DRELU, and the sums of D's rows into the bias buffer
 EPILOGUE_BGRADA = 256
-_AUX_EPILOGUES = (EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU)
+_AUX_EPILOGUES = (EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU, EPILOGUE_DRELU_BGRAD)
 
 #: cublasLtMatmulDescAttributes_t
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
@@ -166,7 +168,8 @@ def plan_product(left, right, out, epilogue: int = EPILOGUE_DEFAULT):
     layout_d = MatrixLayout(m, n, out_layout[0])
     if epilogue == EPILOGUE_BGRADA and op_a != OP_N:
         return None  # the bias gradient of A is over k: only for A as it lies
-    bias_length = m if epilogue in (EPILOGUE_BIAS, EPILOGUE_RELU_BIAS, EPILOGUE_RELU_AUX_BIAS, EPILOGUE_BGRADA) else 0
+    with_bias = (EPILOGUE_BIAS, EPILOGUE_RELU_BIAS, EPILOGUE_RELU_AUX_BIAS, EPILOGUE_BGRADA, EPILOGUE_DRELU_BGRAD)
+    bias_length = m if epilogue in with_bias else 0
     # The mask has one bit per element of D, column-major, columns padded to 128 bits.
     aux_ld = -(-m // 128) * 128 if epilogue in _AUX_EPILOGUES else 0
     return ProductPlan(m, n, k, op_a, op_b, layout_a, layout_b, layout_d, epilogue, bias_length, aux_ld)
@@ -224,6 +227,7 @@ class _Prepared:
     chosen: int = 0
     timed: bool = False
     times_ms: tuple = ()
+    scratch_bias: object = None  # where a stand-in epilogue's unwanted bias gradient goes
 
 
 class CublasLt:
@@ -330,6 +334,16 @@ class CublasLt:
             return None
         return _Prepared(desc, tuple(layouts), algorithms)
 
+    def _prepare_drelu_with_bgrad(self, plan: ProductPlan, compute: int, alignments: tuple):
+        """DRELU where cuBLASLt offers no algorithm for it alone: DRELU_BGRAD, the same
+        product and slope, with the bias gradient it adds written to a scratch buffer of
+        its own and never read (the layer below computes its own in its weight product)."""
+        stand_in = ProductPlan(**{**plan.__dict__, "epilogue": EPILOGUE_DRELU_BGRAD, "bias_length": plan.m})
+        prepared = self._prepare(stand_in, compute, alignments)
+        if prepared is not None:
+            prepared.scratch_bias = self.cp.empty(plan.m, dtype=self.cp.float32)
+        return prepared
+
     def _launch(self, prepared: _Prepared, index: int, pointers: dict, stream) -> int:
         lib = self.lib
         # The descriptor is shared by every call of the plan: its buffers are set per call.
@@ -418,7 +432,10 @@ class CublasLt:
             if capturing:
                 return False  # preparing and timing need the host: only on an eager call
             try:
-                self._prepared[key] = self._prepare(plan, compute, alignments)
+                prepared = self._prepare(plan, compute, alignments)
+                if prepared is None and plan.epilogue == EPILOGUE_DRELU:
+                    prepared = self._prepare_drelu_with_bgrad(plan, compute, alignments)
+                self._prepared[key] = prepared
             except RuntimeError as exc:  # a descriptor cuBLASLt refuses: the plain path
                 self.errors.append(str(exc))
                 self._prepared[key] = None
@@ -428,6 +445,8 @@ class CublasLt:
         stream = self.cp.cuda.get_current_stream()
         pointers = {"a": right.data.ptr, "b": left.data.ptr, "d": out.data.ptr}
         pointers["bias"] = bias.data.ptr if bias is not None else 0
+        if prepared.scratch_bias is not None:
+            pointers["bias"] = prepared.scratch_bias.data.ptr
         pointers["aux"] = aux.data.ptr if aux is not None else 0
         try:
             if self.tune and not prepared.timed and not capturing and len(prepared.algorithms) > 1:
