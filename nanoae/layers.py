@@ -90,27 +90,11 @@ class Dense(Module):
 
     def backward(self, grad_output, need_input_grad: bool = True):
         """grad_output: (batch, out_features) -> dx: (batch, in_features) or None."""
-        if self._output is None:
-            raise RuntimeError("Dense.backward called before forward")
-        activation = self.activation
-        grad_input = self.backend.ops.dense_backward(
-            grad_output,
-            self._input,
-            self._output,
-            self.weights,
-            activation.name,
-            activation.alpha,
-            self.grad_weights,
-            self.grad_bias,
-            need_input_grad,
-            self._workspace,
-        )
-        if self.weight_decay:
-            self.backend.ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
-        return grad_input
+        return self.backward_in_chain(grad_output, need_input_grad, grad_is_slope=False)
 
     def backward_in_chain(self, grad_output, need_input_grad: bool, grad_is_slope: bool, below=None):
-        """backward inside a chain of Dense layers (see ``OpsTable.dense_backward_chain``).
+        """backward inside a chain of Dense layers (see ``OpsTable.dense_backward_chain``);
+        with grad_is_slope False and no ``below`` it is the plain backward.
 
         grad_is_slope: grad_output is already this layer's dz (the layer above applied
         the slope). below: the ReLU Dense layer whose output is this layer's input, or
@@ -118,23 +102,17 @@ class Dense(Module):
         """
         if self._output is None:
             raise RuntimeError("Dense.backward called before forward")
-        activation = self.activation
-        grad_input = self.backend.ops.dense_backward_chain(
-            grad_output,
-            self._input,
-            self._output,
-            self.weights,
-            activation.name,
-            activation.alpha,
-            self.grad_weights,
-            self.grad_bias,
-            need_input_grad,
-            self._workspace,
-            grad_is_slope,
-            None if below is None else (below._output, below._workspace),
-        )
+        ops, activation = self.backend.ops, self.activation
+        arguments = (
+            grad_output, self._input, self._output, self.weights, activation.name, activation.alpha,
+            self.grad_weights, self.grad_bias, need_input_grad, self._workspace,
+        )  # fmt: skip
+        if grad_is_slope or below is not None:
+            grad_input = ops.dense_backward_chain(*arguments, grad_is_slope, None if below is None else (below._output, below._workspace))
+        else:
+            grad_input = ops.dense_backward(*arguments)
         if self.weight_decay:
-            self.backend.ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
+            ops.l2_penalty_grad(self.weights, self.grad_weights, self.weight_decay, self._workspace)
         return grad_input
 
     def penalty(self):

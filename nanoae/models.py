@@ -288,22 +288,15 @@ class Sequential(Model):
         After each layer's backward, ``_gradients_ready(layer)`` when set (see
         :class:`~nanoae.module.Module`): that layer's gradients are final.
         """
-        last = len(self.layers) - 1
-        ready = self._gradients_ready
-        if self.backend.ops.fuses_input_slope:
-            return self._backward_in_chains(grad_output, need_input_grad)
-        for position, layer in enumerate(reversed(self.layers)):
-            grad_output = layer.backward(grad_output, need_input_grad or position < last)
-            if ready is not None:
-                ready(layer)
-        return grad_output
+        return self._backward_in_chains(grad_output, need_input_grad)
 
     def _backward_in_chains(self, grad_output, need_input_grad: bool, grad_is_slope: bool = False, under=None):
-        """backward for a table that fuses a ReLU's slope into the matmul above it: where a
-        plain Dense layer sits right on top of a plain ReLU Dense layer, the upper one's
-        input gradient comes back already multiplied by the lower one's ReLU slope, and
-        the lower one is told so. Same results as :meth:`backward` (the same operations,
-        moved); anything else in the stack runs as there.
+        """The layers' backward, top first. On a table that fuses a ReLU's slope into the
+        matmul above it (``ops.fuses_input_slope``), where a plain Dense layer sits right
+        on top of a plain ReLU Dense layer, the upper one's input gradient comes back
+        already multiplied by the lower one's ReLU slope, and the lower one is told so:
+        the same operations, moved. On any other table, and for anything else in the
+        stack, each layer's own backward.
 
         grad_is_slope: grad_output is already the top layer's dz (a model above this one
         applied its slope). under: the layer outside this Sequential whose output is its
@@ -311,10 +304,11 @@ class Sequential(Model):
         """
         last = len(self.layers) - 1
         ready = self._gradients_ready
+        fuses = self.backend.ops.fuses_input_slope
         for position, layer in enumerate(reversed(self.layers)):
             index = last - position
             below = self.layers[index - 1] if index > 0 else under
-            feeds_relu = _is_plain_dense(layer) and _is_plain_dense(below) and below.activation.name == "relu"
+            feeds_relu = fuses and _is_plain_dense(layer) and _is_plain_dense(below) and below.activation.name == "relu"
             need = need_input_grad or position < last
             if grad_is_slope or feeds_relu:
                 grad_output = layer.backward_in_chain(grad_output, need, grad_is_slope, below if feeds_relu else None)

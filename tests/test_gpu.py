@@ -306,22 +306,31 @@ def test_a_step_that_allocates_is_captured_safely():
     np.testing.assert_allclose(host(graphed.arena.values), host(eager.arena.values), rtol=1e-5, atol=1e-7)
 
 
+def _product_errors(seed):
+    """A function giving the relative errors (against float64) of one float32 product
+    (256x512 by 512x256, uniform entries) through CuPy's matmul and through the ops
+    table's own matmul, in the precision the switches say at the time of the call."""
+    import cupy
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((256, 512), dtype=np.float32), rng.random((512, 256), dtype=np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+
+    def errors():
+        out = cupy.empty((256, 256), dtype=cupy.float32)
+        _ops()._matmul(cupy.asarray(a), cupy.asarray(b), out)
+        return [np.abs(host(result) - exact).max() / exact.max() for result in (cupy.asarray(a) @ cupy.asarray(b), out)]
+
+    return errors
+
+
 def test_tf32_only_when_asked_for():
     """Plain float32 by default, through CuPy's matmul and the ops table's direct cuBLAS
     path; allow_tf32=True sets CuPy's compute-type switch, which the direct path follows."""
     import cupy
     from cupy._core import _routines_linalg as linalg
 
-    rng = np.random.default_rng(0)
-    a, b = rng.random((256, 512), dtype=np.float32), rng.random((512, 256), dtype=np.float32)
-    exact = a.astype(np.float64) @ b.astype(np.float64)
-
-    def errors():
-        """Relative errors of CuPy's matmul and of the ops table's (direct cuBLAS) one."""
-        out = cupy.empty((256, 256), dtype=cupy.float32)
-        _ops()._matmul(cupy.asarray(a), cupy.asarray(b), out)
-        return [np.abs(host(result) - exact).max() / exact.max() for result in (cupy.asarray(a) @ cupy.asarray(b), out)]
-
+    errors = _product_errors(0)
     blas = _ops()._blas
     try:
         get_backend("cupy", allow_tf32=True)
@@ -341,25 +350,15 @@ def test_tf32_only_when_asked_for():
 def test_bfloat16_only_when_asked_for():
     """allow_bf16=True: the direct float32 matmuls round their inputs to bfloat16 (errors
     around 1e-3 relative on these sums), and the switch goes back off."""
-    import cupy
-
-    rng = np.random.default_rng(1)
-    a, b = rng.random((256, 512), dtype=np.float32), rng.random((512, 256), dtype=np.float32)
-    exact = a.astype(np.float64) @ b.astype(np.float64)
-
-    def error():
-        out = cupy.empty((256, 256), dtype=cupy.float32)
-        _ops()._matmul(cupy.asarray(a), cupy.asarray(b), out)
-        return np.abs(host(out) - exact).max() / exact.max()
-
+    errors = _product_errors(1)
     try:
         get_backend("cupy", allow_bf16=True)
         assert float32_compute() == 75
-        bf16_error = error()
+        bf16_error = errors()[1]  # the table's own matmul (CuPy's ignores the switch)
     finally:
         get_backend("cupy")
     assert float32_compute() == 68
-    assert error() < 1e-5 < bf16_error < 3e-2, bf16_error
+    assert errors()[1] < 1e-5 < bf16_error < 3e-2, bf16_error
 
 
 # ---- cuBLASLt: fused epilogues and a timed algorithm per shape -----------------------------

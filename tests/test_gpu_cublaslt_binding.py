@@ -378,3 +378,12 @@ def test_drelu_falls_back_to_drelu_bgrad_where_cublaslt_offers_only_that(monkeyp
     assert library.matmuls[-1][1] == lt.EPILOGUE_DRELU_BGRAD
     key = cublaslt.key(device(dz), device(w_above).T, dx, lt.EPILOGUE_DRELU, aux=aux)
     np.testing.assert_array_equal(cublaslt._prepared[key].scratch_bias.array, expected.sum(axis=0))
+
+
+def test_a_library_is_found_where_the_process_mapped_it_else_by_name():
+    from nanoae.ops.gpu_cublas import load_mapped_library
+
+    assert load_mapped_library("libc.so", []) is not None  # mapped by Python itself
+    assert load_mapped_library("libnothing-nanoae.so", ["libc.so.6"]) is not None  # the fallback
+    with pytest.raises(OSError, match="libnothing-nanoae not found"):
+        load_mapped_library("libnothing-nanoae.so", ["libnothing-nanoae.so.1"])

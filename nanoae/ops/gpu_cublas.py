@@ -46,43 +46,57 @@ def float32_compute() -> int:
     return _CUBLAS_COMPUTE["f"]
 
 
-def load_cublas(cupy):
-    """The libcublas CuPy itself loaded (found in /proc/self/maps), else one by name."""
-    from cupy_backends.cuda.libs import cublas  # noqa: F401, PLC0415 (makes CuPy load libcublas)
-
-    cupy.cuda.device.get_cublas_handle()
+def load_mapped_library(prefix: str, fallbacks):
+    """The shared library whose file name starts with ``prefix`` that this process has
+    already mapped (found in /proc/self/maps: the one CuPy loaded), else the first of
+    ``fallbacks`` that loads."""
     candidates = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 parts = line.split(maxsplit=5)
-                if len(parts) == 6 and os.path.basename(parts[5].strip()).startswith("libcublas.so"):
+                if len(parts) == 6 and os.path.basename(parts[5].strip()).startswith(prefix):
                     candidates.append(parts[5].strip())
     except OSError:
         pass
-    candidates += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
     errors = []
-    for candidate in dict.fromkeys(candidates):
+    for candidate in dict.fromkeys([*candidates, *fallbacks]):
         try:
             return ctypes.CDLL(candidate)
         except OSError as exc:
             errors.append(str(exc))
-    raise OSError("libcublas not found: " + "; ".join(errors))
+    raise OSError(f"{prefix.split('.')[0]} not found: " + "; ".join(errors))
 
 
-def _operand(array):
-    """(pointer, leading dimension, transposed) of a 2-D array as a row-major matrix, or
-    None when its strides are neither row- nor column-major."""
+def load_cublas(cupy):
+    """The libcublas CuPy itself loaded, else one by name."""
+    from cupy_backends.cuda.libs import cublas  # noqa: F401, PLC0415 (makes CuPy load libcublas)
+
+    cupy.cuda.device.get_cublas_handle()
+    return load_mapped_library("libcublas.so", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"])
+
+
+def layout_of(array):
+    """(leading dimension, transposed) of a 2-D array read as a row-major matrix, or None
+    when its strides are neither row-major nor those of a transposed row-major array.
+    Works on NumPy and CuPy arrays alike (strides only)."""
     if array.ndim != 2:
         return None
     item = array.itemsize
     rows, cols = array.shape
     first, second = array.strides
     if second == item and first % item == 0 and first // item >= max(1, cols):
-        return array.data.ptr, first // item, False
+        return first // item, False
     if first == item and second % item == 0 and second // item >= max(1, rows):
-        return array.data.ptr, second // item, True
+        return second // item, True
     return None
+
+
+def _operand(array):
+    """(pointer, leading dimension, transposed) of a 2-D array as a row-major matrix, or
+    None when its strides are neither row- nor column-major."""
+    layout = layout_of(array)
+    return None if layout is None else (array.data.ptr, *layout)
 
 
 class Cublas:

@@ -47,7 +47,7 @@ import os
 import weakref
 from dataclasses import dataclass
 
-from nanoae.ops.gpu_cublas import float32_compute
+from nanoae.ops.gpu_cublas import float32_compute, layout_of, load_mapped_library
 
 OP_N, OP_T = 0, 1
 CUDA_R_32F = 0
@@ -74,22 +74,6 @@ _PREF_MIN_ALIGNMENT = {"a": 5, "b": 6, "c": 7, "d": 8}
 #: How many algorithms the heuristic is asked for, and timed at a shape's first use.
 CANDIDATES = 4
 TIMED_REPEATS = 5
-
-
-def layout_of(array):
-    """(leading dimension, transposed) of a 2-D array read as a row-major matrix, or None
-    when its strides are neither row-major nor those of a transposed row-major array.
-    Works on NumPy and CuPy arrays alike (strides only)."""
-    if array.ndim != 2:
-        return None
-    item = array.itemsize
-    rows, cols = array.shape
-    first, second = array.strides
-    if second == item and first % item == 0 and first // item >= max(1, cols):
-        return first // item, False
-    if first == item and second % item == 0 and second // item >= max(1, rows):
-        return second // item, True
-    return None
 
 
 @dataclass(frozen=True)
@@ -198,23 +182,7 @@ class _HeuristicResult(ctypes.Structure):
 def load_cublaslt(cupy):
     """The libcublasLt CuPy's process already mapped, else one by name."""
     cupy.cuda.device.get_cublas_handle()  # loads libcublas, which loads libcublasLt
-    candidates = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and os.path.basename(parts[5].strip()).startswith("libcublasLt.so"):
-                    candidates.append(parts[5].strip())
-    except OSError:
-        pass
-    candidates += ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"]
-    errors = []
-    for candidate in dict.fromkeys(candidates):
-        try:
-            return ctypes.CDLL(candidate)
-        except OSError as exc:
-            errors.append(str(exc))
-    raise OSError("libcublasLt not found: " + "; ".join(errors))
+    return load_mapped_library("libcublasLt.so", ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"])
 
 
 @dataclass
